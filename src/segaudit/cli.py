@@ -1,0 +1,144 @@
+"""The `segaudit` command line. Each command composes the config and calls one function."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from segaudit import __version__
+from segaudit.errors import SegauditError, TrainingFailed
+
+app = typer.Typer(
+    name="segaudit",
+    help="Does your segmentation model read the image? Train, audit and compare runs.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Dataset tools.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+# Piped output has no terminal width to read; lay tables out for a 100-column terminal.
+out = Console(width=None if sys.stdout.isatty() else 100)
+err = Console(stderr=True)
+
+OVERRIDES_HELP = "Hydra overrides, e.g. model=pspnet train.iters=300 paths.runs=DIR"
+
+
+@contextmanager
+def user_errors():
+    """Bad input ends in one line on stderr and exit code 2; a failed run in exit code 1."""
+    try:
+        yield
+    except SegauditError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(error.exit_code) from None
+    except TrainingFailed as error:
+        err.print(f"[bold red]run failed:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(error.exit_code) from None
+
+
+def _command_line() -> str:
+    return shlex.join(["segaudit", *sys.argv[1:]])
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"segaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """segaudit: sanity tests, loss tiers, gates and one run table for segmentation."""
+
+
+@app.command(epilog="""[bold]Examples[/]\n
+  segaudit train                                   [dim]# DeepLabV3+ on the embedded synthetic scenes[/]\n
+  segaudit train model=segformer train.iters=50\n
+  segaudit train dataset=folder dataset.root=/data/mine model.encoder=resnet50\n
+  segaudit train resume=RUN_ID                     [dim]# continue a killed run from its checkpoint[/]""")
+def train(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
+    """Train one model and evaluate it; the run lands in the run table."""
+    from segaudit.config import compose
+    from segaudit.engine import train as train_run
+    from segaudit.report import rich_table
+    from segaudit.runs import load_table
+
+    with user_errors():
+        cfg = compose(overrides or [])
+        record = train_run(cfg, command=_command_line())
+        table = load_table(cfg.paths.runs)
+        out.print(rich_table(table[table.run_id == record["run_id"]], title="segaudit run"))
+
+
+@app.command(epilog="""[bold]Examples[/]\n
+  segaudit report                                  [dim]# every run under ./runs[/]\n
+  segaudit report --where phase=train --where status=completed\n
+  segaudit report --format json paths.runs=/shared/runs\n
+  segaudit report --export results.parquet""")
+def report(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    where: List[str] = typer.Option([], "--where", "-w", help="Keep runs with key=value (repeatable)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | md"),
+    export: Optional[Path] = typer.Option(None, "--export", help="Also write the table to FILE.csv or FILE.parquet."),
+) -> None:
+    """Show the run table (every run under paths.runs)."""
+    from segaudit.config import compose
+    from segaudit.report import FORMATS, export_table, filter_table, format_table, rich_table
+    from segaudit.runs import load_table
+
+    with user_errors():
+        if fmt not in FORMATS:
+            raise SegauditError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+        cfg = compose(overrides or [])
+        table = filter_table(load_table(cfg.paths.runs), where)
+        if export is not None:
+            export_table(table, export)
+            err.print(f"wrote {len(table)} runs to {export}")
+        if fmt == "table":
+            if table.empty:
+                err.print(f"no runs under {Path(str(cfg.paths.runs)).expanduser()}")
+            else:
+                out.print(rich_table(table, title=f"runs in {cfg.paths.runs}"))
+        else:
+            typer.echo(format_table(table, fmt).rstrip("\n"))
+
+
+@data_app.command("synth", epilog="""[bold]Examples[/]\n
+  segaudit data synth --out data/synth\n
+  segaudit data synth --out data/big --n-train 2000 --size 128 --seed 1\n
+  segaudit train dataset=folder dataset.root=data/synth""")
+def data_synth(
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write (created)."),
+    n_train: int = typer.Option(400, min=1, help="Training scenes."),
+    n_val: int = typer.Option(100, min=1, help="Validation scenes."),
+    size: int = typer.Option(64, min=16, help="Height and width in pixels."),
+    seed: int = typer.Option(0, help="Same seed, byte-identical files."),
+) -> None:
+    """Write the embedded procedural street scenes as a folder dataset."""
+    from segaudit.data.synthetic import SynthSpec, write_synthetic
+
+    with user_errors():
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise SegauditError(f"{out_dir}: folder is not empty; choose a new --out")
+        write_synthetic(out_dir, SynthSpec(n_train=n_train, n_val=n_val, size=size, seed=seed))
+        out.print(f"wrote {n_train} train + {n_val} val scenes ({size}px) to {out_dir}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Compose the Hydra config (Compose API) and check overrides before Hydra sees them.
+
+Hydra's own errors are long and name internals; a user typing `model=unett` or
+`train.iters=abc` should get one line naming the key and what would be valid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from segaudit.errors import ConfigError
+
+CONF_DIR = Path(__file__).parent / "conf"
+_ABSENT = object()
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Each config group (`dataset`, `model`, ...) and its options."""
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(CONF_DIR.iterdir())
+        if d.is_dir() and not d.name.startswith((".", "_"))
+    }
+
+
+def _parse(overrides: list[str]) -> list[Override]:
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        try:
+            parsed.extend(parser.parse_overrides([text]))
+        except HydraException as err:
+            lines = [ln for ln in str(err).strip().splitlines() if ln and not ln.startswith("See ")]
+            detail = lines[-1] if lines else "invalid syntax"
+            raise ConfigError(f"cannot parse override '{text}': {detail}") from None
+        if parsed[-1].is_sweep_override():
+            raise ConfigError(f"'{text}': sweeps are not supported here (use segaudit retrain)")
+    return parsed
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_first_message(err)) from None
+
+
+def _first_message(err: BaseException) -> str:
+    """The first non-empty line along an exception's cause chain."""
+    while err is not None:
+        lines = str(err).strip().splitlines()
+        if lines:
+            return lines[0]
+        err = err.__cause__ or err.__context__
+    return "invalid configuration"
+
+
+def _lookup(tree: Any, key: str) -> Any:
+    node = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _compatible(default: Any, value: Any) -> bool:
+    if default is None or (isinstance(default, str) and default.startswith(("${", "???"))):
+        return True  # nullable, interpolated or required: any value
+    if value is None:
+        return False
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def _check_key(tree: dict, override: Override, text: str) -> None:
+    key = override.key_or_group
+    default = _lookup(tree, key)
+    if default is _ABSENT:
+        parent, _, leaf = key.rpartition(".")
+        siblings = _lookup(tree, parent) if parent else tree
+        where = f"under {parent}" if parent else "at the top level"
+        valid = ", ".join(sorted(siblings)) if isinstance(siblings, dict) else "none"
+        raise ConfigError(f"unknown config key '{key}' (keys {where}: {valid})")
+    value = override.value()
+    if not _compatible(default, value):
+        raise ConfigError(
+            f"{key}: expected {_type_name(default)} like {default!r}, got {value!r} in '{text}'"
+        )
+
+
+def compose(overrides: Iterable[str] = ()) -> DictConfig:
+    """Compose `conf/config.yaml` with command-line overrides.
+
+    Group choices (`model=pspnet`) are checked against the files in `conf/<group>/`;
+    key overrides (`train.iters=50`) against the keys and value types of the composed
+    defaults. `+key=value` adds a new key without checks. The returned config carries
+    the chosen option of each group under `choices`.
+
+    Raises:
+        ConfigError: one line naming the bad key or value and the valid choices.
+    """
+    overrides = list(overrides)
+    groups = config_groups()
+    group_texts, key_checks = [], []
+    for override, text in zip(_parse(overrides), overrides):
+        key = override.key_or_group
+        if key in groups:
+            value = override.value()
+            if value not in groups[key]:
+                raise ConfigError(f"unknown {key} '{value}' (choices: {', '.join(groups[key])})")
+            group_texts.append(text)
+        elif not (override.is_add() or override.is_force_add() or override.is_delete()):
+            key_checks.append((override, text))
+    if key_checks:
+        tree = OmegaConf.to_container(_compose(group_texts), resolve=False)
+        tree.pop("hydra", None)
+        for override, text in key_checks:
+            _check_key(tree, override, text)
+    cfg = _compose(overrides)
+    choices = {g: cfg.hydra.runtime.choices.get(g) for g in groups}
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.choices = choices
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (what a run directory keeps)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException) as err:
+        raise ConfigError(f"{path}: cannot read config ({err})") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: not a config mapping")
+    return cfg

@@ -1,0 +1,88 @@
+"""Datasets: the folder layout (with presets), the embedded synthetic scenes, sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from segaudit.data.folder import FolderDataset, Sample, pair_files
+from segaudit.data.synthetic import SynthSpec, ensure_synthetic
+from segaudit.data.transforms import build_transform
+from segaudit.errors import DataError
+
+__all__ = ["FolderDataset", "build_dataset", "list_samples", "prepare_dataset"]
+
+# Keys a ROOT/dataset.yaml may fill in when the config leaves them null.
+_META_KEYS = ("num_classes", "class_names", "ignore_index")
+
+
+def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
+    """Return a copy of the dataset config with `root` and the class list filled in.
+
+    The synthetic dataset is generated into `cache_dir` on first use when `root` is
+    null. Classes come from the config, else from `ROOT/dataset.yaml`.
+
+    Raises:
+        DataError: the root is missing, or the number of classes is known nowhere.
+    """
+    dcfg = OmegaConf.create(OmegaConf.to_container(dcfg, resolve=True))
+    if OmegaConf.is_missing(dcfg, "root"):
+        raise DataError(f"dataset.root is not set: give dataset.root=DIR for dataset={dcfg.name}")
+    with open_dict(dcfg):
+        if dcfg.root is None and "generate" in dcfg:
+            spec = SynthSpec(**OmegaConf.to_container(dcfg.generate))
+            dcfg.root = str(ensure_synthetic(Path(cache_dir), spec))
+        root = Path(str(dcfg.root)).expanduser()
+        if not root.is_dir():
+            raise DataError(f"{root}: dataset.root is not a folder")
+        dcfg.root = str(root.resolve())
+        meta_file = root / "dataset.yaml"
+        if meta_file.is_file():
+            try:
+                meta = yaml.safe_load(meta_file.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise DataError(f"{meta_file}: not valid YAML ({str(err).splitlines()[0]})") from None
+            for key in _META_KEYS:
+                if dcfg.get(key) is None and meta.get(key) is not None:
+                    dcfg[key] = meta[key]
+        if dcfg.get("num_classes") is None and dcfg.get("class_names"):
+            dcfg.num_classes = len(dcfg.class_names)
+        if dcfg.get("num_classes") is None:
+            raise DataError(f"dataset.num_classes is not set and {meta_file} does not give it")
+        if dcfg.get("class_names") is None:
+            dcfg.class_names = [f"class_{i}" for i in range(dcfg.num_classes)]
+        if len(dcfg.class_names) != dcfg.num_classes:
+            raise DataError(
+                f"dataset.class_names has {len(dcfg.class_names)} names for "
+                f"num_classes={dcfg.num_classes}"
+            )
+    return dcfg
+
+
+def list_samples(dcfg: DictConfig, split: str) -> list[Sample]:
+    """The image/mask pairs of one split (files are listed, not decoded).
+
+    Raises:
+        DataError: unknown split, missing folder, or files that do not pair.
+    """
+    if split not in dcfg.layout or split in ("image_suffix", "mask_suffix"):
+        raise DataError(f"dataset.layout has no split '{split}'")
+    root, layout = Path(dcfg.root), dcfg.layout[split]
+    return pair_files(
+        root / layout.images, root / layout.masks, dcfg.layout.image_suffix, dcfg.layout.mask_suffix
+    )
+
+
+def build_dataset(dcfg: DictConfig, split: str, train: bool) -> FolderDataset:
+    """The dataset of one split, with training or evaluation transforms.
+
+    Args:
+        dcfg: a dataset config already passed through `prepare_dataset`.
+        split: a key of `dataset.layout` (`train`, `val`, ...).
+        train: random rescale/crop/flip when True, fixed resize when False.
+    """
+    samples = list_samples(dcfg, split)
+    transform = build_transform(dcfg.transform, train=train, ignore_index=int(dcfg.ignore_index))
+    return FolderDataset(samples, transform, cache_in_memory=bool(dcfg.get("cache_in_memory")))

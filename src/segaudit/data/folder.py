@@ -1,0 +1,132 @@
+"""Images and masks in folders, paired by file stem."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from segaudit.errors import DataError
+
+MAX_LISTED = 8
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image/mask pair; `stem` is the path relative to the split folder minus suffix."""
+
+    stem: str
+    image: Path
+    mask: Path
+
+
+def _listing(folder: Path, suffix: str) -> dict[str, Path]:
+    return {str(p.relative_to(folder))[: -len(suffix)]: p for p in sorted(folder.rglob(f"*{suffix}"))}
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
+
+
+def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: str) -> list[Sample]:
+    """Pair `image_dir/**/<stem><image_suffix>` with `mask_dir/**/<stem><mask_suffix>`.
+
+    Raises:
+        DataError: a folder is missing or empty, or some files have no partner (the
+            message lists the orphans).
+    """
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder not found (check dataset.root and dataset.layout)")
+    images = _listing(image_dir, image_suffix)
+    masks = _listing(mask_dir, mask_suffix)
+    if not images:
+        raise DataError(f"{image_dir}: no *{image_suffix} images (dataset.layout.image_suffix)")
+    lonely_images = sorted(set(images) - set(masks))
+    lonely_masks = sorted(set(masks) - set(images))
+    if lonely_images or lonely_masks:
+        parts = []
+        if lonely_images:
+            files = [images[s].name for s in lonely_images]
+            parts.append(f"{len(files)} image(s) without mask in {mask_dir}: {_names(files)}")
+        if lonely_masks:
+            files = [masks[s].name for s in lonely_masks]
+            parts.append(f"{len(files)} mask(s) without image in {image_dir}: {_names(files)}")
+        raise DataError("files do not pair by stem: " + "; ".join(parts))
+    return [Sample(stem, images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 RGB."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot decode image ({err})") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Decode a label map to HxW uint8 class ids (palette PNGs give their indices)."""
+    try:
+        with Image.open(path) as im:
+            arr = np.array(im)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot decode mask ({err})") from None
+    if arr.ndim != 2:
+        raise DataError(f"{path}: mask has {arr.shape[-1]} channels; expected one channel of class ids")
+    if arr.dtype != np.uint8:
+        if arr.max(initial=0) > 255:
+            raise DataError(f"{path}: mask values up to {arr.max()} do not fit uint8 class ids")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+class FolderDataset(Dataset):
+    """Image/mask pairs through a joint transform.
+
+    Args:
+        samples: the pairs, from `pair_files`.
+        transform: a joint transform taking (tv_tensors.Image, tv_tensors.Mask).
+        cache_in_memory: decode every pair once up front (threaded) and keep the
+            uint8 arrays; worth it for small datasets, where decode dominates.
+    """
+
+    def __init__(self, samples: list[Sample], transform: Callable, cache_in_memory: bool = False):
+        self.samples = samples
+        self.transform = transform
+        self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if cache_in_memory:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                self._cache = list(pool.map(self._decode, range(len(samples))))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        sample = self.samples[index]
+        image, mask = read_image(sample.image), read_mask(sample.mask)
+        if image.shape[:2] != mask.shape:
+            raise DataError(
+                f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        return image, mask
+
+    def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded, untransformed (image HxWx3, mask HxW) uint8 arrays."""
+        return self._cache[index] if self._cache is not None else self._decode(index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.pair(index)
+        image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        mask_t = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
+        image_t, mask_t = self.transform(image_t, mask_t)
+        return image_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long()

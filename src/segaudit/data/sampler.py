@@ -1,0 +1,45 @@
+"""An infinite, resumable batch sampler for iteration-based training."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batches that depend only on (seed, step), so a resumed run sees the same data.
+
+    The index stream is a concatenation of seeded permutations of the dataset, one per
+    epoch; batch `s` is positions `s*batch_size ... s*batch_size + batch_size - 1` of that
+    stream. Batches may straddle epochs, so every batch is full even for tiny datasets.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start_step: int = 0):
+        if num_samples <= 0:
+            raise ValueError("StepBatchSampler needs at least one sample")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start_step = start_step
+        self._epoch = -1
+        self._perm: list[int] = []
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.num_samples)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.num_samples, generator=gen).tolist()
+            self._epoch = epoch
+        return self._perm[offset]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            first = step * self.batch_size
+            yield [self._index(p) for p in range(first, first + self.batch_size)]
+            step += 1
+
+    def __len__(self) -> int:  # effectively infinite; DataLoader only needs a number
+        return 2**62

@@ -1,0 +1,407 @@
+"""The unified train / evaluate loop: one place, top to bottom.
+
+`train(cfg)` creates (or resumes) a run directory, builds data, model, loss, optimizer
+and poly schedule from the config, runs an iteration-based loop, evaluates at
+`train.eval_at` and at the final step, and keeps a full checkpoint (model, optimizer,
+scheduler, step, RNG state, resolved config) that a killed run resumes from.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.utils.data import DataLoader
+
+from segaudit import runs
+from segaudit.config import load_yaml, to_yaml
+from segaudit.data import build_dataset, list_samples, prepare_dataset
+from segaudit.data.sampler import StepBatchSampler
+from segaudit.errors import ConfigError, TrainingFailed
+from segaudit.metrics import ConfusionMatrix
+from segaudit.models import build_model
+
+console = Console(stderr=True)
+
+
+# --------------------------------------------------------------------------- devices
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: '{name}' is not a torch device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: CUDA is not available on this machine")
+    return device
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; off on CPU unless asked for."""
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting in ("off", "none", "fp32"):
+        return None
+    raise ConfigError(f"train.amp: '{setting}' is not one of auto, bf16, off")
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("segaudit", "torch", "torchvision", "segmentation-models-pytorch", "hydra-core",
+                "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# --------------------------------------------------------------------------- RNG
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict:
+    """RNG states as plain types and tensors, so checkpoints load with weights_only=True."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# --------------------------------------------------------------------------- checkpoints
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint safely (`weights_only=True`); a clear error if it is damaged."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: checkpoint not found") from None
+    except Exception as err:
+        raise ConfigError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]})") from None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    runs.atomic_write(path, lambda fh: torch.save(state, fh), binary=True)
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    ignore_index: int,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict:
+    """Dataset-level metrics of `model` over `loader` (see `segaudit.metrics`)."""
+    was_training = model.training
+    model.eval()
+    metric = ConfusionMatrix(num_classes, ignore_index)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for images, target in loader:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        target = target.to(device, non_blocking=True)
+        with _autocast(device, dtype):
+            logits = model(images)
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear")
+        metric.update(logits.argmax(1), target)
+    model.train(was_training)
+    return metric.compute()
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class Run:
+    """A run directory with its resolved config, record and (when resuming) checkpoint."""
+
+    dir: Path
+    cfg: DictConfig
+    record: dict
+    checkpoint: dict | None
+
+
+def _new_record(cfg: DictConfig, run_id: str, command: str) -> dict:
+    return {
+        "schema": 1,
+        "run_id": run_id,
+        "command": command,
+        "phase": cfg.phase,
+        "diagnose_id": cfg.diagnose_id,
+        "strategy": cfg.strategy,
+        "seed": cfg.seed,
+        "dataset": cfg.dataset.name,
+        "dataset_root": cfg.dataset.root,
+        "class_names": list(cfg.dataset.class_names),
+        "model": cfg.choices.model,
+        "encoder": cfg.model.encoder,
+        "loss": cfg.choices.loss,
+        "tiers": list(cfg.loss.get("tiers", [0])),
+        "train_condition": cfg.train_condition,
+        "eval_condition": cfg.eval_condition,
+        "status": "running",
+        "error": None,
+        "step": 0,
+        "iters": cfg.train.iters,
+        "metrics": None,
+        "history": [],
+        "train_log": [],
+        "timings": {"train_s": 0.0, "eval_s": 0.0, "total_s": 0.0},
+        "throughput_ips": None,
+        "started_at": runs.now(),
+        "finished_at": None,
+        "versions": package_versions(),
+        "device": None,
+    }
+
+
+def open_run(cfg: DictConfig, command: str) -> Run:
+    """Create a new run directory, or reopen `cfg.resume` with its saved config."""
+    runs_root = Path(str(cfg.paths.runs)).expanduser()
+    if cfg.resume:
+        folder = runs_root / str(cfg.resume)  # ids like 123 arrive as ints
+        if not (folder / runs.CONFIG).is_file():
+            raise ConfigError(f"resume={cfg.resume}: no run with that id under {runs_root}")
+        saved = load_yaml(folder / runs.CONFIG)
+        record = runs.read_record(folder)
+        ckpt_path = folder / runs.CHECKPOINT
+        checkpoint = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+        return Run(folder, saved, record, checkpoint)
+    cfg = cfg.copy()
+    cfg.dataset = prepare_dataset(cfg.dataset, cfg.paths.cache)
+    for split in ("train", "val"):  # unpaired files fail here, before a run directory exists
+        list_samples(cfg.dataset, split)
+    folder = runs.new_run_dir(runs_root, cfg.phase, None if cfg.run_id is None else str(cfg.run_id))
+    cfg.run_id = folder.name
+    (folder / runs.CONFIG).write_text(to_yaml(cfg))
+    record = _new_record(cfg, folder.name, command)
+    runs.write_record(folder, record)
+    return Run(folder, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), record, None)
+
+
+def _loaders(cfg: DictConfig, start_step: int, pin: bool) -> tuple[DataLoader, DataLoader]:
+    train_set = build_dataset(cfg.dataset, "train", train=True)
+    val_set = build_dataset(cfg.dataset, "val", train=False)
+    workers = int(cfg.train.num_workers)
+    sampler = StepBatchSampler(len(train_set), cfg.train.batch_size, cfg.seed, start_step)
+    train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
+                              pin_memory=pin, persistent_workers=workers > 0)
+    val_loader = DataLoader(val_set, batch_size=cfg.train.eval_batch_size, shuffle=False,
+                            num_workers=workers, pin_memory=pin)
+    return train_loader, val_loader
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]} img/s"),
+        TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def train(cfg: DictConfig, command: str = "") -> dict:
+    """Train one model as configured and return its run record.
+
+    A run killed at any point resumes with `resume=<run_id>` from its last checkpoint
+    and ends at the same final step. A non-finite loss marks the record `failed` and
+    raises `TrainingFailed`.
+    """
+    resolve_device(str(cfg.device))  # fail on a bad device before a run directory exists
+    amp_dtype(str(cfg.train.amp), torch.device("cpu"))
+    run = open_run(cfg, command)
+    cfg, record = run.cfg, run.record
+    if record["status"] == "completed":
+        console.print(f"run {record['run_id']} is already completed")
+        return record
+    log_file = open(run.dir / runs.LOG, "a", buffering=1)
+
+    def log(message: str, echo: bool = True) -> None:
+        log_file.write(f"{runs.now()} {message}\n")
+        if echo:
+            console.print(message, style="dim", highlight=False)
+
+    try:
+        return _train(cfg, run, record, log)
+    except (TrainingFailed, KeyboardInterrupt, Exception) as err:
+        record["status"] = "failed"
+        record["error"] = (
+            f"interrupted (continue with: segaudit train resume={record['run_id']})"
+            if isinstance(err, KeyboardInterrupt) else str(err).splitlines()[0] if str(err) else repr(err)
+        )
+        record["finished_at"] = runs.now()
+        runs.write_record(run.dir, record)
+        # The caller reports errors; only an interrupt needs its resume hint here.
+        log(f"run failed: {record['error']}", echo=isinstance(err, KeyboardInterrupt))
+        raise
+    finally:
+        log_file.close()
+
+
+def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
+    t_start = time.perf_counter()
+    device = resolve_device(str(cfg.device))
+    dtype = amp_dtype(str(cfg.train.amp), device)
+    channels_last = device.type == "cuda" if cfg.train.channels_last == "auto" else bool(cfg.train.channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    seed_everything(cfg.seed)
+
+    # Model, loss, optimizer, schedule.
+    num_classes, ignore_index = int(cfg.dataset.num_classes), int(cfg.dataset.ignore_index)
+    model = build_model(cfg.model, num_classes).to(device, memory_format=memory_format)
+    loss_fn = instantiate(cfg.loss, ignore_index=ignore_index).to(device)
+    optimizer = instantiate(cfg.optim, params=model.parameters())
+    iters = int(cfg.train.iters)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=iters,
+                                                      power=float(cfg.train.poly_power))
+    step = 0
+    if run.checkpoint is not None:
+        model.load_state_dict(run.checkpoint["model"])
+        optimizer.load_state_dict(run.checkpoint["optimizer"])
+        scheduler.load_state_dict(run.checkpoint["scheduler"])
+        step = int(run.checkpoint["step"])
+        log(f"resumed {record['run_id']} at step {step}/{iters}")
+    # Entries logged after the checkpoint are replayed, so drop them.
+    record["history"] = [h for h in record["history"] if h["step"] <= step]
+    record["train_log"] = [h for h in record["train_log"] if h["step"] <= step]
+    forward_model = torch.compile(model) if cfg.train.compile else model
+
+    train_loader, val_loader = _loaders(cfg, step, pin=device.type == "cuda")
+    record.update(status="running", error=None, step=step, device=device_label(device))
+    runs.write_record(run.dir, record)
+
+    def checkpoint_now() -> None:
+        save_checkpoint(run.dir / runs.CHECKPOINT, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "step": step, "rng": capture_rng(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        })
+
+    def evaluate_now() -> dict:
+        t0 = time.perf_counter()
+        result = evaluate(forward_model, val_loader, num_classes, ignore_index, device, dtype,
+                          channels_last)
+        record["timings"]["eval_s"] += time.perf_counter() - t0
+        record["history"].append({"step": step, "condition": cfg.eval_condition, **result})
+        log(f"step {step}: mIoU {result['miou']:.2f}  mAcc {result['macc']:.2f}  aAcc {result['aacc']:.2f}")
+        return result
+
+    eval_steps = {int(s) for s in cfg.train.eval_at if 0 < int(s) < iters} | {iters}
+    log_every, ckpt_every = max(1, int(cfg.train.log_every)), max(1, int(cfg.train.ckpt_every))
+    model.train()
+    data = iter(train_loader)  # creating the iterator draws from the RNG: restore after it
+    if run.checkpoint is not None:
+        restore_rng(run.checkpoint["rng"])
+    loss_sum = torch.zeros((), device=device)
+    interval_steps, interval_t0, train_s = 0, time.perf_counter(), 0.0
+    with _progress() if cfg.train.progress else nullcontext() as progress:
+        task = progress.add_task(str(record["run_id"]), total=iters, completed=step, loss="-", ips="-") if progress else None
+        while step < iters:
+            images, target = next(data)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            target = target.to(device, non_blocking=True)
+            with _autocast(device, dtype):
+                out = loss_fn(forward_model, images, target)
+            optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            if cfg.train.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), float(cfg.train.grad_clip))
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += out.total.detach()
+            interval_steps += 1
+
+            boundary = step % log_every == 0 or step % ckpt_every == 0 or step in eval_steps
+            if not boundary:
+                continue
+            # One host sync per interval: the loss readout doubles as the NaN/inf check.
+            mean_loss = float(loss_sum) / interval_steps
+            elapsed = time.perf_counter() - interval_t0
+            train_s += elapsed
+            ips = interval_steps * images.shape[0] / max(elapsed, 1e-9)
+            if not math.isfinite(mean_loss):
+                raise TrainingFailed(
+                    f"loss became {mean_loss} by step {step}; stopped (lower optim.lr, "
+                    f"set train.grad_clip, or check the labels)"
+                )
+            terms = {k: float(v) for k, v in out.terms.items()}
+            record["train_log"].append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                                        "ips": ips, **terms})
+            if progress:
+                progress.update(task, completed=step, loss=f"{mean_loss:.3f}", ips=f"{ips:.0f}")
+            if step in eval_steps:
+                record["metrics"] = evaluate_now()
+            if step % ckpt_every == 0 or step == iters:
+                checkpoint_now()
+                record["step"] = step
+                record["timings"]["train_s"] += train_s
+                train_s = 0.0
+                runs.write_record(run.dir, record)
+            loss_sum.zero_()
+            interval_steps, interval_t0 = 0, time.perf_counter()
+
+    timings = record["timings"]
+    timings["total_s"] += time.perf_counter() - t_start
+    record.update(status="completed", step=step, finished_at=runs.now(),
+                  throughput_ips=_throughput(record["train_log"]))
+    runs.write_record(run.dir, record)
+    log(f"completed {record['run_id']}: mIoU {record['metrics']['miou']:.2f} after {step} iterations")
+    return record
+
+
+def _throughput(train_log: list[dict]) -> float | None:
+    """Median images/s over logged intervals (the first is warm-up and skipped when possible)."""
+    values = [e["ips"] for e in train_log[1:] or train_log]
+    return float(np.median(values)) if values else None

@@ -1,0 +1,105 @@
+"""Rendering the run table: rich tables for people, JSON/CSV/Markdown for pasting and tools."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from rich import box
+from rich.table import Table
+
+from segaudit.errors import ConfigError
+from segaudit.runs import json_safe
+
+FORMATS = ("table", "json", "csv", "md")
+# What the terminal table shows (the full table goes to --format/--export).
+TERMINAL_COLUMNS = [
+    ("run_id", "run"), ("dataset", "data"), ("model", "model"),
+    ("conditions", "train/eval"), ("strategy", "strategy"), ("seed", "seed"),
+    ("status", "status"), ("miou", "mIoU"), ("macc", "mAcc"),
+]
+MARKDOWN_COLUMNS = [
+    "run_id", "phase", "dataset", "model", "encoder", "loss", "train_condition",
+    "eval_condition", "strategy", "seed", "status", "step", "miou", "macc", "aacc",
+]
+# Caps that keep the terminal table within 100 columns; full values are in --format.
+_MAX_WIDTH = {"run_id": 24, "dataset": 10, "model": 13, "conditions": 15, "strategy": 10}
+_STATUS_STYLE = {"completed": "green", "running": "yellow", "failed": "red"}
+
+
+def filter_table(table: pd.DataFrame, where: list[str]) -> pd.DataFrame:
+    """Keep rows where every `key=value` holds (values compared as text, numbers as numbers).
+
+    Raises:
+        ConfigError: a condition without `=` or naming an unknown column.
+    """
+    for cond in where:
+        key, sep, value = cond.partition("=")
+        if not sep:
+            raise ConfigError(f"--where {cond!r}: expected key=value")
+        if key not in table.columns:
+            raise ConfigError(f"--where {key}: unknown column (columns: {', '.join(table.columns)})")
+        column = table[key]
+        if pd.api.types.is_numeric_dtype(column):
+            try:
+                table = table[column == float(value)]
+                continue
+            except ValueError:
+                raise ConfigError(f"--where {cond!r}: {key} is numeric") from None
+        table = table[column.astype(str) == value]
+    return table
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def rich_table(table: pd.DataFrame, title: str | None = None) -> Table:
+    """The run table for the terminal, one row per run."""
+    out = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD,
+                padding=(0, 1), pad_edge=False, collapse_padding=True)
+    for key, label in TERMINAL_COLUMNS:
+        numeric = key in ("miou", "macc", "aacc", "seed")
+        out.add_column(label, justify="right" if numeric else "left",
+                       no_wrap=True, overflow="ellipsis", max_width=_MAX_WIDTH.get(key))
+    for row in table.itertuples(index=False):
+        record = row._asdict()
+        record["conditions"] = f"{record['train_condition']}/{record['eval_condition']}"
+        cells = [_cell(record[key]) for key, _ in TERMINAL_COLUMNS]
+        style = _STATUS_STYLE.get(record["status"])
+        cells[[k for k, _ in TERMINAL_COLUMNS].index("status")] = (
+            f"[{style}]{record['status']}[/]" if style else str(record["status"])
+        )
+        out.add_row(*cells)
+    return out
+
+
+def format_table(table: pd.DataFrame, fmt: str) -> str:
+    """The table as `json` (array of run objects with history), `csv` or `md` text."""
+    if fmt == "json":
+        return json.dumps(json_safe(table.to_dict(orient="records")), indent=1)
+    flat = table.assign(history=table["history"].map(lambda h: json.dumps(json_safe(h))))
+    if fmt == "csv":
+        return flat.to_csv(index=False)
+    if fmt == "md":
+        shown = flat[MARKDOWN_COLUMNS]
+        return shown.to_markdown(index=False, floatfmt=".2f")
+    raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+
+
+def export_table(table: pd.DataFrame, path: Path) -> None:
+    """Write the full table to `.csv` or `.parquet` (history kept as JSON text)."""
+    flat = table.assign(history=table["history"].map(lambda h: json.dumps(json_safe(h))))
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        flat.to_csv(path, index=False)
+    elif suffix == ".parquet":
+        flat.to_parquet(path, index=False)
+    else:
+        raise ConfigError(f"--export {path}: use a .csv or .parquet file name")

@@ -1,0 +1,146 @@
+"""Run directories, atomic run records, and the run table.
+
+Each run owns `paths.runs/<run_id>/` holding `config.yaml` (resolved), `record.json`,
+`checkpoint.pt` and `train.log`. Records are replaced atomically (temp file in the
+same folder, fsync, rename), so a killed process or a second writer never leaves a
+half record; the table is rebuilt by scanning records, so parallel and cluster jobs
+need no shared database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+RECORD = "record.json"
+CONFIG = "config.yaml"
+CHECKPOINT = "checkpoint.pt"
+LOG = "train.log"
+
+# Columns of the run table, in display order; `history` holds per-evaluation metrics.
+COLUMNS = [
+    "run_id", "phase", "diagnose_id", "dataset", "model", "encoder", "loss",
+    "train_condition", "eval_condition", "strategy", "seed", "status", "step", "iters",
+    "miou", "macc", "aacc", "ips", "device", "started_at", "duration_s", "history",
+]
+
+
+def now() -> str:
+    """UTC timestamp, ISO 8601, second precision."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write `path` through `write(fileobj)` into a temp file, fsync, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf become null so records are strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_record(run_dir: Path, record: dict) -> None:
+    """Atomically replace `run_dir/record.json`."""
+    record["updated_at"] = now()
+    text = json.dumps(json_safe(record), indent=1, allow_nan=False)
+    atomic_write(Path(run_dir) / RECORD, lambda fh: fh.write(text))
+
+
+def read_record(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / RECORD).read_text())
+
+
+def new_run_dir(runs_root: Path, phase: str, run_id: str | None = None) -> Path:
+    """Create a fresh run directory; the id is `<yymmdd-HHMMSS utc>-<phase>-<hex>` by default."""
+    runs_root = Path(runs_root).expanduser()
+    runs_root.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        name = run_id or (
+            f"{dt.datetime.now(dt.timezone.utc):%y%m%d-%H%M%S}-{phase}-{secrets.token_hex(2)}"
+        )
+        folder = runs_root / name
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            if run_id:
+                raise
+    raise RuntimeError(f"cannot create a run directory under {runs_root}")
+
+
+def iter_records(runs_root: Path):
+    """Yield every readable record under `runs_root` (unreadable ones are reported on stderr)."""
+    runs_root = Path(runs_root).expanduser()
+    if not runs_root.is_dir():
+        return
+    for path in sorted(runs_root.glob(f"*/{RECORD}")):
+        try:
+            yield json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            print(f"segaudit: skipping unreadable record {path} ({err})", file=sys.stderr)
+
+
+def _row(record: dict) -> dict:
+    final = record.get("metrics") or {}
+    row = {key: record.get(key) for key in COLUMNS}
+    row.update(
+        miou=final.get("miou"),
+        macc=final.get("macc"),
+        aacc=final.get("aacc"),
+        ips=record.get("throughput_ips"),
+        duration_s=(record.get("timings") or {}).get("total_s"),
+        history=record.get("history") or [],
+    )
+    return row
+
+
+def load_table(root: str | Path) -> pd.DataFrame:
+    """All runs under `root` as a DataFrame, one row per run, oldest first.
+
+    Columns are `COLUMNS`: identity and conditions of each run, its status, the final
+    evaluation (`miou`, `macc`, `aacc`, percent; NaN when not evaluated), throughput
+    and the per-evaluation `history` (a list of dicts with `step`, `miou`, ...).
+    """
+    rows = [_row(r) for r in iter_records(Path(root))]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    for col in ("miou", "macc", "aacc", "ips", "duration_s"):
+        table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
+    return table.sort_values(["started_at", "run_id"], kind="stable").reset_index(drop=True)

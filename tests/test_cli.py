@@ -1,0 +1,120 @@
+"""The command line as a user meets it: help, version, reports, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from segaudit import __version__
+from segaudit.cli import app
+from segaudit.config import compose
+from segaudit.engine import train
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def trained(tiny, runs_root):
+    train(compose(tiny + ["strategy=first", "run_id=one"]))
+    train(compose(tiny + ["strategy=second", "model=unet", "run_id=two"]))
+    return runs_root
+
+
+def test_version():
+    result = _run("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+@pytest.mark.parametrize("command", [["train"], ["report"], ["data", "synth"]])
+def test_help_shows_examples(command):
+    result = _run(*command, "--help")
+    assert result.exit_code == 0 and "Examples" in result.output
+
+
+def test_train_prints_the_run(tiny, runs_root):
+    result = _run("train", *tiny, "run_id=cli")
+    assert result.exit_code == 0, result.output
+    assert "cli" in result.stdout and "completed" in result.stdout
+    assert (runs_root / "cli" / "record.json").is_file()
+
+
+def test_report_formats(trained, tmp_path):
+    result = _run("report", "--format", "json", f"paths.runs={trained}")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["run_id"] for r in rows] == ["one", "two"]
+    for key in ("run_id", "phase", "dataset", "model", "encoder", "loss", "train_condition",
+                "eval_condition", "strategy", "seed", "status", "miou", "history"):
+        assert key in rows[0]
+    assert rows[1]["model"] == "unet" and rows[0]["history"][-1]["step"] == 2
+    assert rows[0]["miou"] == rows[0]["history"][-1]["miou"]
+
+    result = _run("report", "--format", "csv", "--where", "strategy=second", f"paths.runs={trained}")
+    assert result.exit_code == 0 and result.stdout.count("\n") == 2 and "second" in result.stdout
+    result = _run("report", "--format", "md", f"paths.runs={trained}")
+    assert result.exit_code == 0 and "| run_id" in result.stdout
+    result = _run("report", "--where", "seed=0", "--where", "model=unet", f"paths.runs={trained}")
+    assert result.exit_code == 0 and "two" in result.stdout and "one" not in result.stdout
+
+    for name in ("runs.csv", "runs.parquet"):
+        result = _run("report", "--export", tmp_path / name, f"paths.runs={trained}")
+        assert result.exit_code == 0, result.output
+    csv = pd.read_csv(tmp_path / "runs.csv")
+    parquet = pd.read_parquet(tmp_path / "runs.parquet")
+    assert list(csv.run_id) == list(parquet.run_id) == ["one", "two"]
+    assert parquet.miou.tolist() == pytest.approx(rows[0:2] and [r["miou"] for r in rows])
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["train", "model=unett"], "unknown model 'unett' (choices: deeplabv3plus, pspnet, segformer, unet)"),
+    (["train", "train.iterz=5"], "unknown config key 'train.iterz' (keys under train:"),
+    (["train", "train.iters=abc"], "train.iters: expected an integer"),
+    (["train", "train.iters=1,2"], "sweeps are not supported"),
+    (["train", "dataset=folder"], "dataset.root is not set"),
+    (["train", "dataset=folder", "dataset.root=/no/such/dir"], "/no/such/dir: dataset.root is not a folder"),
+    (["train", "device=tpu"], "device: 'tpu' is not a torch device"),
+    (["report", "--format", "xml"], "--format xml: choose one of table, json, csv, md"),
+    (["report", "--where", "colour=red"], "--where colour: unknown column"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path):
+    result = _run(*args, f"paths.runs={tmp_path}")
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_orphan_files_are_named(tmp_path, synth_root):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    (root / "masks" / "train" / "train_00003.png").unlink()
+    result = _run("train", "dataset=folder", f"dataset.root={root}", f"paths.runs={tmp_path / 'r'}")
+    assert result.exit_code == 2 and "train_00003.png" in result.stderr
+    assert not list((tmp_path / "r").glob("*"))  # nothing half-made in the runs root
+
+
+def test_installed_console_script_fails_cleanly(tmp_path):
+    """A real process: exit code 2, one line on stderr, no traceback."""
+    result = subprocess.run([sys.executable, "-m", "segaudit.cli", "train", "optim=adam",
+                             f"paths.runs={tmp_path}"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: unknown optim 'adam' (choices: adamw, sgd)"
+
+
+def test_data_synth(tmp_path):
+    result = _run("data", "synth", "--out", tmp_path / "d", "--n-train", 3, "--n-val", 2,
+                  "--size", 32, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "d" / "images" / "train").glob("*.png"))) == 3
+    assert (tmp_path / "d" / "dataset.yaml").is_file()
+    again = _run("data", "synth", "--out", tmp_path / "d")
+    assert again.exit_code == 2 and "not empty" in again.stderr

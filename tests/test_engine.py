@@ -1,0 +1,118 @@
+"""The unified loop: records, checkpoints, resume after SIGKILL, NaN handling."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from segaudit import losses
+from segaudit.config import compose
+from segaudit.engine import load_checkpoint, train
+from segaudit.errors import ConfigError, TrainingFailed
+from segaudit.runs import CHECKPOINT, read_record
+
+
+def test_record_and_checkpoint_contents(tiny, runs_root):
+    cfg = compose(tiny + ["train.iters=4", "train.eval_at=[2]", "train.log_every=1",
+                          "strategy=mine", "seed=3"])
+    record = train(cfg, command="segaudit train ...")
+    run_dir = runs_root / record["run_id"]
+    on_disk = read_record(run_dir)
+    assert on_disk["status"] == "completed" and on_disk["step"] == 4
+    assert [h["step"] for h in on_disk["history"]] == [2, 4]
+    assert on_disk["metrics"]["miou"] == on_disk["history"][-1]["miou"]
+    assert len(on_disk["metrics"]["iou"]) == 8
+    for key in ("run_id", "command", "phase", "dataset", "model", "encoder", "loss",
+                "train_condition", "eval_condition", "strategy", "seed", "timings",
+                "throughput_ips", "versions", "device"):
+        assert key in on_disk, key
+    assert (on_disk["strategy"], on_disk["seed"], on_disk["model"]) == ("mine", 3, "deeplabv3plus")
+    assert [e["step"] for e in on_disk["train_log"]] == [1, 2, 3, 4]
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    assert {"model", "optimizer", "scheduler", "step", "rng", "config"} <= set(ckpt)
+    assert ckpt["step"] == 4 and ckpt["config"]["run_id"] == record["run_id"]
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "train.log").read_text()
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny, runs_root, monkeypatch):
+    base = tiny + ["train.iters=6", "train.ckpt_every=2", "train.log_every=1"]
+    reference = train(compose(base + ["run_id=straight"]))
+
+    real_forward = losses.TieredLoss.forward
+    calls = {"n": 0}
+
+    def dies_at_step_5(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_forward(self, *args)
+
+    monkeypatch.setattr(losses.TieredLoss, "forward", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose(base + ["run_id=bumpy"]))
+    assert read_record(runs_root / "bumpy")["status"] == "failed"
+    monkeypatch.setattr(losses.TieredLoss, "forward", real_forward)
+    resumed = train(compose([f"paths.runs={runs_root}", "resume=bumpy"]))
+    assert resumed["status"] == "completed" and resumed["step"] == 6
+    # Same data order, same RNG: the resumed run ends where the straight one did.
+    assert resumed["metrics"]["miou"] == pytest.approx(reference["metrics"]["miou"], abs=1e-9)
+    a = load_checkpoint(runs_root / "straight" / CHECKPOINT)["model"]
+    b = load_checkpoint(runs_root / "bumpy" / CHECKPOINT)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkilled_subprocess_resumes_and_completes(tiny, runs_root):
+    args = [sys.executable, "-m", "segaudit.cli", "train", *tiny, "train.iters=40",
+            "train.ckpt_every=3", "run_id=victim"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record_path = runs_root / "victim" / "record.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if record_path.exists() and json.loads(record_path.read_text())["step"] >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = json.loads(record_path.read_text())
+    assert killed["status"] == "running" and 3 <= killed["step"] < 40
+
+    done = subprocess.run([sys.executable, "-m", "segaudit.cli", "train", f"paths.runs={runs_root}",
+                           "resume=victim", "train.progress=false"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    final = json.loads(record_path.read_text())
+    assert final["status"] == "completed" and final["step"] == 40
+    assert [p.name for p in runs_root.iterdir()] == ["victim"]  # one run, one record
+    assert [h["step"] for h in final["history"]] == [40]
+
+
+def test_non_finite_loss_fails_the_run(tiny, runs_root, monkeypatch):
+    monkeypatch.setattr(losses.TieredLoss, "cross_entropy",
+                        lambda self, logits, target: logits.sum() * float("nan"))
+    with pytest.raises(TrainingFailed, match="loss became nan"):
+        train(compose(tiny + ["run_id=nan"]))
+    record = read_record(runs_root / "nan")
+    assert record["status"] == "failed" and "nan" in record["error"]
+
+
+def test_resume_of_unknown_run_is_a_config_error(tiny):
+    with pytest.raises(ConfigError, match="no run with that id"):
+        train(compose(tiny + ["resume=ghost"]))
+
+
+def test_cross_entropy_ignores_all_ignore_crops():
+    loss = losses.TieredLoss(ignore_index=255)
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    assert loss.cross_entropy(logits, torch.full((1, 2, 2), 255)).item() == 0.0
+    target = torch.tensor([[[0, 1], [2, 255]]])
+    expected = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
+    assert loss.cross_entropy(logits, target).item() == pytest.approx(expected.item())
+    weights = losses.TieredLoss(ignore_index=255, class_weights=[1.0, 2.0, 3.0])
+    expected = torch.nn.functional.cross_entropy(logits, target, ignore_index=255,
+                                                 weight=torch.tensor([1.0, 2.0, 3.0]))
+    assert weights.cross_entropy(logits, target).item() == pytest.approx(expected.item())

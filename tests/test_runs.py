@@ -1,0 +1,85 @@
+"""Run records, the run table and its exports."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from segaudit.runs import COLUMNS, atomic_write, load_table, read_record, write_record
+
+
+def _record(run_id, started, miou, **extra):
+    record = {
+        "run_id": run_id, "phase": "train", "diagnose_id": None, "dataset": "synthetic",
+        "model": "unet", "encoder": "resnet18", "loss": "ce", "train_condition": "real",
+        "eval_condition": "real", "strategy": "baseline", "seed": 0, "status": "completed",
+        "step": 10, "iters": 10, "started_at": started, "throughput_ips": 12.5,
+        "timings": {"total_s": 3.0},
+        "metrics": None if miou is None else {"miou": miou, "macc": 50.0, "aacc": 80.0},
+        "history": [] if miou is None else [{"step": 10, "miou": miou}],
+    }
+    record.update(extra)
+    return record
+
+
+def _write(root, record):
+    (root / record["run_id"]).mkdir(parents=True)
+    write_record(root / record["run_id"], record)
+
+
+def test_round_trip(tmp_path):
+    _write(tmp_path, _record("b", "2026-01-02T00:00:00+00:00", 41.5, strategy="tier1", seed=1))
+    _write(tmp_path, _record("a", "2026-01-01T00:00:00+00:00", 40.0))
+    _write(tmp_path, _record("c", "2026-01-03T00:00:00+00:00", None, status="running"))
+    table = load_table(tmp_path)
+    assert list(table.columns) == COLUMNS
+    assert list(table.run_id) == ["a", "b", "c"]  # oldest first
+    assert table.loc[1, "miou"] == 41.5 and table.loc[1, "strategy"] == "tier1"
+    assert math.isnan(table.loc[2, "miou"]) and table.loc[2, "status"] == "running"
+    assert table.loc[0, "history"] == [{"step": 10, "miou": 40.0}]
+    assert table.loc[0, "duration_s"] == 3.0 and table.loc[0, "ips"] == 12.5
+
+
+def test_empty_or_missing_root(tmp_path):
+    assert load_table(tmp_path / "nothing").empty
+    assert list(load_table(tmp_path).columns) == COLUMNS
+
+
+def test_nan_is_written_as_null(tmp_path):
+    write_record(tmp_path, {"miou": float("nan"), "iou": [1.0, float("inf")]})
+    text = (tmp_path / "record.json").read_text()
+    assert json.loads(text)["iou"] == [1.0, None] and "NaN" not in text
+    assert read_record(tmp_path)["miou"] is None
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "record.json"
+    target.write_text('{"ok": true}')
+
+    def explode(fh):
+        fh.write('{"half":')
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, explode)
+    assert json.loads(target.read_text()) == {"ok": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"]
+
+
+def test_unreadable_record_is_skipped(tmp_path, capsys):
+    _write(tmp_path, _record("good", "2026-01-01T00:00:00+00:00", 40.0))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "record.json").write_text("{not json")
+    table = load_table(tmp_path)
+    assert list(table.run_id) == ["good"]
+    assert "bad" in capsys.readouterr().err
+
+
+def test_table_is_a_real_dataframe(tmp_path):
+    for i, strategy in enumerate(["baseline", "tier1", "tier1"]):
+        _write(tmp_path, _record(f"r{i}", f"2026-01-0{i + 1}T00:00:00+00:00", 40.0 + i,
+                                 strategy=strategy))
+    means = load_table(tmp_path).groupby("strategy")["miou"].mean()
+    pd.testing.assert_series_equal(means, pd.Series({"baseline": 40.0, "tier1": 41.5},
+                                                    name="miou").rename_axis("strategy"))
