@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_RUNS ?= runs/demo
+FAULT_DIR ?= runs/demo-fault
 
-.PHONY: help venv demo test test-full bench clean
+.PHONY: help venv demo demo-fault test test-full bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,9 +19,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install segaudit with its test extras
 
-demo: $(STAMP) ## train on the embedded synthetic dataset and print the run table
-	$(BIN)/segaudit train paths.runs=$(DEMO_RUNS) strategy=demo
+demo: $(STAMP) ## segaudit diagnose on the embedded synthetic scenes (ends HEALTHY)
+	$(BIN)/segaudit diagnose paths.runs=$(DEMO_RUNS)
 	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS)
+
+demo-fault: $(STAMP) ## diagnose a copy whose image/mask pairing is scrambled on disk (ends PIPELINE_FAULT)
+	rm -rf $(FAULT_DIR) && mkdir -p $(FAULT_DIR)
+	$(BIN)/segaudit data synth --out $(FAULT_DIR)/data
+	$(BIN)/python scripts/scramble_pairs.py $(FAULT_DIR)/data
+	$(BIN)/segaudit diagnose dataset=folder dataset.root=$(FAULT_DIR)/data dataset.cache_in_memory=true \
+		dataset.transform.crop=[64,64] dataset.transform.scale=[0.75,1.25] paths.runs=$(FAULT_DIR)/runs; \
+		status=$$?; echo "diagnose exit code: $$status (1 = flagged, as expected here)"; test $$status -eq 1
 
 test: $(STAMP) ## the test suite without slow end-to-end tests (< 10 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" -q
@@ -32,4 +41,4 @@ bench: $(STAMP) ## unified loop vs a bare PyTorch loop (per-iteration time ratio
 	$(BIN)/python scripts/bench_loop.py
 
 clean: ## remove the virtual environment and demo runs
-	rm -rf $(VENV) $(DEMO_RUNS)
+	rm -rf $(VENV) $(DEMO_RUNS) $(FAULT_DIR)

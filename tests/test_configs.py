@@ -14,7 +14,8 @@ ALL_OPTIONS = [(group, option) for group, options in config_groups().items() for
 
 def test_every_group_has_options():
     groups = config_groups()
-    assert {"dataset", "model", "loss", "optim"} <= set(groups)
+    assert {"dataset", "model", "loss", "optim", "condition", "gate"} <= set(groups)
+    assert {"real", "noise", "blank", "shuffled", "cross", "generated"} <= set(groups["condition"])
     assert {"deeplabv3plus", "pspnet", "segformer", "unet"} <= set(groups["model"])
     assert (CONF_DIR / "config.yaml").is_file()
 
@@ -28,10 +29,18 @@ def test_config_composes_instantiates_and_trains_one_step(group, option, tiny, s
         overrides += (["dataset.generate.n_train=4", "dataset.generate.n_val=2",
                        "dataset.generate.size=32"] if option == "synthetic"
                       else [f"dataset.root={synth_root}"])
+    elif group == "condition":  # mounted twice: train_condition and eval_condition
+        overrides += [f"train_condition={option}", f"eval_condition={option}"]
+        roots = {"cross": synth_root, "generated": synth_root / "images"}
+        if option in roots:
+            overrides += [f"train_condition.root={roots[option]}", f"eval_condition.root={roots[option]}"]
     else:
         overrides.append(f"{group}={option}")
     cfg = compose(overrides + ["train.iters=1"])
-    assert cfg.choices[group] == option
+    if group == "condition":
+        assert cfg.train_condition.name == cfg.eval_condition.name == option
+    else:
+        assert cfg.choices[group] == option
     if group == "model":
         model = build_model(cfg.model, num_classes=8).eval()
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 32, 32)

@@ -115,6 +115,62 @@ def report(
             typer.echo(format_table(table, fmt).rstrip("\n"))
 
 
+@app.command(epilog="""[bold]Examples[/]\n
+  segaudit prior                                   [dim]# the synthetic dataset's location prior[/]\n
+  segaudit prior dataset=folder dataset.root=data/synth --plots out/prior""")
+def prior(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write one heatmap PNG per class here."),
+) -> None:
+    """The analytic prior: what a model that never looks at the image can score."""
+    from segaudit.config import compose
+    from segaudit.prior import run_prior
+    from segaudit.report import prior_panel
+
+    with user_errors():
+        record = run_prior(compose(overrides or []), command=_command_line(), plots=plots)
+        out.print(prior_panel(record))
+
+
+@app.command(epilog="""[bold]Examples[/]\n
+  segaudit audit RUN_ID                            [dim]# a run under paths.runs[/]\n
+  segaudit audit path/to/checkpoint.pt device=cuda""")
+def audit(
+    target: str = typer.Argument(..., help="A run id under paths.runs, or a checkpoint file."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Evaluate a trained model on real, noise, blank and shuffled inputs."""
+    from segaudit.audit import audit as run_audit
+    from segaudit.config import compose
+    from segaudit.report import audit_panel
+
+    with user_errors():
+        record = run_audit(compose(overrides or []), target, command=_command_line())
+        out.print(audit_panel(record))
+
+
+@app.command(epilog="""[bold]Examples[/]\n
+  segaudit diagnose                                [dim]# phase 1 on the synthetic scenes[/]\n
+  segaudit diagnose dataset=folder dataset.root=/data/mine train.iters=2000\n
+  segaudit diagnose --no-noise-train gate=seed     [dim]# the investigation's literal gate[/]\n\n
+Exit code: 0 HEALTHY, 1 PIPELINE_FAULT or SPATIAL_SHORTCUT, 2 bad input.""")
+def diagnose(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    noise_train: bool = typer.Option(True, "--noise-train/--no-noise-train",
+                                     help="Train on pure noise too (the prior predicts its result)."),
+) -> None:
+    """Phase 1: prior, baseline, shuffled-pairing and noise training, verdict, decision gate."""
+    from segaudit.config import compose
+    from segaudit.phases import EXIT_CODES, diagnose as run_diagnose
+    from segaudit.report import verdict_panel
+
+    with user_errors():
+        cfg = compose([*(overrides or []), f"diagnose.noise_train={str(noise_train).lower()}"])
+        record = run_diagnose(cfg, command=_command_line())
+        out.print(verdict_panel(record))
+    raise typer.Exit(EXIT_CODES[record["verdict"]])
+
+
 @data_app.command("synth", epilog="""[bold]Examples[/]\n
   segaudit data synth --out data/synth\n
   segaudit data synth --out data/big --n-train 2000 --size 128 --seed 1\n

@@ -111,6 +111,31 @@ def _check_key(tree: dict, override: Override, text: str) -> None:
         )
 
 
+# Config nodes filled from a group mounted under another name (`condition@train_condition`).
+MOUNTED = {"train_condition": "condition", "eval_condition": "condition"}
+
+
+def _alias(text: str, groups: dict[str, list[str]]) -> str:
+    """`train_condition=noise` is short for Hydra's `condition@train_condition=noise`."""
+    key, sep, value = text.partition("=")
+    if sep and key in MOUNTED:
+        if value not in groups[MOUNTED[key]]:
+            raise ConfigError(
+                f"unknown {key} '{value}' (choices: {', '.join(groups[MOUNTED[key]])})"
+            )
+        return f"{MOUNTED[key]}@{key}={value}"
+    return text
+
+
+def load_group_option(group: str, option: str) -> DictConfig:
+    """One option of a config group as a config node (e.g. `condition`, `noise`)."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    if not path.is_file():
+        choices = ", ".join(config_groups().get(group, []))
+        raise ConfigError(f"unknown {group} '{option}' (choices: {choices})")
+    return OmegaConf.load(path)
+
+
 def compose(overrides: Iterable[str] = ()) -> DictConfig:
     """Compose `conf/config.yaml` with command-line overrides.
 
@@ -122,8 +147,8 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
     Raises:
         ConfigError: one line naming the bad key or value and the valid choices.
     """
-    overrides = list(overrides)
     groups = config_groups()
+    overrides = [_alias(text, groups) for text in overrides]
     group_texts, key_checks = [], []
     for override, text in zip(_parse(overrides), overrides):
         key = override.key_or_group

@@ -14,6 +14,7 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -28,8 +29,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from segaudit import runs
-from segaudit.config import load_yaml, to_yaml
+from segaudit.config import load_group_option, load_yaml, to_yaml
 from segaudit.data import build_dataset, list_samples, prepare_dataset
+from segaudit.data.conditions import DeviceImages
 from segaudit.data.sampler import StepBatchSampler
 from segaudit.errors import ConfigError, TrainingFailed
 from segaudit.metrics import ConfusionMatrix
@@ -142,14 +144,21 @@ def evaluate(
     device: torch.device,
     dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    images_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
-    """Dataset-level metrics of `model` over `loader` (see `segaudit.metrics`)."""
+    """Dataset-level metrics of `model` over `loader` (see `segaudit.metrics`).
+
+    `images_fn` replaces each batch's images on the device (the noise/blank conditions).
+    """
     was_training = model.training
     model.eval()
     metric = ConfusionMatrix(num_classes, ignore_index)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for images, target in loader:
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        images = images.to(device, non_blocking=True)
+        if images_fn is not None:
+            images = images_fn(images)
+        images = images.contiguous(memory_format=memory_format)
         target = target.to(device, non_blocking=True)
         with _autocast(device, dtype):
             logits = model(images)
@@ -172,37 +181,12 @@ class Run:
 
 
 def _new_record(cfg: DictConfig, run_id: str, command: str) -> dict:
-    return {
-        "schema": 1,
-        "run_id": run_id,
-        "command": command,
-        "phase": cfg.phase,
-        "diagnose_id": cfg.diagnose_id,
-        "strategy": cfg.strategy,
-        "seed": cfg.seed,
-        "dataset": cfg.dataset.name,
-        "dataset_root": cfg.dataset.root,
-        "class_names": list(cfg.dataset.class_names),
-        "model": cfg.choices.model,
-        "encoder": cfg.model.encoder,
-        "loss": cfg.choices.loss,
-        "tiers": list(cfg.loss.get("tiers", [0])),
-        "train_condition": cfg.train_condition,
-        "eval_condition": cfg.eval_condition,
-        "status": "running",
-        "error": None,
-        "step": 0,
-        "iters": cfg.train.iters,
-        "metrics": None,
-        "history": [],
-        "train_log": [],
-        "timings": {"train_s": 0.0, "eval_s": 0.0, "total_s": 0.0},
-        "throughput_ips": None,
-        "started_at": runs.now(),
-        "finished_at": None,
-        "versions": package_versions(),
-        "device": None,
-    }
+    return runs.new_record(
+        cfg, run_id, command, model=cfg.choices.model, encoder=cfg.model.encoder,
+        loss=cfg.choices.loss, tiers=list(cfg.loss.get("tiers", [0])),
+        train_condition=cfg.train_condition.name, eval_condition=cfg.eval_condition.name,
+        iters=cfg.train.iters, versions=package_versions(),
+    )
 
 
 def open_run(cfg: DictConfig, command: str) -> Run:
@@ -229,16 +213,27 @@ def open_run(cfg: DictConfig, command: str) -> Run:
     return Run(folder, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), record, None)
 
 
-def _loaders(cfg: DictConfig, start_step: int, pin: bool) -> tuple[DataLoader, DataLoader]:
-    train_set = build_dataset(cfg.dataset, "train", train=True)
-    val_set = build_dataset(cfg.dataset, "val", train=False)
+def eval_conditions(cfg: DictConfig) -> list[DictConfig]:
+    """The evaluation condition first, then each of `eval_also` (no repeats)."""
+    conditions = [cfg.eval_condition]
+    for name in cfg.get("eval_also") or []:
+        if name not in [c.name for c in conditions]:
+            conditions.append(load_group_option("condition", str(name)))
+    return conditions
+
+
+def val_loader(cfg: DictConfig, condition: DictConfig, pin: bool) -> DataLoader:
+    dataset = build_dataset(cfg.dataset, "val", train=False, condition=condition)
+    return DataLoader(dataset, batch_size=cfg.train.eval_batch_size, shuffle=False,
+                      num_workers=int(cfg.train.num_workers), pin_memory=pin)
+
+
+def train_loader(cfg: DictConfig, start_step: int, pin: bool) -> DataLoader:
+    dataset = build_dataset(cfg.dataset, "train", train=True, condition=cfg.train_condition)
     workers = int(cfg.train.num_workers)
-    sampler = StepBatchSampler(len(train_set), cfg.train.batch_size, cfg.seed, start_step)
-    train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
-                              pin_memory=pin, persistent_workers=workers > 0)
-    val_loader = DataLoader(val_set, batch_size=cfg.train.eval_batch_size, shuffle=False,
-                            num_workers=workers, pin_memory=pin)
-    return train_loader, val_loader
+    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed, start_step)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin,
+                      persistent_workers=workers > 0)
 
 
 def _progress() -> Progress:
@@ -268,7 +263,7 @@ def train(cfg: DictConfig, command: str = "") -> dict:
     def log(message: str, echo: bool = True) -> None:
         log_file.write(f"{runs.now()} {message}\n")
         if echo:
-            console.print(message, style="dim", highlight=False)
+            console.print(message, style="dim", highlight=False, markup=False)
 
     try:
         return _train(cfg, run, record, log)
@@ -317,7 +312,11 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
     record["train_log"] = [h for h in record["train_log"] if h["step"] <= step]
     forward_model = torch.compile(model) if cfg.train.compile else model
 
-    train_loader, val_loader = _loaders(cfg, step, pin=device.type == "cuda")
+    pin = device.type == "cuda"
+    loader = train_loader(cfg, step, pin)
+    evaluations = [(c, val_loader(cfg, c, pin)) for c in eval_conditions(cfg)]
+    mean, std = cfg.dataset.transform.mean, cfg.dataset.transform.std
+    train_images = DeviceImages(cfg.train_condition, mean, std, device, seeded=False)
     record.update(status="running", error=None, step=step, device=device_label(device))
     runs.write_record(run.dir, record)
 
@@ -329,18 +328,25 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
         })
 
     def evaluate_now() -> dict:
+        """Evaluate on every condition; returns the main (eval_condition) metrics."""
         t0 = time.perf_counter()
-        result = evaluate(forward_model, val_loader, num_classes, ignore_index, device, dtype,
-                          channels_last)
+        results = {}
+        for condition, loader_ in evaluations:
+            images_fn = DeviceImages(condition, mean, std, device, seeded=True)
+            result = evaluate(forward_model, loader_, num_classes, ignore_index, device, dtype,
+                              channels_last, images_fn)
+            results[condition.name] = result
+            record["history"].append({"step": step, "condition": condition.name, **result})
+            log(f"step {step} [{condition.name}]: mIoU {result['miou']:.2f}  "
+                f"mAcc {result['macc']:.2f}  aAcc {result['aacc']:.2f}")
         record["timings"]["eval_s"] += time.perf_counter() - t0
-        record["history"].append({"step": step, "condition": cfg.eval_condition, **result})
-        log(f"step {step}: mIoU {result['miou']:.2f}  mAcc {result['macc']:.2f}  aAcc {result['aacc']:.2f}")
-        return result
+        record["metrics_by_condition"] = results
+        return results[cfg.eval_condition.name]
 
     eval_steps = {int(s) for s in cfg.train.eval_at if 0 < int(s) < iters} | {iters}
     log_every, ckpt_every = max(1, int(cfg.train.log_every)), max(1, int(cfg.train.ckpt_every))
     model.train()
-    data = iter(train_loader)  # creating the iterator draws from the RNG: restore after it
+    data = iter(loader)  # creating the iterator draws from the RNG: restore after it
     if run.checkpoint is not None:
         restore_rng(run.checkpoint["rng"])
     loss_sum = torch.zeros((), device=device)
@@ -349,7 +355,8 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
         task = progress.add_task(str(record["run_id"]), total=iters, completed=step, loss="-", ips="-") if progress else None
         while step < iters:
             images, target = next(data)
-            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            images = train_images(images.to(device, non_blocking=True))
+            images = images.contiguous(memory_format=memory_format)
             target = target.to(device, non_blocking=True)
             with _autocast(device, dtype):
                 out = loss_fn(forward_model, images, target)

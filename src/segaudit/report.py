@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 from rich import box
+from rich.console import Group
+from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from segaudit.errors import ConfigError
 from segaudit.runs import json_safe
@@ -103,3 +106,85 @@ def export_table(table: pd.DataFrame, path: Path) -> None:
         flat.to_parquet(path, index=False)
     else:
         raise ConfigError(f"--export {path}: use a .csv or .parquet file name")
+
+
+# --------------------------------------------------------------------------- panels
+_VERDICT_STYLE = {"HEALTHY": "green", "PIPELINE_FAULT": "red", "SPATIAL_SHORTCUT": "yellow"}
+
+
+def _evidence_table(rows: list[tuple[str, float | None, str]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    table.add_column("what was trained / evaluated")
+    table.add_column("mIoU", justify="right", no_wrap=True)
+    table.add_column("run", no_wrap=True, overflow="ellipsis", max_width=30)
+    for label, value, run in rows:
+        table.add_row(label, _cell(value) if value is not None else "skipped", run or "")
+    return table
+
+
+def verdict_panel(record: dict) -> Panel:
+    """The diagnose verdict, the decision gate and the evidence table, as one panel."""
+    ev, steps, gate = record["evidence"], record["steps"], record["gate"]
+    rows = [
+        ("analytic prior (labels only, no image)", ev["prior"], steps.get("prior")),
+        ("global-majority baseline", ev.get("majority"), steps.get("prior")),
+        ("trained on real, evaluated on real", ev["real"], steps.get("baseline")),
+        ("trained on real, evaluated on noise", ev.get("real_on_noise"), steps.get("baseline")),
+        ("trained with shuffled pairing, evaluated on real", ev.get("shuffled"), steps.get("shuffled")),
+        ("trained and evaluated on noise (sanity test)", ev.get("noise_trained"), steps.get("noise")),
+        ("tier-1 diagnostic (consistency loss)", ev.get("tier1"), steps.get("tier1")),
+    ]
+    style = _VERDICT_STYLE.get(record["verdict"], "white")
+    parts = [
+        Text.assemble(("verdict: ", "bold"), (record["verdict"], f"bold {style}")),
+        *[Text(f"  - {reason}") for reason in record["reasons"]],
+        Text(f"content gain (real - prior): {ev['real'] - ev['prior']:+.2f} points"),
+        _evidence_table(rows),
+        Text.assemble(("decision gate ", "bold"), (f"({gate['preset']}): ", "dim"),
+                      (gate["decision"], "bold"), f" - {gate['why']}"),
+    ]
+    if gate.get("next_checks"):
+        parts.append(Text("the fix is in the data pipeline, not the loss. check next:", style="bold"))
+        parts += [Text(f"  - {check}") for check in gate["next_checks"]]
+    for note in ev.get("notes") or []:
+        parts.append(Text(f"note: {note}", style="yellow"))
+    return Panel(Group(*parts), title=f"segaudit diagnose {record['run_id']}", border_style=style,
+                 expand=False)
+
+
+def prior_panel(record: dict) -> Panel:
+    """The analytic prior's scores, with per-class IoU."""
+    prior = record["prior"]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    table.add_column("class")
+    table.add_column("prior IoU", justify="right")
+    for name, iou in zip(record["class_names"], record["metrics"]["iou"]):
+        table.add_row(name, _cell(iou))
+    lines = [
+        Text(f"per-pixel prior mIoU {record['metrics']['miou']:.2f}   (reported: {prior['reported']})"),
+        Text(f"global majority ({prior['majority_class_name']} everywhere) mIoU "
+             f"{prior['majority']['miou']:.2f}"),
+        Text(f"{prior['n_train']} training label maps at {prior['size'][0]}x{prior['size'][1]}, "
+             f"{prior['labels_per_s']:.0f} labels/s; scored on {prior['n_val']} val maps", style="dim"),
+        table,
+    ]
+    return Panel(Group(*lines), title=f"analytic prior {record['run_id']}", expand=False)
+
+
+def audit_panel(record: dict) -> Panel:
+    """An audit's mIoU per input condition against the prior."""
+    block = record["audit"]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    table.add_column("input")
+    table.add_column("mIoU", justify="right")
+    for name, value in block["miou"].items():
+        table.add_row(name, _cell(value))
+    table.add_row("analytic prior", _cell(block["prior_miou"]))
+    lines = [
+        Text(f"model {record['model']}/{record['encoder']} from {block['source']}", style="dim"),
+        table,
+        Text(f"content gain (real - prior): {block['content_gain']:+.2f} points"),
+        Text(f"pixel agreement between predictions on real and on noise: "
+             f"{block['agreement_real_noise']:.1f}%"),
+    ]
+    return Panel(Group(*lines), title=f"audit {record['run_id']}", expand=False)

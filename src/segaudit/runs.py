@@ -30,7 +30,7 @@ LOG = "train.log"
 COLUMNS = [
     "run_id", "phase", "diagnose_id", "dataset", "model", "encoder", "loss",
     "train_condition", "eval_condition", "strategy", "seed", "status", "step", "iters",
-    "miou", "macc", "aacc", "ips", "device", "started_at", "duration_s", "history",
+    "miou", "macc", "aacc", "noise_miou", "ips", "device", "started_at", "duration_s", "history",
 ]
 
 
@@ -75,6 +75,25 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def new_record(cfg, run_id: str, command: str, **fields) -> dict:
+    """A fresh `running` record for `cfg`; `fields` fill or override the run-specific keys
+    (model, encoder, loss, tiers, conditions, iters, versions, ...)."""
+    record = {
+        "schema": 1, "run_id": run_id, "command": command, "phase": cfg.phase,
+        "diagnose_id": cfg.diagnose_id, "strategy": cfg.strategy, "seed": cfg.seed,
+        "dataset": cfg.dataset.name, "dataset_root": cfg.dataset.root,
+        "class_names": list(cfg.dataset.class_names),
+        "model": None, "encoder": None, "loss": None, "tiers": [],
+        "train_condition": None, "eval_condition": None,
+        "status": "running", "error": None, "step": 0, "iters": 0,
+        "metrics": None, "metrics_by_condition": {}, "history": [], "train_log": [],
+        "timings": {"train_s": 0.0, "eval_s": 0.0, "total_s": 0.0}, "throughput_ips": None,
+        "started_at": now(), "finished_at": None, "versions": {}, "device": None,
+    }
+    record.update(fields)
+    return record
 
 
 def write_record(run_dir: Path, record: dict) -> None:
@@ -125,6 +144,7 @@ def _row(record: dict) -> dict:
         miou=final.get("miou"),
         macc=final.get("macc"),
         aacc=final.get("aacc"),
+        noise_miou=((record.get("metrics_by_condition") or {}).get("noise") or {}).get("miou"),
         ips=record.get("throughput_ips"),
         duration_s=(record.get("timings") or {}).get("total_s"),
         history=record.get("history") or [],
@@ -136,11 +156,12 @@ def load_table(root: str | Path) -> pd.DataFrame:
     """All runs under `root` as a DataFrame, one row per run, oldest first.
 
     Columns are `COLUMNS`: identity and conditions of each run, its status, the final
-    evaluation (`miou`, `macc`, `aacc`, percent; NaN when not evaluated), throughput
+    evaluation (`miou`, `macc`, `aacc`, percent; NaN when not evaluated), the final mIoU
+    on noise input when the run evaluated it (`noise_miou`), throughput
     and the per-evaluation `history` (a list of dicts with `step`, `miou`, ...).
     """
     rows = [_row(r) for r in iter_records(Path(root))]
     table = pd.DataFrame(rows, columns=COLUMNS)
-    for col in ("miou", "macc", "aacc", "ips", "duration_s"):
+    for col in ("miou", "macc", "aacc", "noise_miou", "ips", "duration_s"):
         table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
     return table.sort_values(["started_at", "run_id"], kind="stable").reset_index(drop=True)

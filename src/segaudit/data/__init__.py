@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segaudit.data.conditions import ON_DEVICE, REPAIRED, condition_samples
 from segaudit.data.folder import FolderDataset, Sample, pair_files
 from segaudit.data.synthetic import SynthSpec, ensure_synthetic
 from segaudit.data.transforms import build_transform
@@ -75,14 +76,21 @@ def list_samples(dcfg: DictConfig, split: str) -> list[Sample]:
     )
 
 
-def build_dataset(dcfg: DictConfig, split: str, train: bool) -> FolderDataset:
+def build_dataset(dcfg: DictConfig, split: str, train: bool,
+                  condition: DictConfig | None = None) -> FolderDataset:
     """The dataset of one split, with training or evaluation transforms.
 
     Args:
         dcfg: a dataset config already passed through `prepare_dataset`.
         split: a key of `dataset.layout` (`train`, `val`, ...).
         train: random rescale/crop/flip when True, fixed resize when False.
+        condition: an input condition (`conf/condition/`); None means `real`. Device
+            conditions (noise, blank) skip image decoding entirely.
     """
     samples = list_samples(dcfg, split)
+    name = "real" if condition is None else condition.name
+    if condition is not None:
+        samples = condition_samples(samples, condition, dcfg, split)
     transform = build_transform(dcfg.transform, train=train, ignore_index=int(dcfg.ignore_index))
-    return FolderDataset(samples, transform, cache_in_memory=bool(dcfg.get("cache_in_memory")))
+    return FolderDataset(samples, transform, cache_in_memory=bool(dcfg.get("cache_in_memory")),
+                         read_images=name not in ON_DEVICE, fit_images=name in REPAIRED)

@@ -97,11 +97,18 @@ class FolderDataset(Dataset):
         transform: a joint transform taking (tv_tensors.Image, tv_tensors.Mask).
         cache_in_memory: decode every pair once up front (threaded) and keep the
             uint8 arrays; worth it for small datasets, where decode dominates.
+        read_images: False for conditions whose images are made on the device: the
+            image is a zero placeholder of the mask's size and no file is read.
+        fit_images: resize an image to its mask's size instead of failing (for
+            conditions that pair labels with another source's images).
     """
 
-    def __init__(self, samples: list[Sample], transform: Callable, cache_in_memory: bool = False):
+    def __init__(self, samples: list[Sample], transform: Callable, cache_in_memory: bool = False,
+                 read_images: bool = True, fit_images: bool = False):
         self.samples = samples
         self.transform = transform
+        self.read_images = read_images
+        self.fit_images = fit_images
         self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
         if cache_in_memory:
             with ThreadPoolExecutor(max_workers=8) as pool:
@@ -112,7 +119,13 @@ class FolderDataset(Dataset):
 
     def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
-        image, mask = read_image(sample.image), read_mask(sample.mask)
+        mask = read_mask(sample.mask)
+        if not self.read_images:
+            return np.zeros((*mask.shape, 3), np.uint8), mask
+        image = read_image(sample.image)
+        if image.shape[:2] != mask.shape and self.fit_images:
+            size = (mask.shape[1], mask.shape[0])
+            image = np.array(Image.fromarray(image).resize(size, Image.BILINEAR))
         if image.shape[:2] != mask.shape:
             raise DataError(
                 f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "

@@ -1,0 +1,191 @@
+"""The analytic prior: the best predictor that never looks at the image.
+
+From the training labels alone, count each class at each pixel (at evaluation
+resolution, ignore pixels excluded) and predict the per-pixel argmax. Its validation
+mIoU is the ceiling of anything input-agnostic: a model trained on noise, or on images
+that do not match their labels, can only learn this map. The global-majority baseline
+(one class everywhere) is reported beside it.
+
+The reported prior is the one at evaluation resolution, without the train-time random
+rescale/crop/flip (which would blur the map toward the mean; the unaugmented map is the
+stronger input-agnostic predictor, hence the ceiling).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from segaudit import runs
+from segaudit.data import list_samples, prepare_dataset
+from segaudit.data.folder import read_mask
+from segaudit.errors import DataError
+from segaudit.metrics import confusion_matrix, summarize
+
+PRIOR_FILE = "prior.pt"
+
+
+@dataclass
+class PriorResult:
+    """The prior's class counts and how it scores on the validation split."""
+
+    counts: torch.Tensor  # K x H x W int64, training label counts at evaluation size
+    per_pixel: dict       # metrics of the per-pixel argmax predictor
+    majority: dict        # metrics of the global-majority predictor
+    majority_class: int
+    size: tuple[int, int]
+    n_train: int
+    n_val: int
+    seconds: float
+
+    @property
+    def frequencies(self) -> torch.Tensor:
+        """Per-pixel class frequencies (K x H x W, each pixel sums to 1 where labelled)."""
+        total = self.counts.sum(0, keepdim=True).clamp(min=1)
+        return self.counts.double().div(total).float()
+
+
+def _eval_size(dcfg: DictConfig, first_mask: Path) -> tuple[int, int]:
+    if dcfg.transform.get("resize") is not None:
+        return tuple(int(v) for v in dcfg.transform.resize)
+    with Image.open(first_mask) as im:
+        return im.height, im.width
+
+
+def _load(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    mask = read_mask(path)
+    if size is not None and mask.shape != size:
+        mask = np.array(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+    return mask
+
+
+def _check_values(mask: np.ndarray, path: Path, num_classes: int, ignore_index: int) -> None:
+    bad = (mask >= num_classes) & (mask != ignore_index)
+    if bad.any():
+        values = sorted(set(np.unique(mask[bad]).tolist()))
+        raise DataError(
+            f"{path}: label value(s) {values[:6]} outside [0, {num_classes}) and not "
+            f"ignore ({ignore_index}); check the label mapping"
+        )
+
+
+def _count_chunk(paths: list[Path], size, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """Class counts (K+1 rows, the last for ignore) over one chunk of label maps."""
+    height, width = size
+    counts = torch.zeros(num_classes + 1, height * width, dtype=torch.int32)
+    ones = torch.ones(1, height * width, dtype=torch.int32)
+    for path in paths:
+        mask = _load(path, size)
+        _check_values(mask, path, num_classes, ignore_index)
+        ids = torch.from_numpy(mask.astype(np.int64)).view(1, -1)
+        ids[ids == ignore_index] = num_classes
+        counts.scatter_add_(0, ids, ones)
+    return counts
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    size = max(1, -(-len(items) // n))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def count_labels(paths: list[Path], size: tuple[int, int], num_classes: int, ignore_index: int,
+                 workers: int) -> torch.Tensor:
+    """Per-pixel class counts (K x H x W int64) over label maps, decoded in parallel.
+
+    Label maps stream through `workers` threads (PNG decode and the scatter-add both
+    release the GIL); each thread keeps one running count, so memory stays constant in
+    the number of files.
+    """
+    chunks = _chunks(paths, workers * 4)
+    total = torch.zeros(num_classes + 1, size[0] * size[1], dtype=torch.int64)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for partial in pool.map(lambda c: _count_chunk(c, size, num_classes, ignore_index), chunks):
+            total += partial
+    return total[:num_classes].view(num_classes, *size)
+
+
+def _score_chunk(paths, prior_map, majority_class, size, num_classes, ignore_index):
+    cm_prior = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    cm_major = torch.zeros_like(cm_prior)
+    for path in paths:
+        target = torch.from_numpy(_load(path, size).astype(np.int64))
+        pred = prior_map
+        if pred.shape != target.shape:  # native-resolution evaluation of another size
+            pred = torch.nn.functional.interpolate(
+                prior_map[None, None].float(), size=target.shape, mode="nearest")[0, 0].long()
+        cm_prior += confusion_matrix(pred, target, num_classes, ignore_index)
+        cm_major += confusion_matrix(torch.full_like(target, majority_class), target, num_classes,
+                                     ignore_index)
+    return cm_prior, cm_major
+
+
+def analytic_prior(dcfg: DictConfig, workers: int | None = None) -> PriorResult:
+    """Compute the analytic prior of a prepared dataset config and score it on `val`.
+
+    Raises:
+        DataError: unpaired files, undecodable masks, or label values outside the classes.
+    """
+    t0 = time.perf_counter()
+    workers = workers or min(8, os.cpu_count() or 1)
+    num_classes, ignore_index = int(dcfg.num_classes), int(dcfg.ignore_index)
+    train = [s.mask for s in list_samples(dcfg, "train")]
+    val = [s.mask for s in list_samples(dcfg, "val")]
+    size = _eval_size(dcfg, train[0])
+    counts = count_labels(train, size, num_classes, ignore_index, workers)
+    class_totals = counts.sum((1, 2))
+    majority_class = int(class_totals.argmax())
+    prior_map = counts.argmax(0)
+    prior_map[counts.sum(0) == 0] = majority_class  # never-labelled pixels
+    val_size = size if dcfg.transform.get("resize") is not None else None
+    cm_prior = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    cm_major = torch.zeros_like(cm_prior)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        jobs = [pool.submit(_score_chunk, c, prior_map, majority_class, val_size, num_classes,
+                            ignore_index) for c in _chunks(val, workers * 4)]
+        for job in jobs:
+            a, b = job.result()
+            cm_prior += a
+            cm_major += b
+    return PriorResult(counts=counts, per_pixel=summarize(cm_prior), majority=summarize(cm_major),
+                       majority_class=majority_class, size=size, n_train=len(train),
+                       n_val=len(val), seconds=time.perf_counter() - t0)
+
+
+def run_prior(cfg: DictConfig, command: str = "", plots: Path | None = None) -> dict:
+    """`segaudit prior`: compute the prior, record it as a run (`phase=prior`), return the record."""
+    cfg = cfg.copy()
+    cfg.phase = "prior"
+    cfg.dataset = prepare_dataset(cfg.dataset, cfg.paths.cache)
+    result = analytic_prior(cfg.dataset)  # data errors surface before a run directory exists
+    folder = runs.new_run_dir(Path(str(cfg.paths.runs)), "prior",
+                              None if cfg.run_id is None else str(cfg.run_id))
+    record = runs.new_record(
+        cfg, folder.name, command, model="analytic_prior", strategy="analytic_prior",
+        train_condition="labels", eval_condition="labels", status="completed",
+        metrics=result.per_pixel, history=[{"step": 0, "condition": "labels", **result.per_pixel}],
+        prior={"size": list(result.size), "n_train": result.n_train, "n_val": result.n_val,
+               "majority_class": result.majority_class,
+               "majority_class_name": cfg.dataset.class_names[result.majority_class],
+               "majority": result.majority, "per_pixel": result.per_pixel,
+               "reported": "per-pixel argmax at evaluation resolution, no augmentation",
+               "labels_per_s": result.n_train / max(result.seconds, 1e-9)},
+        finished_at=runs.now(),
+    )
+    record["timings"]["total_s"] = result.seconds
+    torch.save({"counts": result.counts, "class_names": list(cfg.dataset.class_names)},
+               folder / PRIOR_FILE)
+    if plots is not None:
+        from segaudit.plots import prior_heatmaps
+
+        record["plots"] = [str(p) for p in prior_heatmaps(result.frequencies,
+                                                          list(cfg.dataset.class_names), plots)]
+    runs.write_record(folder, record)
+    return record
