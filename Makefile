@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_RUNS ?= runs/demo
 FAULT_DIR ?= runs/demo-fault
+DEMO_ITERS ?= 200
 
 .PHONY: help venv demo demo-fault test test-full bench clean
 
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install segaudit with its test extras
 
 demo: $(STAMP) ## segaudit diagnose on the embedded synthetic scenes (ends HEALTHY)
-	$(BIN)/segaudit diagnose paths.runs=$(DEMO_RUNS)
+	$(BIN)/segaudit diagnose paths.runs=$(DEMO_RUNS) train.iters=$(DEMO_ITERS)
 	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS)
 
 demo-fault: $(STAMP) ## diagnose a copy whose image/mask pairing is scrambled on disk (ends PIPELINE_FAULT)
@@ -28,7 +29,8 @@ demo-fault: $(STAMP) ## diagnose a copy whose image/mask pairing is scrambled on
 	$(BIN)/segaudit data synth --out $(FAULT_DIR)/data
 	$(BIN)/python scripts/scramble_pairs.py $(FAULT_DIR)/data
 	$(BIN)/segaudit diagnose dataset=folder dataset.root=$(FAULT_DIR)/data dataset.cache_in_memory=true \
-		dataset.transform.crop=[64,64] dataset.transform.scale=[0.75,1.25] paths.runs=$(FAULT_DIR)/runs; \
+		dataset.transform.crop=[64,64] dataset.transform.scale=[0.75,1.25] train.iters=$(DEMO_ITERS) \
+		paths.runs=$(FAULT_DIR)/runs; \
 		status=$$?; echo "diagnose exit code: $$status (1 = flagged, as expected here)"; test $$status -eq 1
 
 test: $(STAMP) ## the test suite without slow end-to-end tests (< 10 min on 2 cores)

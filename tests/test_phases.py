@@ -55,8 +55,10 @@ def test_seed_gate_boundaries(tier1, expected):
 
 
 @pytest.mark.parametrize("tier1,expected", [
-    # t = (tier1 - 32) / (40 - 32): the seed thresholds map to t = -0.25, 0.375, 1.0
-    (29.99, "inconclusive"), (30.0, "2A"), (35.0, "2A"), (35.1, "inconclusive"), (40.0, "2B"),
+    # t = (tier1 - 32) / (40 - 32): the seed thresholds map to t = -0.25, 0.375 (2A) and
+    # "stays at 40+" to t = 1.0, relaxed to 0.9 (39.2 here) in the default preset.
+    (29.99, "inconclusive"), (30.0, "2A"), (35.0, "2A"), (35.1, "inconclusive"),
+    (39.1, "inconclusive"), (39.2, "2B"), (40.0, "2B"),
 ])
 def test_relative_gate_reproduces_the_seed_numbers(tier1, expected):
     assert decide(Evidence(prior=32.0, real=40.0, tier1=tier1), DEFAULT)[0] == expected
@@ -82,19 +84,26 @@ def test_diagnose_records_every_step(tiny, runs_root):
     table = load_table(runs_root)
     assert set(table.diagnose_id) == {"diag"}
     assert sorted(table.strategy) == sorted(["analytic_prior", "baseline", "shuffled-pairing",
-                                             "noise-input", "diagnose"])
-    assert set(gate["steps"]) == {"prior", "baseline", "shuffled", "noise"}
+                                             "noise-input", "tier1", "diagnose"])
+    assert set(gate["steps"]) == {"prior", "baseline", "shuffled", "noise", "tier1"}
     baseline = table[table.strategy == "baseline"].iloc[0]
     assert baseline.noise_miou == pytest.approx(gate["evidence"]["real_on_noise"])
-    assert gate["gate"]["decision"] == "pending"
+    assert table[table.strategy == "tier1"].iloc[0].loss == "tier1"
+    assert gate["gate"]["decision"] in ("2A", "2B", "inconclusive")
+    again = runner.invoke(app, ["report", "--diagnose", "diag", f"paths.runs={runs_root}"])
+    assert again.exit_code == 0 and gate["verdict"] in again.stdout
+    missing = runner.invoke(app, ["report", "--diagnose", "nope", f"paths.runs={runs_root}"])
+    assert missing.exit_code == 2 and "no diagnose with that id" in missing.stderr
 
 
 def test_no_noise_train_skips_it(tiny, runs_root):
-    result = runner.invoke(app, ["diagnose", "--no-noise-train", *tiny, "run_id=quick"])
+    result = runner.invoke(app, ["diagnose", "--no-noise-train", *tiny, "diagnose.tier1=false",
+                                 "run_id=quick"])
     assert result.exit_code in (0, 1), result.output
     table = load_table(runs_root)
     assert "noise-input" not in set(table.strategy)
     assert "noise training skipped" in result.stdout
+    assert "pending" in result.stdout  # no tier-1 run, no decision
 
 
 def _scenes(tmp_path_factory):
@@ -108,7 +117,8 @@ def test_diagnose_healthy_then_pipeline_fault(tmp_path, tmp_path_factory):
     """The acceptance path: healthy data exits 0; masks shuffled on disk exit 1 with PIPELINE_FAULT."""
     root = _scenes(tmp_path_factory)
     common = ["dataset=folder", "dataset.transform.crop=[32,32]", "dataset.cache_in_memory=true",
-              "train.iters=150", "train.progress=false", f"paths.runs={tmp_path / 'runs'}"]
+              "train.iters=150", "train.progress=false", "diagnose.tier1=false",
+              f"paths.runs={tmp_path / 'runs'}"]
     healthy = runner.invoke(app, ["diagnose", "--no-noise-train", f"dataset.root={root}", *common])
     assert healthy.exit_code == 0 and "HEALTHY" in healthy.stdout, healthy.output
 

@@ -86,22 +86,28 @@ def train(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_H
   segaudit report                                  [dim]# every run under ./runs[/]\n
   segaudit report --where phase=train --where status=completed\n
   segaudit report --format json paths.runs=/shared/runs\n
-  segaudit report --export results.parquet""")
+  segaudit report --export results.parquet\n
+  segaudit report --diagnose DIAGNOSE_ID           [dim]# the verdict panel again[/]""")
 def report(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    diagnose_id: Optional[str] = typer.Option(None, "--diagnose", help="Show this diagnose's verdict panel."),
     where: List[str] = typer.Option([], "--where", "-w", help="Keep runs with key=value (repeatable)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | md"),
     export: Optional[Path] = typer.Option(None, "--export", help="Also write the table to FILE.csv or FILE.parquet."),
 ) -> None:
     """Show the run table (every run under paths.runs)."""
     from segaudit.config import compose
-    from segaudit.report import FORMATS, export_table, filter_table, format_table, rich_table
-    from segaudit.runs import load_table
+    from segaudit.report import (FORMATS, export_table, filter_table, format_table, rich_table,
+                                 verdict_panel)
+    from segaudit.runs import load_table, read_gate_record
 
     with user_errors():
         if fmt not in FORMATS:
             raise SegauditError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
         cfg = compose(overrides or [])
+        if diagnose_id is not None:
+            out.print(verdict_panel(read_gate_record(cfg.paths.runs, diagnose_id)))
+            return
         table = filter_table(load_table(cfg.paths.runs), where)
         if export is not None:
             export_table(table, export)

@@ -267,7 +267,7 @@ def train(cfg: DictConfig, command: str = "") -> dict:
 
     try:
         return _train(cfg, run, record, log)
-    except (TrainingFailed, KeyboardInterrupt, Exception) as err:
+    except (KeyboardInterrupt, Exception) as err:  # record why, then let the caller report it
         record["status"] = "failed"
         record["error"] = (
             f"interrupted (continue with: segaudit train resume={record['run_id']})"
@@ -295,7 +295,8 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
     # Model, loss, optimizer, schedule.
     num_classes, ignore_index = int(cfg.dataset.num_classes), int(cfg.dataset.ignore_index)
     model = build_model(cfg.model, num_classes).to(device, memory_format=memory_format)
-    loss_fn = instantiate(cfg.loss, ignore_index=ignore_index).to(device)
+    loss_fn = instantiate(cfg.loss, ignore_index=ignore_index,
+                          image_std=list(cfg.dataset.transform.std)).to(device)
     optimizer = instantiate(cfg.optim, params=model.parameters())
     iters = int(cfg.train.iters)
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=iters,

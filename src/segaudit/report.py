@@ -19,16 +19,19 @@ from segaudit.runs import json_safe
 FORMATS = ("table", "json", "csv", "md")
 # What the terminal table shows (the full table goes to --format/--export).
 TERMINAL_COLUMNS = [
-    ("run_id", "run"), ("dataset", "data"), ("model", "model"),
-    ("conditions", "train/eval"), ("strategy", "strategy"), ("seed", "seed"),
-    ("status", "status"), ("miou", "mIoU"), ("macc", "mAcc"),
+    ("run_id", "run"), ("dataset", "data"), ("model", "model"), ("seed", "seed"),
+    ("strategy", "strategy"), ("conditions", "train/eval"), ("status", "status"),
+    ("miou", "mIoU"), ("noise_miou", "noise"),
 ]
+_FOLDABLE = ("dataset", "model", "seed")
+_NUMERIC = ("miou", "macc", "noise_miou", "seed")
 MARKDOWN_COLUMNS = [
     "run_id", "phase", "dataset", "model", "encoder", "loss", "train_condition",
     "eval_condition", "strategy", "seed", "status", "step", "miou", "macc", "aacc",
 ]
 # Caps that keep the terminal table within 100 columns; full values are in --format.
-_MAX_WIDTH = {"run_id": 24, "dataset": 10, "model": 13, "conditions": 15, "strategy": 10}
+_MAX_WIDTH = {"run_id": 28, "dataset": 10, "model": 13, "conditions": 15, "strategy": 14}
+_MIN_WIDTH = {"miou": 6, "noise_miou": 6, "macc": 6, "status": 9, "run_id": 16}
 _STATUS_STYLE = {"completed": "green", "running": "yellow", "failed": "red"}
 
 
@@ -56,29 +59,46 @@ def filter_table(table: pd.DataFrame, where: list[str]) -> pd.DataFrame:
 
 
 def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "-"
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
 
 
+def _conditions(record: dict) -> str:
+    train, evaluate = record.get("train_condition"), record.get("eval_condition")
+    if _cell(train) == "-" and _cell(evaluate) == "-":
+        return "-"
+    return f"{train}/{evaluate}"
+
+
 def rich_table(table: pd.DataFrame, title: str | None = None) -> Table:
-    """The run table for the terminal, one row per run."""
-    out = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD,
-                padding=(0, 1), pad_edge=False, collapse_padding=True)
-    for key, label in TERMINAL_COLUMNS:
-        numeric = key in ("miou", "macc", "aacc", "seed")
-        out.add_column(label, justify="right" if numeric else "left",
-                       no_wrap=True, overflow="ellipsis", max_width=_MAX_WIDTH.get(key))
-    for row in table.itertuples(index=False):
-        record = row._asdict()
-        record["conditions"] = f"{record['train_condition']}/{record['eval_condition']}"
-        cells = [_cell(record[key]) for key, _ in TERMINAL_COLUMNS]
-        style = _STATUS_STYLE.get(record["status"])
-        cells[[k for k, _ in TERMINAL_COLUMNS].index("status")] = (
-            f"[{style}]{record['status']}[/]" if style else str(record["status"])
-        )
+    """The run table for the terminal, one row per run, within 100 columns.
+
+    Columns whose value is the same in every row (dataset, model, seed) move into the
+    caption; numbers are never truncated.
+    """
+    records = [dict(row._asdict(), conditions=_conditions(row._asdict()))
+               for row in table.itertuples(index=False)]
+    shared = [key for key in _FOLDABLE
+              if records and len({str(r[key]) for r in records}) == 1]
+    caption = "  ".join(f"{label}: {records[0][key]}" for key, label in TERMINAL_COLUMNS
+                        if key in shared)
+    columns = [(key, label) for key, label in TERMINAL_COLUMNS if key not in shared]
+    out = Table(title=title, caption=caption or None, header_style="bold", title_justify="left",
+                caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
+    for key, label in columns:
+        numeric = key in _NUMERIC
+        out.add_column(label, justify="right" if numeric else "left", no_wrap=True,
+                       overflow="ellipsis", max_width=_MAX_WIDTH.get(key),
+                       min_width=_MIN_WIDTH.get(key))
+    for record in records:
+        cells = []
+        for key, _ in columns:
+            cell = _cell(record[key])
+            style = _STATUS_STYLE.get(record["status"]) if key == "status" else None
+            cells.append(f"[{style}]{cell}[/]" if style else cell)
         out.add_row(*cells)
     return out
 

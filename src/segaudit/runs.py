@@ -107,6 +107,19 @@ def read_record(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / RECORD).read_text())
 
 
+def read_gate_record(runs_root, diagnose_id: str) -> dict:
+    """The verdict/gate record of a `segaudit diagnose` run."""
+    from segaudit.errors import ConfigError
+
+    path = Path(str(runs_root)).expanduser() / str(diagnose_id) / RECORD
+    if not path.is_file():
+        raise ConfigError(f"{diagnose_id}: no diagnose with that id under {runs_root}")
+    record = json.loads(path.read_text())
+    if "verdict" not in record:
+        raise ConfigError(f"{diagnose_id}: run is not a diagnose (phase={record.get('phase')})")
+    return record
+
+
 def new_run_dir(runs_root: Path, phase: str, run_id: str | None = None) -> Path:
     """Create a fresh run directory; the id is `<yymmdd-HHMMSS utc>-<phase>-<hex>` by default."""
     runs_root = Path(runs_root).expanduser()

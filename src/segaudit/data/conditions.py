@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from segaudit.data.folder import Sample, _listing, _names
+from segaudit.data.folder import Sample, list_by_stem, short_list
 from segaudit.errors import DataError
 
 ON_DEVICE = ("noise", "blank")
@@ -51,17 +51,17 @@ def condition_samples(samples: list[Sample], condition: DictConfig, dcfg: DictCo
         folder = Path(str(condition.root)).expanduser() / layout[split].images
         if not folder.is_dir():
             raise DataError(f"{folder}: cross-condition image folder not found (train/eval_condition.root)")
-        images = [p for _, p in sorted(_listing(folder, layout.image_suffix).items())]
+        images = [p for _, p in sorted(list_by_stem(folder, layout.image_suffix).items())]
         if not images:
             raise DataError(f"{folder}: no *{layout.image_suffix} images for the cross condition")
         return [Sample(s.stem, images[i % len(images)], s.mask) for i, s in enumerate(samples)]
     if name == "generated":
         root = Path(str(condition.root)).expanduser()
         folder = root / split if (root / split).is_dir() else root
-        found = _listing(folder, condition.image_suffix) if folder.is_dir() else {}
+        found = list_by_stem(folder, condition.image_suffix) if folder.is_dir() else {}
         missing = [s.stem + condition.image_suffix for s in samples if s.stem not in found]
         if missing:
-            raise DataError(f"{folder}: {len(missing)} generated image(s) missing: {_names(missing)}")
+            raise DataError(f"{folder}: {len(missing)} generated image(s) missing: {short_list(missing)}")
         return [Sample(s.stem, found[s.stem], s.mask) for s in samples]
     return samples
 

@@ -27,11 +27,11 @@ class Sample:
     mask: Path
 
 
-def _listing(folder: Path, suffix: str) -> dict[str, Path]:
+def list_by_stem(folder: Path, suffix: str) -> dict[str, Path]:
     return {str(p.relative_to(folder))[: -len(suffix)]: p for p in sorted(folder.rglob(f"*{suffix}"))}
 
 
-def _names(items: list[str]) -> str:
+def short_list(items: list[str]) -> str:
     shown = ", ".join(items[:MAX_LISTED])
     return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
@@ -46,8 +46,8 @@ def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: 
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
             raise DataError(f"{folder}: folder not found (check dataset.root and dataset.layout)")
-    images = _listing(image_dir, image_suffix)
-    masks = _listing(mask_dir, mask_suffix)
+    images = list_by_stem(image_dir, image_suffix)
+    masks = list_by_stem(mask_dir, mask_suffix)
     if not images:
         raise DataError(f"{image_dir}: no *{image_suffix} images (dataset.layout.image_suffix)")
     lonely_images = sorted(set(images) - set(masks))
@@ -56,10 +56,10 @@ def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: 
         parts = []
         if lonely_images:
             files = [images[s].name for s in lonely_images]
-            parts.append(f"{len(files)} image(s) without mask in {mask_dir}: {_names(files)}")
+            parts.append(f"{len(files)} image(s) without mask in {mask_dir}: {short_list(files)}")
         if lonely_masks:
             files = [masks[s].name for s in lonely_masks]
-            parts.append(f"{len(files)} mask(s) without image in {image_dir}: {_names(files)}")
+            parts.append(f"{len(files)} mask(s) without image in {image_dir}: {short_list(files)}")
         raise DataError("files do not pair by stem: " + "; ".join(parts))
     return [Sample(stem, images[stem], masks[stem]) for stem in sorted(images)]
 
