@@ -28,8 +28,7 @@ demo-fault: $(STAMP) ## diagnose a copy whose image/mask pairing is scrambled on
 	rm -rf $(FAULT_DIR) && mkdir -p $(FAULT_DIR)
 	$(BIN)/segaudit data synth --out $(FAULT_DIR)/data
 	$(BIN)/python scripts/scramble_pairs.py $(FAULT_DIR)/data
-	$(BIN)/segaudit diagnose dataset=folder dataset.root=$(FAULT_DIR)/data dataset.cache_in_memory=true \
-		dataset.transform.crop=[64,64] dataset.transform.scale=[0.75,1.25] train.iters=$(DEMO_ITERS) \
+	$(BIN)/segaudit diagnose dataset=folder dataset.root=$(FAULT_DIR)/data train.iters=$(DEMO_ITERS) \
 		paths.runs=$(FAULT_DIR)/runs; \
 		status=$$?; echo "diagnose exit code: $$status (1 = flagged, as expected here)"; test $$status -eq 1
 

@@ -115,3 +115,15 @@ def test_step_sampler_is_resumable():
     flat = sum(batches, [])
     assert sorted(flat[:10]) == list(range(10))  # each epoch is a permutation
     assert all(len(b) == 4 for b in batches)
+
+
+def test_auto_crop_and_cache_follow_the_images(synth_root):
+    from segaudit.config import compose
+
+    cfg = compose(["dataset=folder", f"dataset.root={synth_root}"])
+    assert cfg.dataset.transform.crop == "auto" and cfg.dataset.cache_in_memory == "auto"
+    prepared = prepare_dataset(cfg.dataset, "/unused")
+    assert list(prepared.transform.crop) == [32, 32]  # never larger than the 32 px images
+    assert prepared.cache_in_memory is True          # 16 tiny images fit in memory
+    big = compose(["dataset=folder", f"dataset.root={synth_root}", "dataset.transform.resize=[600,1200]"])
+    assert list(prepare_dataset(big.dataset, "/unused").transform.crop) == [512, 512]

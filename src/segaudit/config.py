@@ -80,8 +80,10 @@ def _type_name(value: Any) -> str:
 
 
 def _compatible(default: Any, value: Any) -> bool:
-    if default is None or (isinstance(default, str) and default.startswith(("${", "???"))):
-        return True  # nullable, interpolated or required: any value
+    if default is None or default == "auto" or (
+        isinstance(default, str) and default.startswith(("${", "???"))
+    ):
+        return True  # nullable, automatic, interpolated or required: any value
     if value is None:
         return False
     if isinstance(default, bool):

@@ -25,7 +25,7 @@ HEALTHY, PIPELINE_FAULT, SPATIAL_SHORTCUT = "HEALTHY", "PIPELINE_FAULT", "SPATIA
 EXIT_CODES = {HEALTHY: 0, PIPELINE_FAULT: 1, SPATIAL_SHORTCUT: 1}
 
 NEXT_CHECKS = [
-    "segaudit data check ... : every image has its own mask, sizes match, label ids in range",
+    "every image has its own mask (same scene), sizes match, label ids are in range",
     "look at image/mask pairs side by side after your dataloader (not on disk): same scene?",
     "sort order: are image and mask lists sorted the same way (e.g. 10.png before 2.png)?",
     "augmentations: does every geometric transform (crop, flip, resize) hit the mask too?",

@@ -77,18 +77,48 @@ def _check_values(mask: np.ndarray, path: Path, num_classes: int, ignore_index: 
         )
 
 
-def _count_chunk(paths: list[Path], size, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """Class counts (K+1 rows, the last for ignore) over one chunk of label maps."""
+def _add_runs(mask: np.ndarray, lut: np.ndarray, diff: np.ndarray) -> None:
+    """Add one label map to a run-length difference array (rows x H x (W + 1)).
+
+    A label map is piecewise constant along each row, so instead of touching every pixel
+    we find where the value changes and add +1 at each run's start and -1 at its end;
+    a cumulative sum over x (once, after all files) gives the per-pixel counts.
+    """
+    height, width = mask.shape
+    padded = np.zeros(-(-height * width // 8) * 8, dtype=bool)  # whole 64-bit words
+    starts = padded[: height * width].reshape(height, width)
+    starts[:, 0] = True
+    np.not_equal(mask[:, 1:], mask[:, :-1], out=starts[:, 1:])
+    # Run starts are sparse: find the non-zero 8-byte words first, then the bytes in them.
+    words = np.flatnonzero(padded.view(np.uint64))
+    word_rows, byte = np.nonzero(padded.reshape(-1, 8)[words])
+    ys, xs = np.divmod(words[word_rows] * 8 + byte, width)  # row-major order
+    ends = np.empty_like(xs)
+    ends[:-1] = xs[1:]
+    ends[np.r_[ys[1:] != ys[:-1], True]] = width  # the last run of each row ends at W
+    base = (lut[mask[ys, xs]] * height + ys) * (width + 1)
+    flat = diff.reshape(-1)
+    flat[base + xs] += 1  # (row, y, x) are distinct within each statement: exact
+    flat[base + ends] -= 1
+
+
+def _count_chunk(paths: list[Path], size, num_classes: int, ignore_index: int) -> np.ndarray:
+    """Run-length difference array over one chunk of label maps.
+
+    Rows: K classes, then ignore, then values outside the classes (a file with any of
+    those is named in a DataError).
+    """
     height, width = size
-    counts = torch.zeros(num_classes + 1, height * width, dtype=torch.int32)
-    ones = torch.ones(1, height * width, dtype=torch.int32)
+    lut = np.full(256, num_classes + 1, dtype=np.int64)  # raw value -> row
+    lut[:num_classes] = np.arange(num_classes)
+    lut[ignore_index] = num_classes
+    diff = np.zeros((num_classes + 2, height, width + 1), dtype=np.int32)
     for path in paths:
-        mask = _load(path, size)
-        _check_values(mask, path, num_classes, ignore_index)
-        ids = torch.from_numpy(mask.astype(np.int64)).view(1, -1)
-        ids[ids == ignore_index] = num_classes
-        counts.scatter_add_(0, ids, ones)
-    return counts
+        _add_runs(_load(path, size), lut, diff)
+    if diff[num_classes + 1].any():  # rare: find and name the offending file
+        for path in paths:
+            _check_values(_load(path, size), path, num_classes, ignore_index)
+    return diff
 
 
 def _chunks(items: list, n: int) -> list[list]:
@@ -100,16 +130,17 @@ def count_labels(paths: list[Path], size: tuple[int, int], num_classes: int, ign
                  workers: int) -> torch.Tensor:
     """Per-pixel class counts (K x H x W int64) over label maps, decoded in parallel.
 
-    Label maps stream through `workers` threads (PNG decode and the scatter-add both
-    release the GIL); each thread keeps one running count, so memory stays constant in
-    the number of files.
+    Label maps stream through `workers` threads (PNG decode releases the GIL); each chunk
+    keeps one run-length difference array, so memory stays constant in the number of
+    files and the work per file follows its region boundaries, not its pixel count.
     """
-    chunks = _chunks(paths, workers * 4)
-    total = torch.zeros(num_classes + 1, size[0] * size[1], dtype=torch.int64)
+    chunks = _chunks(paths, workers)  # one difference array per thread
+    total = None
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for partial in pool.map(lambda c: _count_chunk(c, size, num_classes, ignore_index), chunks):
-            total += partial
-    return total[:num_classes].view(num_classes, *size)
+        for diff in pool.map(lambda c: _count_chunk(c, size, num_classes, ignore_index), chunks):
+            total = diff.astype(np.int64) if total is None else total + diff
+    counts = np.cumsum(total[:num_classes, :, : size[1]], axis=-1)  # one pass, at the end
+    return torch.from_numpy(counts)
 
 
 def _score_chunk(paths, prior_map, majority_class, size, num_classes, ignore_index):

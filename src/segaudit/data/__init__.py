@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from PIL import Image
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segaudit.data.conditions import ON_DEVICE, REPAIRED, condition_samples
@@ -59,7 +60,33 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
                 f"dataset.class_names has {len(dcfg.class_names)} names for "
                 f"num_classes={dcfg.num_classes}"
             )
+        _resolve_auto(dcfg)
     return dcfg
+
+
+CACHE_LIMIT_BYTES = 2 * 1024**3
+DEFAULT_CROP = 512
+
+
+def _resolve_auto(dcfg: DictConfig) -> None:
+    """Fill `transform.crop: auto` and `cache_in_memory: auto` from the first training image."""
+    crop_auto = "transform" in dcfg and dcfg.transform.get("crop") == "auto"
+    cache_auto = dcfg.get("cache_in_memory") == "auto"
+    if not (crop_auto or cache_auto):
+        return
+    samples = list_samples(dcfg, "train")
+    if "transform" in dcfg and dcfg.transform.get("resize") is not None:
+        height, width = (int(v) for v in dcfg.transform.resize)
+    else:
+        try:
+            with Image.open(samples[0].image) as im:
+                width, height = im.size
+        except OSError as err:
+            raise DataError(f"{samples[0].image}: cannot read image size ({err})") from None
+    if crop_auto:
+        dcfg.transform.crop = [min(height, DEFAULT_CROP), min(width, DEFAULT_CROP)]
+    if cache_auto:
+        dcfg.cache_in_memory = len(samples) * height * width * 4 <= CACHE_LIMIT_BYTES
 
 
 def list_samples(dcfg: DictConfig, split: str) -> list[Sample]:
