@@ -26,9 +26,18 @@ def test_config_composes_instantiates_and_trains_one_step(group, option, tiny, s
     if group == "dataset":
         overrides = [o for o in overrides if not o.startswith("dataset.")]
         overrides += [f"dataset={option}", "dataset.transform.crop=[32,32]"]
-        overrides += (["dataset.generate.n_train=4", "dataset.generate.n_val=2",
-                       "dataset.generate.size=32"] if option == "synthetic"
-                      else [f"dataset.root={synth_root}"])
+        if option == "synthetic":
+            overrides += ["dataset.generate.n_train=4", "dataset.generate.n_val=2",
+                          "dataset.generate.size=32"]
+        elif option in ("folder", "outside15k"):
+            overrides.append(f"dataset.root={synth_root}")
+        else:  # official layouts: tests/test_presets.py builds a fixture for each
+            from test_presets import PRESETS
+
+            root = synth_root.parent / f"layout_{option}"
+            if not root.exists():
+                PRESETS[option][0](root)
+            overrides.append(f"dataset.root={root}")
     elif group == "condition":  # mounted twice: train_condition and eval_condition
         overrides += [f"train_condition={option}", f"eval_condition={option}"]
         roots = {"cross": synth_root, "generated": synth_root / "images"}

@@ -27,6 +27,7 @@ from PIL import Image
 from segaudit import runs
 from segaudit.data import list_samples, prepare_dataset
 from segaudit.data.folder import read_mask
+from segaudit.data.labels import label_lut
 from segaudit.errors import DataError
 from segaudit.metrics import confusion_matrix, summarize
 
@@ -60,8 +61,8 @@ def _eval_size(dcfg: DictConfig, first_mask: Path) -> tuple[int, int]:
         return im.height, im.width
 
 
-def _load(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    mask = read_mask(path)
+def _load(path: Path, size: tuple[int, int] | None, lut: np.ndarray | None = None) -> np.ndarray:
+    mask = read_mask(path) if lut is None else lut[read_mask(path)]
     if size is not None and mask.shape != size:
         mask = np.array(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
     return mask
@@ -102,7 +103,8 @@ def _add_runs(mask: np.ndarray, lut: np.ndarray, diff: np.ndarray) -> None:
     flat[base + ends] -= 1
 
 
-def _count_chunk(paths: list[Path], size, num_classes: int, ignore_index: int) -> np.ndarray:
+def _count_chunk(paths: list[Path], size, num_classes: int, ignore_index: int,
+                 label_lut: np.ndarray | None = None) -> np.ndarray:
     """Run-length difference array over one chunk of label maps.
 
     Rows: K classes, then ignore, then values outside the classes (a file with any of
@@ -112,12 +114,14 @@ def _count_chunk(paths: list[Path], size, num_classes: int, ignore_index: int) -
     lut = np.full(256, num_classes + 1, dtype=np.int64)  # raw value -> row
     lut[:num_classes] = np.arange(num_classes)
     lut[ignore_index] = num_classes
+    if label_lut is not None:  # stored id -> train id -> row, in one table
+        lut = lut[label_lut]
     diff = np.zeros((num_classes + 2, height, width + 1), dtype=np.int32)
     for path in paths:
         _add_runs(_load(path, size), lut, diff)
     if diff[num_classes + 1].any():  # rare: find and name the offending file
         for path in paths:
-            _check_values(_load(path, size), path, num_classes, ignore_index)
+            _check_values(_load(path, size, label_lut), path, num_classes, ignore_index)
     return diff
 
 
@@ -127,7 +131,7 @@ def _chunks(items: list, n: int) -> list[list]:
 
 
 def count_labels(paths: list[Path], size: tuple[int, int], num_classes: int, ignore_index: int,
-                 workers: int) -> torch.Tensor:
+                 workers: int, label_lut: np.ndarray | None = None) -> torch.Tensor:
     """Per-pixel class counts (K x H x W int64) over label maps, decoded in parallel.
 
     Label maps stream through `workers` threads (PNG decode releases the GIL); each chunk
@@ -137,17 +141,18 @@ def count_labels(paths: list[Path], size: tuple[int, int], num_classes: int, ign
     chunks = _chunks(paths, workers)  # one difference array per thread
     total = None
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for diff in pool.map(lambda c: _count_chunk(c, size, num_classes, ignore_index), chunks):
+        count = lambda c: _count_chunk(c, size, num_classes, ignore_index, label_lut)  # noqa: E731
+        for diff in pool.map(count, chunks):
             total = diff.astype(np.int64) if total is None else total + diff
     counts = np.cumsum(total[:num_classes, :, : size[1]], axis=-1)  # one pass, at the end
     return torch.from_numpy(counts)
 
 
-def _score_chunk(paths, prior_map, majority_class, size, num_classes, ignore_index):
+def _score_chunk(paths, prior_map, majority_class, size, num_classes, ignore_index, label_lut):
     cm_prior = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     cm_major = torch.zeros_like(cm_prior)
     for path in paths:
-        target = torch.from_numpy(_load(path, size).astype(np.int64))
+        target = torch.from_numpy(_load(path, size, label_lut).astype(np.int64))
         pred = prior_map
         if pred.shape != target.shape:  # native-resolution evaluation of another size
             pred = torch.nn.functional.interpolate(
@@ -170,7 +175,8 @@ def analytic_prior(dcfg: DictConfig, workers: int | None = None) -> PriorResult:
     train = [s.mask for s in list_samples(dcfg, "train")]
     val = [s.mask for s in list_samples(dcfg, "val")]
     size = _eval_size(dcfg, train[0])
-    counts = count_labels(train, size, num_classes, ignore_index, workers)
+    lut = label_lut(dcfg)
+    counts = count_labels(train, size, num_classes, ignore_index, workers, lut)
     class_totals = counts.sum((1, 2))
     majority_class = int(class_totals.argmax())
     prior_map = counts.argmax(0)
@@ -180,7 +186,7 @@ def analytic_prior(dcfg: DictConfig, workers: int | None = None) -> PriorResult:
     cm_major = torch.zeros_like(cm_prior)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         jobs = [pool.submit(_score_chunk, c, prior_map, majority_class, val_size, num_classes,
-                            ignore_index) for c in _chunks(val, workers * 4)]
+                            ignore_index, lut) for c in _chunks(val, workers * 4)]
         for job in jobs:
             a, b = job.result()
             cm_prior += a

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segaudit.data.conditions import ON_DEVICE, REPAIRED, condition_samples
 from segaudit.data.folder import FolderDataset, Sample, pair_files
+from segaudit.data.labels import label_lut, names_from_json
 from segaudit.data.synthetic import SynthSpec, ensure_synthetic
 from segaudit.data.transforms import build_transform
 from segaudit.errors import DataError
@@ -40,6 +41,7 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
         if not root.is_dir():
             raise DataError(f"{root}: dataset.root is not a folder")
         dcfg.root = str(root.resolve())
+        _prefer_train_id_masks(dcfg, root)
         meta_file = root / "dataset.yaml"
         if meta_file.is_file():
             try:
@@ -53,6 +55,8 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
             dcfg.num_classes = len(dcfg.class_names)
         if dcfg.get("num_classes") is None:
             raise DataError(f"dataset.num_classes is not set and {meta_file} does not give it")
+        if dcfg.get("class_names") is None and dcfg.get("class_names_json"):
+            dcfg.class_names = names_from_json(root / dcfg.class_names_json, int(dcfg.num_classes))
         if dcfg.get("class_names") is None:
             dcfg.class_names = [f"class_{i}" for i in range(dcfg.num_classes)]
         if len(dcfg.class_names) != dcfg.num_classes:
@@ -61,7 +65,19 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
                 f"num_classes={dcfg.num_classes}"
             )
         _resolve_auto(dcfg)
+    label_lut(dcfg)  # a broken label map fails here, before any run starts
     return dcfg
+
+
+def _prefer_train_id_masks(dcfg: DictConfig, root: Path) -> None:
+    """Use masks that already hold train ids (e.g. Cityscapes' labelTrainIds) when present."""
+    suffix = dcfg.get("train_id_masks")
+    if not suffix:
+        return
+    masks = root / dcfg.layout.train.masks
+    if masks.is_dir() and next(masks.rglob(f"*{suffix}"), None) is not None:
+        dcfg.layout.mask_suffix = suffix
+        dcfg.label_map = None
 
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
@@ -120,4 +136,5 @@ def build_dataset(dcfg: DictConfig, split: str, train: bool,
         samples = condition_samples(samples, condition, dcfg, split)
     transform = build_transform(dcfg.transform, train=train, ignore_index=int(dcfg.ignore_index))
     return FolderDataset(samples, transform, cache_in_memory=bool(dcfg.get("cache_in_memory")),
-                         read_images=name not in ON_DEVICE, fit_images=name in REPAIRED)
+                         read_images=name not in ON_DEVICE, fit_images=name in REPAIRED,
+                         label_lut=label_lut(dcfg))

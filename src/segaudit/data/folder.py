@@ -101,11 +101,14 @@ class FolderDataset(Dataset):
             image is a zero placeholder of the mask's size and no file is read.
         fit_images: resize an image to its mask's size instead of failing (for
             conditions that pair labels with another source's images).
+        label_lut: 256-entry table mapping stored label ids to train ids (None: as stored).
     """
 
     def __init__(self, samples: list[Sample], transform: Callable, cache_in_memory: bool = False,
-                 read_images: bool = True, fit_images: bool = False):
+                 read_images: bool = True, fit_images: bool = False,
+                 label_lut: np.ndarray | None = None):
         self.samples = samples
+        self.label_lut = label_lut
         self.transform = transform
         self.read_images = read_images
         self.fit_images = fit_images
@@ -120,6 +123,8 @@ class FolderDataset(Dataset):
     def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
         mask = read_mask(sample.mask)
+        if self.label_lut is not None:
+            mask = self.label_lut[mask]
         if not self.read_images:
             return np.zeros((*mask.shape, 3), np.uint8), mask
         image = read_image(sample.image)
