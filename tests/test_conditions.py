@@ -75,7 +75,10 @@ def test_noise_condition_never_reads_images(tiny, runs_root, synth_root, tmp_pat
     for path in (root / "images").rglob("*.png"):
         path.write_bytes(b"not a png")  # any read would fail
     overrides = [o for o in tiny if not o.startswith("dataset.root")] + [f"dataset.root={root}"]
-    record = train(compose(overrides + ["train_condition=noise", "eval_condition=blank", "run_id=n"]))
+    # The data check would (rightly) report the broken images; switch it off to show that
+    # training and evaluation themselves never open one.
+    record = train(compose(overrides + ["train_condition=noise", "eval_condition=blank", "run_id=n",
+                                        "data_check.before_train=false"]))
     on_disk = read_record(runs_root / "n")
     assert record["status"] == "completed"
     assert (on_disk["train_condition"], on_disk["eval_condition"]) == ("noise", "blank")

@@ -68,7 +68,10 @@ def _root(
   segaudit train model=segformer train.iters=50\n
   segaudit train dataset=folder dataset.root=/data/mine model.encoder=resnet50\n
   segaudit train resume=RUN_ID                     [dim]# continue a killed run from its checkpoint[/]""")
-def train(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
+def train(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Train on the pairs that pass the data check."),
+) -> None:
     """Train one model and evaluate it; the run lands in the run table."""
     from segaudit.config import compose
     from segaudit.engine import train as train_run
@@ -76,7 +79,7 @@ def train(overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_H
     from segaudit.runs import load_table
 
     with user_errors():
-        cfg = compose(overrides or [])
+        cfg = compose([*(overrides or []), *(["data_check.skip_bad=true"] if skip_bad else [])])
         record = train_run(cfg, command=_command_line())
         table = load_table(cfg.paths.runs)
         out.print(rich_table(table[table.run_id == record["run_id"]], title="segaudit run"))
@@ -164,6 +167,7 @@ def diagnose(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     noise_train: bool = typer.Option(True, "--noise-train/--no-noise-train",
                                      help="Train on pure noise too (the prior predicts its result)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Use only the pairs that pass the data check."),
 ) -> None:
     """Phase 1: prior, baseline, shuffled-pairing and noise training, verdict, decision gate."""
     from segaudit.config import compose
@@ -171,10 +175,33 @@ def diagnose(
     from segaudit.report import verdict_panel
 
     with user_errors():
-        cfg = compose([*(overrides or []), f"diagnose.noise_train={str(noise_train).lower()}"])
+        cfg = compose([*(overrides or []), f"diagnose.noise_train={str(noise_train).lower()}",
+                       f"data_check.skip_bad={str(skip_bad).lower()}"])
         record = run_diagnose(cfg, command=_command_line())
         out.print(verdict_panel(record))
     raise typer.Exit(EXIT_CODES[record["verdict"]])
+
+
+@data_app.command("check", epilog="""[bold]Examples[/]\n
+  segaudit data check dataset=folder dataset.root=/data/mine\n
+  segaudit data check dataset=cityscapes dataset.root=/data/cityscapes --splits val\n\n
+Exit code: 0 no errors (warnings allowed), 2 errors found or bad input.""")
+def data_check(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    splits: str = typer.Option("train,val", help="Comma-separated splits to check."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="Run the transform alignment probe."),
+) -> None:
+    """Check pairs, decoding, sizes, label ids, ignore share and transform alignment."""
+    from segaudit.config import compose
+    from segaudit.data.check import run_check
+    from segaudit.report import check_panel
+
+    with user_errors():
+        report, dcfg = run_check(compose(overrides or []), tuple(splits.split(",")), probe)
+        for problem in report.problems:
+            err.print(problem.line(), highlight=False, markup=False, soft_wrap=True)
+        out.print(check_panel(report, list(dcfg.class_names)))
+    raise typer.Exit(2 if report.errors else 0)
 
 
 @data_app.command("synth", epilog="""[bold]Examples[/]\n

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from segaudit import runs
 from segaudit.config import load_group_option, load_yaml, to_yaml
 from segaudit.data import build_dataset, list_samples, prepare_dataset
+from segaudit.data.check import preflight
 from segaudit.data.conditions import DeviceImages
 from segaudit.data.sampler import StepBatchSampler
 from segaudit.errors import ConfigError, TrainingFailed
@@ -203,12 +204,16 @@ def open_run(cfg: DictConfig, command: str) -> Run:
         return Run(folder, saved, record, checkpoint)
     cfg = cfg.copy()
     cfg.dataset = prepare_dataset(cfg.dataset, cfg.paths.cache)
-    for split in ("train", "val"):  # unpaired files fail here, before a run directory exists
+    skipped = {}
+    if cfg.data_check.before_train:  # data problems fail here, before a run directory exists
+        skipped = preflight(cfg.dataset, skip_bad=bool(cfg.data_check.skip_bad))
+    for split in ("train", "val"):
         list_samples(cfg.dataset, split)
     folder = runs.new_run_dir(runs_root, cfg.phase, None if cfg.run_id is None else str(cfg.run_id))
     cfg.run_id = folder.name
     (folder / runs.CONFIG).write_text(to_yaml(cfg))
     record = _new_record(cfg, folder.name, command)
+    record["skipped"] = skipped
     runs.write_record(folder, record)
     return Run(folder, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), record, None)
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from segaudit import runs
 from segaudit.config import load_group_option
 from segaudit.data import list_samples, prepare_dataset
+from segaudit.data.check import preflight
 from segaudit.engine import console, train
 from segaudit.losses import IMPLEMENTED_TIERS
 from segaudit.prior import run_prior
@@ -132,7 +133,7 @@ def _step_cfg(cfg: DictConfig, strategy: str, train_on: str, eval_on: str, **ext
 def diagnose(cfg: DictConfig, command: str = "") -> dict:
     """Run phase 1 and return the gate record (verdict, decision, evidence, step run ids).
 
-    Steps: data preflight; analytic prior; baseline (tier 0, real images, evaluated on real
+    Steps: data preflight (`segaudit data check`; bad input exits before any training); analytic prior; baseline (tier 0, real images, evaluated on real
     and noise); shuffled-pairing training; noise training (`diagnose.noise_train`); tier-1
     diagnostic (when loss tier 1 exists); verdict and decision gate.
     """
@@ -143,8 +144,13 @@ def diagnose(cfg: DictConfig, command: str = "") -> dict:
     cfg.run_id = None
     say = console.print
 
-    # a. Preflight: files pair up (label values are checked while the prior reads them).
+    # a. Preflight: the data check (pairs, decoding, sizes, label ids, alignment), once.
     cfg.dataset = prepare_dataset(cfg.dataset, cfg.paths.cache)
+    skipped = preflight(cfg.dataset, skip_bad=bool(cfg.data_check.skip_bad))
+    cfg.data_check.before_train = False  # the steps below reuse this check
+    if any(skipped.values()):
+        say(f"[yellow]skipping {sum(map(len, skipped.values()))} bad pair(s):[/] "
+            + ", ".join(f"{split}/{stem}" for split, stems in skipped.items() for stem in stems[:5]))
     counts = {split: len(list_samples(cfg.dataset, split)) for split in ("train", "val")}
     say(f"[bold]diagnose {diagnose_id}[/]: {cfg.dataset.name} ({counts['train']} train / "
         f"{counts['val']} val), {cfg.choices.model}/{cfg.model.encoder}, {cfg.train.iters} iters")

@@ -208,3 +208,30 @@ def audit_panel(record: dict) -> Panel:
              f"{block['agreement_real_noise']:.1f}%"),
     ]
     return Panel(Group(*lines), title=f"audit {record['run_id']}", expand=False)
+
+
+def check_panel(report, class_names: list[str]) -> Panel:
+    """`data check`: a summary per split, the class pixel histogram, the alignment probe."""
+    splits = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    for label in ("split", "pairs", "orphans", "bad files", "ignore %"):
+        splits.add_column(label, justify="left" if label == "split" else "right")
+    for s in report.summaries:
+        splits.add_row(s.split, str(s.pairs), str(s.orphans), str(s.bad_files), _cell(s.ignore_share))
+    classes = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    classes.add_column("class (% of labelled pixels)")
+    for s in report.summaries:
+        classes.add_column(s.split, justify="right")
+    for index, name in enumerate(class_names):
+        row = []
+        for s in report.summaries:
+            total = max(s.labelled_pixels, 1)
+            row.append(f"{100 * s.class_pixels[index] / total:.2f}" if s.class_pixels else "-")
+        classes.add_row(name, *row)
+    errors = len(report.errors)
+    status = (Text(f"{errors} error(s), {len(report.problems) - errors} warning(s)", style="bold red")
+              if errors else Text(f"no errors ({len(report.problems)} warning(s))", style="bold green"))
+    parts = [status, splits, classes]
+    if report.alignment is not None:
+        parts.append(Text(f"alignment probe: {report.alignment:.2f}% of image/mask pixels stay "
+                          f"aligned through the train-time transforms"))
+    return Panel(Group(*parts), title="segaudit data check", expand=False)

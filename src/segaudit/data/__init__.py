@@ -90,15 +90,13 @@ def _resolve_auto(dcfg: DictConfig) -> None:
     cache_auto = dcfg.get("cache_in_memory") == "auto"
     if not (crop_auto or cache_auto):
         return
-    samples = list_samples(dcfg, "train")
+    root, layout = Path(dcfg.root), dcfg.layout.train
+    samples = pair_files(root / layout.images, root / layout.masks, dcfg.layout.image_suffix,
+                         dcfg.layout.mask_suffix, allow_orphans=True)
     if "transform" in dcfg and dcfg.transform.get("resize") is not None:
         height, width = (int(v) for v in dcfg.transform.resize)
     else:
-        try:
-            with Image.open(samples[0].image) as im:
-                width, height = im.size
-        except OSError as err:
-            raise DataError(f"{samples[0].image}: cannot read image size ({err})") from None
+        height, width = _first_readable_size(samples)
     if crop_auto:
         dcfg.transform.crop = [min(height, DEFAULT_CROP), min(width, DEFAULT_CROP)]
     if cache_auto:
@@ -114,9 +112,24 @@ def list_samples(dcfg: DictConfig, split: str) -> list[Sample]:
     if split not in dcfg.layout or split in ("image_suffix", "mask_suffix"):
         raise DataError(f"dataset.layout has no split '{split}'")
     root, layout = Path(dcfg.root), dcfg.layout[split]
-    return pair_files(
-        root / layout.images, root / layout.masks, dcfg.layout.image_suffix, dcfg.layout.mask_suffix
-    )
+    excluded = set((dcfg.get("exclude") or {}).get(split) or [])
+    samples = pair_files(root / layout.images, root / layout.masks, dcfg.layout.image_suffix,
+                         dcfg.layout.mask_suffix, allow_orphans=dcfg.get("exclude") is not None)
+    samples = [s for s in samples if s.stem not in excluded]
+    if not samples:
+        raise DataError(f"{root / layout.images}: no usable image/mask pairs in split '{split}'")
+    return samples
+
+
+def _first_readable_size(samples: list[Sample]) -> tuple[int, int]:
+    """(H, W) of the first image whose header reads; broken files are `data check`'s to report."""
+    for sample in samples[:50]:
+        try:
+            with Image.open(sample.image) as im:
+                return im.height, im.width
+        except Exception:  # noqa: BLE001 - any unreadable file: try the next one
+            continue
+    raise DataError(f"{samples[0].image.parent}: no readable image among the first {min(50, len(samples))}")
 
 
 def build_dataset(dcfg: DictConfig, split: str, train: bool,

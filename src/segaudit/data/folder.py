@@ -36,12 +36,13 @@ def short_list(items: list[str]) -> str:
     return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
 
-def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: str) -> list[Sample]:
+def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: str,
+               allow_orphans: bool = False) -> list[Sample]:
     """Pair `image_dir/**/<stem><image_suffix>` with `mask_dir/**/<stem><mask_suffix>`.
 
     Raises:
         DataError: a folder is missing or empty, or some files have no partner (the
-            message lists the orphans).
+            message lists the orphans) unless `allow_orphans`.
     """
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
@@ -52,7 +53,7 @@ def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: 
         raise DataError(f"{image_dir}: no *{image_suffix} images (dataset.layout.image_suffix)")
     lonely_images = sorted(set(images) - set(masks))
     lonely_masks = sorted(set(masks) - set(images))
-    if lonely_images or lonely_masks:
+    if (lonely_images or lonely_masks) and not allow_orphans:
         parts = []
         if lonely_images:
             files = [images[s].name for s in lonely_images]
@@ -61,7 +62,12 @@ def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: 
             files = [masks[s].name for s in lonely_masks]
             parts.append(f"{len(files)} mask(s) without image in {image_dir}: {short_list(files)}")
         raise DataError("files do not pair by stem: " + "; ".join(parts))
-    return [Sample(stem, images[stem], masks[stem]) for stem in sorted(images)]
+    return [Sample(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -69,8 +75,8 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: cannot decode image ({err})") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged files
+        raise DataError(f"{path}: cannot decode image ({_first_line(err)})") from None
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -78,8 +84,8 @@ def read_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             arr = np.array(im)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: cannot decode mask ({err})") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged files
+        raise DataError(f"{path}: cannot decode mask ({_first_line(err)})") from None
     if arr.ndim != 2:
         raise DataError(f"{path}: mask has {arr.shape[-1]} channels; expected one channel of class ids")
     if arr.dtype != np.uint8:
@@ -116,6 +122,13 @@ class FolderDataset(Dataset):
         if cache_in_memory:
             with ThreadPoolExecutor(max_workers=8) as pool:
                 self._cache = list(pool.map(self._decode, range(len(samples))))
+
+    @classmethod
+    def from_arrays(cls, pairs: list[tuple[np.ndarray, np.ndarray]], transform: Callable) -> "FolderDataset":
+        """A dataset over decoded (image, mask) arrays, e.g. the alignment probe's."""
+        dataset = cls([Sample(str(i), Path(), Path()) for i in range(len(pairs))], transform)
+        dataset._cache = list(pairs)
+        return dataset
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -1,0 +1,249 @@
+"""`segaudit data check`: find what is wrong with a dataset before any model sees it.
+
+Every image and mask is read once, in parallel threads. Problems are one line each,
+naming the file and what is wrong; a per-split summary follows. The alignment probe
+pushes images that encode their own mask through the configured train-time transforms:
+an augmentation that moves one and not the other is exactly the bug class that makes
+every model land on the location prior.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from segaudit.data.folder import FolderDataset, Sample, list_by_stem
+from segaudit.data.labels import label_lut
+from segaudit.data.transforms import build_transform
+from segaudit.errors import DataError
+
+ALIGNMENT_MIN = 99.9  # percent of probe pixels whose image still encodes their label
+
+
+@dataclass
+class Problem:
+    """One thing wrong with one file (or split)."""
+
+    split: str
+    path: str
+    message: str
+    error: bool = True
+
+    def line(self) -> str:
+        return f"{'error' if self.error else 'warning'}: {self.path}: {self.message}"
+
+
+@dataclass
+class SplitSummary:
+    split: str
+    pairs: int = 0
+    orphans: int = 0
+    bad_files: int = 0
+    labelled_pixels: int = 0
+    ignore_pixels: int = 0
+    class_pixels: list[int] = field(default_factory=list)
+
+    @property
+    def ignore_share(self) -> float:
+        total = self.labelled_pixels + self.ignore_pixels
+        return 100.0 * self.ignore_pixels / total if total else float("nan")
+
+
+@dataclass
+class CheckReport:
+    problems: list[Problem]
+    summaries: list[SplitSummary]
+    alignment: float | None
+    bad_stems: dict[str, list[str]]  # split -> stems of pairs with an error
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.error]
+
+
+def _read_pair(sample: Sample, num_classes: int, ignore_index: int, lut) -> tuple[list[str], np.ndarray | None]:
+    """Decode one pair fully; return (problems, 256-bin histogram of mapped label values)."""
+    problems, image_size = [], None
+    try:
+        with Image.open(sample.image) as im:
+            im.load()  # a truncated file fails here, not at open
+            image_size = im.size
+    except Exception as err:  # PIL raises many types for broken files
+        problems.append((str(sample.image), f"unreadable image ({_short(err)})"))
+    try:
+        with Image.open(sample.mask) as im:
+            im.load()
+            mode, palette = im.mode, im.palette
+            mask = np.array(im)
+    except Exception as err:
+        problems.append((str(sample.mask), f"unreadable mask ({_short(err)})"))
+        return problems, None
+    if mask.ndim != 2:
+        hint = "" if palette is None else " (palette present but image is not mode P)"
+        problems.append((str(sample.mask), f"mask has {mask.shape[-1]} channels ({mode}); "
+                                           f"expected one channel of class ids{hint}"))
+        return problems, None
+    if mask.dtype != np.uint8:
+        if mask.max(initial=0) > 255:
+            problems.append((str(sample.mask), f"mask values up to {mask.max()} do not fit uint8 ids"))
+            return problems, None
+        mask = mask.astype(np.uint8)
+    if image_size is not None and image_size != (mask.shape[1], mask.shape[0]):
+        problems.append((str(sample.mask), f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                                           f"is {image_size[0]}x{image_size[1]}"))
+    mapped = mask if lut is None else lut[mask]
+    histogram = np.bincount(mapped.ravel(), minlength=256)
+    bad = [int(v) for v in np.flatnonzero(histogram) if v >= num_classes and v != ignore_index]
+    if bad:
+        problems.append((str(sample.mask), f"label values {bad[:8]} outside [0, {num_classes}) "
+                                           f"and not ignore ({ignore_index})"))
+    return problems, histogram
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _scan_split(dcfg: DictConfig, split: str) -> tuple[list[Sample], list[Problem], list[str]]:
+    root, layout = Path(dcfg.root), dcfg.layout[split]
+    image_dir, mask_dir = root / layout.images, root / layout.masks
+    problems = [Problem(split, str(folder), "folder not found")
+                for folder in (image_dir, mask_dir) if not folder.is_dir()]
+    if problems:
+        return [], problems, []
+    images = list_by_stem(image_dir, dcfg.layout.image_suffix)
+    masks = list_by_stem(mask_dir, dcfg.layout.mask_suffix)
+    problems += [Problem(split, str(images[s]), f"image without mask (expected {mask_dir / s}"
+                                                f"{dcfg.layout.mask_suffix})")
+                 for s in sorted(set(images) - set(masks))]
+    problems += [Problem(split, str(masks[s]), "mask without image")
+                 for s in sorted(set(masks) - set(images))]
+    basenames = Counter(Path(s).name for s in images)
+    problems += [Problem(split, str(image_dir), f"stem '{name}' appears {count} times in sub-folders",
+                         error=False) for name, count in sorted(basenames.items()) if count > 1]
+    samples = [Sample(s, images[s], masks[s]) for s in sorted(set(images) & set(masks))]
+    if not samples:
+        problems.append(Problem(split, str(image_dir), f"empty split: no image/mask pairs "
+                                                       f"(*{dcfg.layout.image_suffix})"))
+    return samples, problems, sorted(set(images) ^ set(masks))
+
+
+def check_dataset(dcfg: DictConfig, splits=("train", "val"), workers: int | None = None,
+                  probe: bool = True) -> CheckReport:
+    """Check a prepared dataset config. Never raises for bad files: it reports them."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    num_classes, ignore_index = int(dcfg.num_classes), int(dcfg.ignore_index)
+    lut = label_lut(dcfg)
+    problems, summaries, bad_stems = [], [], {}
+    for split in splits:
+        if split not in dcfg.layout:
+            continue
+        samples, split_problems, orphans = _scan_split(dcfg, split)
+        problems += split_problems
+        if orphans:
+            bad_stems.setdefault(split, []).extend(orphans)
+        summary = SplitSummary(split, pairs=len(samples), orphans=len(orphans))
+        histogram = np.zeros(256, dtype=np.int64)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(lambda s: _read_pair(s, num_classes, ignore_index, lut), samples)
+            for sample, (found, hist) in zip(samples, results):
+                if found:
+                    summary.bad_files += 1
+                    bad_stems.setdefault(split, []).append(sample.stem)
+                    problems += [Problem(split, path, message) for path, message in found]
+                if hist is not None:
+                    histogram += hist
+        summary.class_pixels = histogram[:num_classes].tolist()
+        summary.labelled_pixels = int(histogram[:num_classes].sum())
+        summary.ignore_pixels = int(histogram[ignore_index])
+        summaries.append(summary)
+    alignment = alignment_probe(dcfg) if probe else None
+    if alignment is not None and alignment < ALIGNMENT_MIN:
+        problems.append(Problem("train", "dataset.transform",
+                                f"train-time transforms keep only {alignment:.2f}% of image/mask "
+                                f"pixels aligned (need >= {ALIGNMENT_MIN}%)"))
+    return CheckReport(problems, summaries, alignment, bad_stems)
+
+
+def alignment_probe(dcfg: DictConfig, samples: int = 16, seed: int = 0) -> float:
+    """Percent of labelled probe pixels whose image still encodes their label after the
+    configured train-time transforms (pixels next to a label edge are left out, since
+    resampling legitimately blends the image there)."""
+    height, width = _probe_size(dcfg)
+    rng = np.random.default_rng(seed)
+    codes = np.arange(16, dtype=np.uint8)  # label c is drawn as grey level 16 * c
+    pairs = []
+    for _ in range(samples):
+        blocks = rng.choice(codes, size=(max(2, height // 16), max(2, width // 16)))
+        mask = np.kron(blocks, np.ones((16, 16), np.uint8))[:height, :width]
+        mask = np.pad(mask, ((0, height - mask.shape[0]), (0, width - mask.shape[1])), mode="edge")
+        pairs.append((np.repeat((mask * 16)[..., None], 3, axis=2), mask))
+    tcfg = dcfg.transform.copy()
+    tcfg.mean, tcfg.std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]  # decode the image back to grey levels
+    transform = build_transform(tcfg, train=True, ignore_index=255)
+    dataset = FolderDataset.from_arrays(pairs, transform)
+    torch_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    agree = total = 0
+    try:
+        for index in range(len(dataset)):
+            image, mask = dataset[index]
+            decoded = torch.round(image[0] * 255 / 16).long()
+            interior = _interior(mask)
+            agree += int((decoded[interior] == mask[interior]).sum())
+            total += int(interior.sum())
+    finally:
+        torch.set_rng_state(torch_state)
+    return 100.0 * agree / max(total, 1)
+
+
+def _probe_size(dcfg: DictConfig) -> tuple[int, int]:
+    crop = dcfg.transform.get("crop")
+    if isinstance(crop, (list, tuple)) or (crop is not None and not isinstance(crop, str)):
+        return int(crop[0]), int(crop[1])
+    if dcfg.transform.get("resize") is not None:
+        return int(dcfg.transform.resize[0]), int(dcfg.transform.resize[1])
+    return 64, 64
+
+
+def _interior(mask: torch.Tensor) -> torch.Tensor:
+    """Labelled pixels whose 4-neighbours carry the same label."""
+    m = torch.nn.functional.pad(mask[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0]
+    centre = m[1:-1, 1:-1]
+    same = ((m[:-2, 1:-1] == centre) & (m[2:, 1:-1] == centre)
+            & (m[1:-1, :-2] == centre) & (m[1:-1, 2:] == centre))
+    return same & (mask != 255)
+
+
+def run_check(cfg: DictConfig, splits=("train", "val"), probe: bool = True) -> tuple[CheckReport, DictConfig]:
+    """`segaudit data check`: prepare the configured dataset and check it."""
+    from segaudit.data import prepare_dataset
+
+    dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
+    return check_dataset(dcfg, splits=splits, probe=probe), dcfg
+
+
+def preflight(dcfg: DictConfig, skip_bad: bool) -> dict[str, list[str]]:
+    """Check a dataset before training. Errors raise one DataError, unless `skip_bad`:
+    then the bad pairs are excluded (`dcfg.exclude`) and returned, split -> stems."""
+    report = check_dataset(dcfg)
+    errors = report.errors
+    fatal = [p for p in errors if p.path == "dataset.transform" or "folder not found" in p.message
+             or "empty split" in p.message]
+    if errors and (not skip_bad or fatal):
+        first = (fatal or errors)[0]
+        more = f" (and {len(errors) - 1} more: segaudit data check)" if len(errors) > 1 else ""
+        hint = "" if fatal else "; --skip-bad trains on the rest"
+        raise DataError(f"{first.path}: {first.message}{more}{hint}")
+    with open_dict(dcfg):
+        dcfg.exclude = {split: list(stems) for split, stems in report.bad_stems.items()}
+    return dict(report.bad_stems)

@@ -1,0 +1,175 @@
+"""`segaudit data check`, the alignment probe, --skip-bad, and damaged files (fuzzed)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from segaudit.cli import app
+from segaudit.config import compose
+from segaudit.data import check as check_module
+from segaudit.data import prepare_dataset
+from segaudit.data.check import _read_pair, alignment_probe
+from segaudit.data.folder import Sample, read_image, read_mask
+from segaudit.errors import DataError
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def bad_folder(tmp_path):
+    """The issue's acceptance folder: a truncated PNG, a mask of the wrong size, a mask
+    holding 77 for a 7-class dataset and an image without mask, among good pairs."""
+    root = tmp_path / "bad"
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(root / "images" / split / f"ok{i}.png")
+            Image.fromarray(np.full((16, 16), i, np.uint8)).save(root / "masks" / split / f"ok{i}.png")
+    (root / "dataset.yaml").write_text(yaml.safe_dump({"num_classes": 7}))
+    images, masks = root / "images" / "train", root / "masks" / "train"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images / "truncated.png")
+    data = (images / "truncated.png").read_bytes()
+    (images / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(masks / "truncated.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images / "wrongsize.png")
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(masks / "wrongsize.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images / "value77.png")
+    Image.fromarray(np.full((16, 16), 77, np.uint8)).save(masks / "value77.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images / "lonely.png")
+    return root
+
+
+def test_acceptance_folder_names_all_four_files(bad_folder):
+    result = subprocess.run([sys.executable, "-m", "segaudit.cli", "data", "check", "dataset=folder",
+                             f"dataset.root={bad_folder}"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 4
+    expected = {"truncated.png": "unreadable image", "wrongsize.png": "mask is 16x8 but its image is 16x16",
+                "value77.png": "label values [77] outside [0, 7)", "lonely.png": "image without mask"}
+    for name, problem in expected.items():
+        assert any(name in line and problem in line for line in lines), (name, lines)
+    assert "4 error(s)" in result.stdout
+
+
+def test_clean_dataset_passes(synth_root):
+    result = runner.invoke(app, ["data", "check", "dataset=folder", f"dataset.root={synth_root}"])
+    assert result.exit_code == 0, result.output
+    assert "no errors" in result.stdout and "alignment probe: 100.00%" in result.stdout
+    assert "road" in result.stdout  # the per-class histogram names the classes
+
+
+def test_training_refuses_bad_data_unless_skip_bad(bad_folder, tmp_path):
+    common = ["dataset=folder", f"dataset.root={bad_folder}", "train.iters=1", "train.batch_size=2",
+              "train.progress=false", f"paths.runs={tmp_path / 'runs'}"]
+    refused = runner.invoke(app, ["train", *common])
+    assert refused.exit_code == 2 and "--skip-bad" in refused.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+    done = runner.invoke(app, ["train", "--skip-bad", *common, "run_id=rest"])
+    assert done.exit_code == 0, done.output
+    record = json.loads((tmp_path / "runs" / "rest" / "record.json").read_text())
+    assert sorted(record["skipped"]["train"]) == ["lonely", "truncated", "value77", "wrongsize"]
+
+
+def test_alignment_probe_catches_an_image_only_flip(synth_root, monkeypatch):
+    dcfg = prepare_dataset(compose(["dataset=folder", f"dataset.root={synth_root}"]).dataset, "/")
+    assert alignment_probe(dcfg) == 100.0
+    real_build = check_module.build_transform
+
+    def flips_only_the_image(tcfg, train, ignore_index):
+        joint = real_build(tcfg, train, ignore_index)
+
+        def apply(image, mask):
+            image, mask = joint(image, mask)
+            return torch.flip(image, dims=[-1]), mask  # the bug: the mask is not flipped
+
+        return apply
+
+    monkeypatch.setattr(check_module, "build_transform", flips_only_the_image)
+    assert alignment_probe(dcfg) < 90.0
+    report = check_module.check_dataset(dcfg)
+    assert any(p.path == "dataset.transform" for p in report.errors)
+
+
+def _damaged(data: bytes, rng: np.random.Generator) -> bytes:
+    kind = rng.integers(3)
+    if kind == 0:
+        return data[: rng.integers(0, len(data))]  # truncated
+    if kind == 1:
+        return rng.bytes(int(rng.integers(0, 400)))  # random bytes
+    flipped = bytearray(data)
+    for position in rng.integers(0, len(data), size=5):
+        flipped[position] = int(rng.integers(256))  # corrupted in place
+    return bytes(flipped)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_fuzzed_files_end_in_clear_errors(tmp_path, fmt):
+    rng = np.random.default_rng(0)
+    source = tmp_path / f"source.{fmt.lower()}"
+    Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(source, format=fmt)
+    mask_source = tmp_path / "mask.png"
+    Image.fromarray(rng.integers(0, 5, (24, 24), dtype=np.uint8)).save(mask_source)
+    for case in range(60):
+        broken = tmp_path / f"case{case}.{fmt.lower()}"
+        broken.write_bytes(_damaged(source.read_bytes(), rng))
+        broken_mask = tmp_path / f"case{case}_mask.png"
+        broken_mask.write_bytes(_damaged(mask_source.read_bytes(), rng))
+        for reader, path in ((read_image, broken), (read_mask, broken_mask)):
+            try:
+                reader(path)
+            except DataError as err:
+                assert str(path) in str(err) and "\n" not in str(err)
+        problems, _ = _read_pair(Sample("x", broken, broken_mask), 5, 255, None)
+        assert all(isinstance(p, str) and "\n" not in m for p, m in problems)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["dataset=cityscapes"], "dataset.root is not set"),
+    (["dataset=cityscapez"], "unknown dataset 'cityscapez' (choices: bdd10k, cityscapes,"),
+    (["dataset=folder", "dataset.transform.hflip=yes"], "dataset.transform.hflip: expected a number"),
+])
+def test_bad_dataset_input_is_one_line(args, expected, tmp_path):
+    result = runner.invoke(app, ["data", "check", *args, f"paths.runs={tmp_path}"])
+    assert result.exit_code == 2 and expected in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_empty_folder_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for preset in ("cityscapes", "folder"):
+        result = runner.invoke(app, ["train", f"dataset={preset}", f"dataset.root={tmp_path / 'empty'}",
+                                     f"paths.runs={tmp_path / 'runs'}"])
+        assert result.exit_code == 2, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_damaged_or_foreign_checkpoints_leave_the_runs_root_intact(tiny, runs_root, tmp_path):
+    from segaudit.engine import train
+
+    train(compose(tiny + ["run_id=kept", "train.ckpt_every=1"]))
+    before = {p: p.read_bytes() for p in (runs_root / "kept").iterdir()}
+    checkpoint = runs_root / "kept" / "checkpoint.pt"
+    # Another class count: audit refuses with one line.
+    foreign = torch.load(checkpoint, weights_only=True)
+    foreign["config"]["dataset"]["num_classes"] = 5
+    torch.save(foreign, tmp_path / "foreign.pt")
+    result = runner.invoke(app, ["audit", str(tmp_path / "foreign.pt"), *tiny])
+    assert result.exit_code == 2 and "weights do not fit" in result.stderr
+    # A truncated checkpoint on resume: one line, and the run directory is untouched.
+    run_copy = runs_root / "cut"
+    run_copy.mkdir()
+    for path, data in before.items():
+        (run_copy / path.name).write_bytes(data[: len(data) // 3] if path.name == "checkpoint.pt" else data)
+    result = runner.invoke(app, ["train", f"paths.runs={runs_root}", "resume=cut"])
+    assert result.exit_code == 2 and "unreadable checkpoint" in result.stderr, result.output
+    assert {p: p.read_bytes() for p in (runs_root / "kept").iterdir()} == before
