@@ -18,7 +18,7 @@ from segaudit import runs
 from segaudit.config import load_group_option
 from segaudit.data import build_dataset
 from segaudit.data.conditions import DeviceImages
-from segaudit.engine import (_autocast, amp_dtype, device_label, load_checkpoint, package_versions,
+from segaudit.engine import (autocast, amp_dtype, device_label, load_checkpoint, package_versions,
                              resolve_device)
 from segaudit.errors import ConfigError
 from segaudit.metrics import ConfusionMatrix
@@ -103,7 +103,7 @@ def audit(cfg: DictConfig, target: str, command: str = "") -> dict:
         preds = {}
         for name, batch in (("real", images), ("noise", noise(images)), ("blank", blank(images)),
                             ("shuffled", others)):
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 preds[name] = model(batch).argmax(1)
             metrics[name].update(preds[name], target_)
         valid = target_ != ignore_index

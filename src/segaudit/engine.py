@@ -66,7 +66,7 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     raise ConfigError(f"train.amp: '{setting}' is not one of auto, bf16, off")
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
@@ -161,7 +161,7 @@ def evaluate(
             images = images_fn(images)
         images = images.contiguous(memory_format=memory_format)
         target = target.to(device, non_blocking=True)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits = model(images)
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear")
@@ -364,7 +364,7 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
             images = train_images(images.to(device, non_blocking=True))
             images = images.contiguous(memory_format=memory_format)
             target = target.to(device, non_blocking=True)
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 out = loss_fn(forward_model, images, target)
             optimizer.zero_grad(set_to_none=True)
             out.total.backward()

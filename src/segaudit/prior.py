@@ -17,6 +17,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,8 @@ def count_labels(paths: list[Path], size: tuple[int, int], num_classes: int, ign
     chunks = _chunks(paths, workers)  # one difference array per thread
     total = None
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        count = lambda c: _count_chunk(c, size, num_classes, ignore_index, label_lut)  # noqa: E731
+        count = partial(_count_chunk, size=size, num_classes=num_classes,
+                        ignore_index=ignore_index, label_lut=label_lut)
         for diff in pool.map(count, chunks):
             total = diff.astype(np.int64) if total is None else total + diff
     counts = np.cumsum(total[:num_classes, :, : size[1]], axis=-1)  # one pass, at the end

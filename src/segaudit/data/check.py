@@ -208,7 +208,7 @@ def alignment_probe(dcfg: DictConfig, samples: int = 16, seed: int = 0) -> float
 
 def _probe_size(dcfg: DictConfig) -> tuple[int, int]:
     crop = dcfg.transform.get("crop")
-    if isinstance(crop, (list, tuple)) or (crop is not None and not isinstance(crop, str)):
+    if crop is not None and crop != "auto":
         return int(crop[0]), int(crop[1])
     if dcfg.transform.get("resize") is not None:
         return int(dcfg.transform.resize[0]), int(dcfg.transform.resize[1])
