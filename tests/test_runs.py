@@ -83,3 +83,28 @@ def test_table_is_a_real_dataframe(tmp_path):
     means = load_table(tmp_path).groupby("strategy")["miou"].mean()
     pd.testing.assert_series_equal(means, pd.Series({"baseline": 40.0, "tier1": 41.5},
                                                     name="miou").rename_axis("strategy"))
+
+
+def test_compare_before_after(tmp_path):
+    from segaudit.report import compare_table
+
+    day = iter(range(1, 30))
+    def add(run_id, miou, **extra):
+        _write(tmp_path, _record(run_id, f"2026-01-{next(day):02d}T00:00:00+00:00", miou, **extra))
+
+    add("prior", 30.0, phase="prior", model="analytic_prior", train_condition="labels",
+        eval_condition="labels")
+    add("b1", 39.0, metrics_by_condition={"noise": {"miou": 20.0}})
+    add("b2", 41.0, metrics_by_condition={"noise": {"miou": 22.0}})
+    add("t1", 45.0, strategy="tier1")
+    add("other", 50.0, model="pspnet", strategy="tier1")    # no pspnet baseline: no delta
+    add("noisy", 31.0, strategy="tier1", train_condition="noise")  # not a real-image run
+    add("broken", None, strategy="tier1", status="failed")
+    compared = compare_table(load_table(tmp_path)).set_index(["model", "group"])
+    base = compared.loc[("unet", "baseline")]
+    assert base.runs == 2 and base.miou == 40.0 and base.noise_miou == 21.0
+    assert base.prior == 30.0 and base.content_gain == 10.0 and base.delta == 0.0
+    tier1 = compared.loc[("unet", "tier1")]
+    assert tier1.runs == 1 and tier1.delta == 5.0 and tier1.content_gain == 15.0
+    assert math.isnan(compared.loc[("pspnet", "tier1")].delta)
+    assert len(compared) == 3

@@ -44,7 +44,7 @@ def load_trained_model(ckpt: dict, source: Path) -> tuple[torch.nn.Module, DictC
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ConfigError(f"{source}: not a segaudit checkpoint (needs 'model' and 'config')")
     saved = OmegaConf.create(ckpt["config"])
-    model = build_model(saved.model, int(saved.dataset.num_classes))
+    model = build_model(saved.model, int(saved.dataset.num_classes), tiers=saved.loss.get("tiers", [0]))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -90,18 +90,21 @@ def train(
   segaudit report --where phase=train --where status=completed\n
   segaudit report --format json paths.runs=/shared/runs\n
   segaudit report --export results.parquet\n
-  segaudit report --diagnose DIAGNOSE_ID           [dim]# the verdict panel again[/]""")
+  segaudit report --diagnose DIAGNOSE_ID           [dim]# the verdict panel again[/]\n
+  segaudit report --compare strategy               [dim]# before/after against strategy=baseline[/]""")
 def report(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     diagnose_id: Optional[str] = typer.Option(None, "--diagnose", help="Show this diagnose's verdict panel."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Before/after by this column (e.g. strategy)."),
+    baseline: str = typer.Option("baseline", "--baseline", help="The group --compare measures deltas against."),
     where: List[str] = typer.Option([], "--where", "-w", help="Keep runs with key=value (repeatable)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | md"),
     export: Optional[Path] = typer.Option(None, "--export", help="Also write the table to FILE.csv or FILE.parquet."),
 ) -> None:
     """Show the run table (every run under paths.runs)."""
     from segaudit.config import compose
-    from segaudit.report import (FORMATS, export_table, filter_table, format_table, rich_table,
-                                 verdict_panel)
+    from segaudit.report import (FORMATS, compare_rich, compare_table, export_table, filter_table,
+                                 format_frame, format_table, rich_table, verdict_panel)
     from segaudit.runs import load_table, read_gate_record
 
     with user_errors():
@@ -112,6 +115,13 @@ def report(
             out.print(verdict_panel(read_gate_record(cfg.paths.runs, diagnose_id)))
             return
         table = filter_table(load_table(cfg.paths.runs), where)
+        if compare is not None:
+            compared = compare_table(table, by=compare, baseline=baseline)
+            if fmt == "table":
+                out.print(compare_rich(compared, compare, baseline))
+            else:
+                typer.echo(format_frame(compared, fmt).rstrip("\n"))
+            return
         if export is not None:
             export_table(table, export)
             err.print(f"wrote {len(table)} runs to {export}")

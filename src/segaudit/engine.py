@@ -299,7 +299,8 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
 
     # Model, loss, optimizer, schedule.
     num_classes, ignore_index = int(cfg.dataset.num_classes), int(cfg.dataset.ignore_index)
-    model = build_model(cfg.model, num_classes).to(device, memory_format=memory_format)
+    model = build_model(cfg.model, num_classes, tiers=cfg.loss.get("tiers", [0]))
+    model = model.to(device, memory_format=memory_format)
     loss_fn = instantiate(cfg.loss, ignore_index=ignore_index,
                           image_std=list(cfg.dataset.transform.std)).to(device)
     optimizer = instantiate(cfg.optim, params=model.parameters())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
@@ -16,8 +17,73 @@ _HUB_WEIGHTS = {"imagenet", "ssl", "swsl", "instagram", "advprop", "noisy-studen
                 "imagenet+background", "imagenet+5k"}
 
 
-def build_model(mcfg: DictConfig, num_classes: int) -> nn.Module:
+class ReconstructionHead(nn.Module):
+    """Tier 2: a light decoder from the deepest encoder features back to the input image."""
+
+    def __init__(self, in_channels: int, width: int = 64, out_channels: int = 3):
+        super().__init__()
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, 1, bias=False),
+                                    nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.refine = nn.Sequential(nn.Conv2d(width, width // 2, 3, padding=1, bias=False),
+                                    nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True))
+        self.out = nn.Conv2d(width // 2, out_channels, 3, padding=1)
+
+    def forward(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = self.reduce(features)
+        x = F.interpolate(x, size=(max(1, size[0] // 4), max(1, size[1] // 4)), mode="bilinear")
+        x = self.refine(x)
+        return self.out(F.interpolate(x, size=size, mode="bilinear"))
+
+
+class ProjectionHead(nn.Module):
+    """Tier 3 (Wang et al., ICCV 2021): 1x1 conv, BN, ReLU, 1x1 conv to `dim`, L2-normalised."""
+
+    def __init__(self, in_channels: int, dim: int = 256):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(in_channels, in_channels, 1, bias=False),
+                                  nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
+                                  nn.Conv2d(in_channels, dim, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(features), dim=1)
+
+
+class SegmentationWithAux(nn.Module):
+    """An smp model plus the heads loss tiers 2 and 3 need.
+
+    `forward` returns logits only (evaluation, audits); `forward_aux` also returns the
+    reconstruction of the input (tier 2) and the pixel embeddings (tier 3), computed
+    from the same encoder and decoder pass.
+    """
+
+    def __init__(self, net: nn.Module, reconstruction: bool, projection: bool, proj_dim: int = 256):
+        super().__init__()
+        self.net = net
+        self.encoder = net.encoder
+        self.reconstruction = ReconstructionHead(net.encoder.out_channels[-1]) if reconstruction else None
+        decoder_channels = net.segmentation_head[0].in_channels
+        self.projection = ProjectionHead(decoder_channels, proj_dim) if projection else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def forward_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        features = self.net.encoder(images)
+        decoded = self.net.decoder(features)
+        logits = self.net.segmentation_head(decoded)
+        aux = {}
+        if self.reconstruction is not None:
+            aux["reconstruction"] = self.reconstruction(features[-1], images.shape[-2:])
+        if self.projection is not None:
+            aux["embedding"] = self.projection(decoded)
+        return logits, aux
+
+
+def build_model(mcfg: DictConfig, num_classes: int, tiers=(0,)) -> nn.Module:
     """Instantiate `mcfg.net` with the chosen encoder and load encoder weights.
+
+    With loss tier 2 or 3 in `tiers`, the model is wrapped in `SegmentationWithAux`
+    (reconstruction and projection heads); otherwise it is the plain smp model.
 
     `mcfg.encoder_weights` is null (random init, the default: nothing is downloaded),
     a hub name such as `imagenet` (smp downloads it), or a path to a local encoder
@@ -38,6 +104,9 @@ def build_model(mcfg: DictConfig, num_classes: int) -> nn.Module:
         raise ConfigError(f"model.encoder={mcfg.encoder}: cannot build model ({cause})") from None
     if weights is not None and hub_weights is None:
         load_encoder_weights(model, Path(str(weights)).expanduser())
+    tiers = set(tiers or ())
+    if tiers & {2, 3}:
+        return SegmentationWithAux(model, reconstruction=2 in tiers, projection=3 in tiers)
     return model
 
 

@@ -182,7 +182,8 @@ def diagnose(cfg: DictConfig, command: str = "") -> dict:
     elif 1 not in IMPLEMENTED_TIERS:
         ev.notes.append("tier-1 diagnostic skipped: loss tier 1 is not available in this version")
     else:
-        tier1_cfg = _step_cfg(cfg, "tier1", "real", "real", loss=load_group_option("loss", "tier1"))
+        tier1_cfg = _step_cfg(cfg, "tier1", "real", "real", loss=load_group_option("loss", "tier1"),
+                              eval_also=["noise"])
         tier1_cfg.choices.loss = "tier1"
         tier1 = train(tier1_cfg, command)
         steps["tier1"] = tier1["run_id"]

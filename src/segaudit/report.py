@@ -116,6 +116,17 @@ def format_table(table: pd.DataFrame, fmt: str) -> str:
     raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
 
 
+def format_frame(frame: pd.DataFrame, fmt: str) -> str:
+    """Any derived table (no history column) as json, csv or md text."""
+    if fmt == "json":
+        return json.dumps(json_safe(frame.to_dict(orient="records")), indent=1)
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "md":
+        return frame.to_markdown(index=False, floatfmt=".2f")
+    raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+
+
 def export_table(table: pd.DataFrame, path: Path) -> None:
     """Write the full table to `.csv` or `.parquet` (history kept as JSON text)."""
     flat = table.assign(history=table["history"].map(lambda h: json.dumps(json_safe(h))))
@@ -235,3 +246,54 @@ def check_panel(report, class_names: list[str]) -> Panel:
         parts.append(Text(f"alignment probe: {report.alignment:.2f}% of image/mask pixels stay "
                           f"aligned through the train-time transforms"))
     return Panel(Group(*parts), title="segaudit data check", expand=False)
+
+
+# --------------------------------------------------------------------------- before / after
+COMPARE_COLUMNS = ["model", "dataset", "group", "runs", "miou", "noise_miou", "prior", "content_gain",
+                   "delta"]
+
+
+def compare_table(table: pd.DataFrame, by: str = "strategy", baseline: str = "baseline") -> pd.DataFrame:
+    """Before/after: completed runs trained and evaluated on real images, grouped by
+    (model, dataset, `by`), with mean mIoU on real and on noise input, the dataset's
+    analytic prior (its latest `prior` run), content gain (mIoU - prior) and the delta
+    against the `baseline` group of the same model and dataset.
+
+    Raises:
+        ConfigError: `by` is not a column of the run table.
+    """
+    if by not in table.columns:
+        raise ConfigError(f"--compare {by}: unknown column (columns: {', '.join(table.columns)})")
+    done = table[table.status == "completed"]
+    trained = done[(done.phase != "prior") & (done.phase != "gate") & (done.phase != "audit")
+                   & (done.train_condition == "real") & (done.eval_condition == "real")]
+    if trained.empty:
+        return pd.DataFrame(columns=COMPARE_COLUMNS)
+    priors = done[done.phase == "prior"].groupby("dataset")["miou"].last()
+    grouped = (trained.assign(group=trained[by].astype(str))
+               .groupby(["model", "dataset", "group"], as_index=False)
+               .agg(runs=("run_id", "count"), miou=("miou", "mean"), noise_miou=("noise_miou", "mean")))
+    grouped["prior"] = grouped["dataset"].map(priors).astype(float)
+    grouped["content_gain"] = grouped["miou"] - grouped["prior"]
+    base = grouped[grouped.group == baseline].set_index(["model", "dataset"])["miou"]
+    keys = pd.MultiIndex.from_frame(grouped[["model", "dataset"]])
+    grouped["delta"] = grouped["miou"].to_numpy() - base.reindex(keys).to_numpy()
+    return grouped[COMPARE_COLUMNS]
+
+
+def compare_rich(compared: pd.DataFrame, by: str, baseline: str) -> Table:
+    out = Table(title=f"before / after by {by} (delta against {by}={baseline})", title_justify="left",
+                box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    labels = {"group": by, "miou": "mIoU", "noise_miou": "on noise", "content_gain": "gain",
+              "delta": "delta"}
+    for column in COMPARE_COLUMNS:
+        numeric = column not in ("model", "dataset", "group")
+        out.add_column(labels.get(column, column), justify="right" if numeric else "left",
+                       no_wrap=True, overflow="ellipsis", max_width=16 if not numeric else None)
+    for row in compared.itertuples(index=False):
+        cells = [_cell(getattr(row, c)) for c in COMPARE_COLUMNS]
+        delta = getattr(row, "delta")
+        if isinstance(delta, float) and not math.isnan(delta) and delta != 0:
+            cells[-1] = f"[{'green' if delta > 0 else 'red'}]{delta:+.2f}[/]"
+        out.add_row(*cells)
+    return out
