@@ -192,6 +192,46 @@ def diagnose(
     raise typer.Exit(EXIT_CODES[record["verdict"]])
 
 
+@app.command(epilog="""[bold]Examples[/]\n
+  segaudit retrain --tier 2 --models unet,pspnet --datasets synthetic --seeds 0,1 --jobs 2 train.iters=30\n
+  segaudit retrain --from-gate DIAGNOSE_ID --models deeplabv3plus --datasets cityscapes dataset.root=/data/cs\n
+  segaudit retrain --tier 1 --init-from runs/RUN/checkpoint.pt --freeze-encoder\n
+  segaudit retrain --tier 2 --launcher slurm launcher.partition=gpu launcher.timeout_min=600\n\n
+The same command again skips completed runs and resumes interrupted ones.""")
+def retrain(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    tier: Optional[int] = typer.Option(None, "--tier", help="Loss tier: 1 (phase 2A), 2 (phase 2B) or 3."),
+    from_gate: Optional[str] = typer.Option(None, "--from-gate", help="Take the tier a diagnose's gate chose."),
+    models: str = typer.Option("deeplabv3plus", help="Comma-separated conf/model options."),
+    datasets: str = typer.Option("synthetic", help="Comma-separated conf/dataset options."),
+    seeds: str = typer.Option("0", help="Comma-separated seeds."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Parallel local processes."),
+    launcher: str = typer.Option("local", "--launcher", help="local | slurm (submitit)."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Label for the runs (default tierN)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start every run from this checkpoint."),
+    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder fixed."),
+) -> None:
+    """Phase 2A/2B: retrain a sweep of models x datasets x seeds with a loss tier."""
+    from segaudit.config import compose
+    from segaudit.sweep import retrain as run_retrain
+
+    with user_errors():
+        try:
+            seed_list = [int(s) for s in seeds.split(",")]
+        except ValueError:
+            raise SegauditError(f"--seeds {seeds}: expected comma-separated integers") from None
+        cfg = compose([*(overrides or []), f"launcher={launcher}"])
+        results = run_retrain(cfg, list(overrides or []), tier, from_gate, models.split(","),
+                              datasets.split(","), seed_list, jobs, strategy, init_from, freeze_encoder)
+    failed = [r for r in results if r["status"] == "failed"]
+    for result in failed:
+        err.print(f"[red]failed:[/] {result['run_id']}: {result.get('error', '')}", highlight=False)
+    done = sum(r["status"] in ("completed", "skipped") for r in results)
+    out.print(f"retrain: {done}/{len(results)} runs completed "
+              f"({sum(r['status'] == 'skipped' for r in results)} were already done)")
+    raise typer.Exit(1 if failed else 0)
+
+
 @data_app.command("check", epilog="""[bold]Examples[/]\n
   segaudit data check dataset=folder dataset.root=/data/mine\n
   segaudit data check dataset=cityscapes dataset.root=/data/cityscapes --splits val\n\n

@@ -135,6 +135,20 @@ def save_checkpoint(path: Path, state: dict) -> None:
     runs.atomic_write(path, lambda fh: torch.save(state, fh), binary=True)
 
 
+def init_weights(model: nn.Module, path: Path) -> None:
+    """Start from a trained checkpoint's segmentation weights (heads of tiers 2/3 stay new)."""
+    state = load_checkpoint(path).get("model")
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: not a segaudit checkpoint (no 'model' weights)")
+    if any(k.startswith("net.") for k in state):  # saved from a tier-2/3 model: drop its heads
+        state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    target = getattr(model, "net", model)
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ConfigError(f"{path}: weights do not fit this model ({str(err).splitlines()[0]})") from None
+
+
 # --------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
 def evaluate(
@@ -300,10 +314,16 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
     # Model, loss, optimizer, schedule.
     num_classes, ignore_index = int(cfg.dataset.num_classes), int(cfg.dataset.ignore_index)
     model = build_model(cfg.model, num_classes, tiers=cfg.loss.get("tiers", [0]))
+    if cfg.train.init_from and run.checkpoint is None:
+        init_weights(model, Path(str(cfg.train.init_from)).expanduser())
+        log(f"initialised from {cfg.train.init_from}")
+    if cfg.train.freeze_encoder:
+        for param in model.encoder.parameters():
+            param.requires_grad_(False)
     model = model.to(device, memory_format=memory_format)
     loss_fn = instantiate(cfg.loss, ignore_index=ignore_index,
                           image_std=list(cfg.dataset.transform.std)).to(device)
-    optimizer = instantiate(cfg.optim, params=model.parameters())
+    optimizer = instantiate(cfg.optim, params=[p for p in model.parameters() if p.requires_grad])
     iters = int(cfg.train.iters)
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=iters,
                                                       power=float(cfg.train.poly_power))

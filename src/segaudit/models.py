@@ -59,10 +59,13 @@ class SegmentationWithAux(nn.Module):
     def __init__(self, net: nn.Module, reconstruction: bool, projection: bool, proj_dim: int = 256):
         super().__init__()
         self.net = net
-        self.encoder = net.encoder
         self.reconstruction = ReconstructionHead(net.encoder.out_channels[-1]) if reconstruction else None
         decoder_channels = net.segmentation_head[0].in_channels
         self.projection = ProjectionHead(decoder_channels, proj_dim) if projection else None
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.net.encoder
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

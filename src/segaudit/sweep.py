@@ -1,0 +1,200 @@
+"""`segaudit retrain`: phase 2A/2B sweeps over models x datasets x seeds.
+
+Every run of a sweep has a deterministic id (tier, model, dataset, seed and a hash of
+everything else), so the same command again skips completed runs and resumes
+interrupted ones from their checkpoints; concurrent runs never share a directory.
+Launchers: in-process (default), N local processes (`--jobs N`), or a SLURM job array
+through submitit (`--launcher slurm`; `launcher.cluster=local` runs it locally).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from segaudit import runs
+from segaudit.errors import ConfigError
+
+TIER_LOSS = {0: "ce", 1: "tier1", 2: "tier2", 3: "tier3"}
+GATE_TIER = {"2A": 1, "2B": 2}
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep: its deterministic id and the overrides that define it."""
+
+    run_id: str
+    overrides: tuple[str, ...]
+
+
+def tier_from_gate(runs_root: Path, diagnose_id: str) -> int:
+    """The tier a diagnose's decision gate chose (2A -> 1, 2B -> 2)."""
+    record = runs.read_gate_record(runs_root, diagnose_id)
+    decision = record["gate"]["decision"]
+    if decision not in GATE_TIER:
+        raise ConfigError(f"--from-gate {diagnose_id}: the gate decided '{decision}' "
+                          f"({record['gate']['why']}); choose --tier yourself")
+    return GATE_TIER[decision]
+
+
+def plan(tier: int, models: list[str], datasets: list[str], seeds: list[int], extra: list[str],
+         runs_root: str, strategy: str | None = None, init_from: str | None = None,
+         freeze_encoder: bool = False) -> list[SweepRun]:
+    """The cartesian product of models x datasets x seeds as runs with stable ids."""
+    if tier not in TIER_LOSS:
+        raise ConfigError(f"--tier {tier}: choose 0, 1, 2 or 3")
+    label = strategy or f"tier{tier}"
+    shared = [f"loss={TIER_LOSS[tier]}", "phase=retrain", f"strategy={label}",
+              f"paths.runs={runs_root}", "train.progress=false", *extra]
+    if init_from:
+        shared.append(f"train.init_from={init_from}")
+    if freeze_encoder:
+        shared.append("train.freeze_encoder=true")
+    digest = hashlib.sha1("\n".join(sorted(shared)).encode()).hexdigest()[:6]
+    return [
+        SweepRun(f"retrain-{label}-{model}-{dataset}-s{seed}-{digest}",
+                 (f"model={model}", f"dataset={dataset}", f"seed={seed}", *shared))
+        for model, dataset, seed in itertools.product(models, datasets, seeds)
+    ]
+
+
+def _status(runs_root: Path, run_id: str) -> str | None:
+    try:
+        return runs.read_record(Path(runs_root).expanduser() / run_id)["status"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def run_one(run: SweepRun) -> dict:
+    """Train (or resume, or skip) one sweep run in this process; every launcher ends here."""
+    from segaudit.config import compose
+    from segaudit.engine import train
+
+    runs_root = next(o.split("=", 1)[1] for o in run.overrides if o.startswith("paths.runs="))
+    status = _status(Path(runs_root), run.run_id)
+    if status == "completed":
+        return {"run_id": run.run_id, "status": "skipped"}
+    if (Path(runs_root).expanduser() / run.run_id / runs.CONFIG).is_file():
+        cfg = compose([f"paths.runs={runs_root}", f"resume={run.run_id}"])
+    else:
+        cfg = compose([*run.overrides, f"run_id={run.run_id}"])
+    record = train(cfg, command=f"segaudit retrain ({run.run_id})")
+    return {"run_id": run.run_id, "status": record["status"], "miou": record["metrics"]["miou"]}
+
+
+def _run_subprocess(run: SweepRun, threads: int) -> dict:
+    """One run as its own `python -m segaudit.sweep` process (for --jobs N)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    done = subprocess.run([sys.executable, "-m", "segaudit.sweep", run.run_id, *run.overrides],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return {"run_id": run.run_id, "status": "failed", "error": lines[-1] if lines else "failed"}
+    status = _status(Path(next(o.split("=", 1)[1] for o in run.overrides
+                               if o.startswith("paths.runs="))), run.run_id)
+    return {"run_id": run.run_id, "status": status or "failed"}
+
+
+def _submitit(todo: list[SweepRun], launcher: DictConfig) -> list[dict]:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(launcher.folder), cluster=launcher.cluster)
+    params = {"timeout_min": int(launcher.timeout_min), "cpus_per_task": int(launcher.cpus_per_task),
+              "mem_gb": int(launcher.mem_gb), "gpus_per_node": int(launcher.gpus_per_node)}
+    if executor.cluster == "slurm":
+        params["slurm_array_parallelism"] = int(launcher.array_parallelism)
+        if launcher.partition:
+            params["slurm_partition"] = str(launcher.partition)
+    if executor.cluster == "local":
+        params.pop("mem_gb")
+    executor.update_parameters(**params)
+    jobs = executor.map_array(run_one, todo)
+    results = []
+    for run, job in zip(todo, jobs):
+        try:
+            results.append(job.result())
+        except Exception as err:  # noqa: BLE001 - a failed array task is reported, not fatal
+            results.append({"run_id": run.run_id, "status": "failed",
+                            "error": str(err).strip().splitlines()[-1]})
+    return results
+
+
+def launch(planned: list[SweepRun], launcher: DictConfig, jobs: int) -> list[dict]:
+    """Run every planned run that is not completed yet; returns one result per run."""
+    runs_root = Path(next(o.split("=", 1)[1] for o in planned[0].overrides
+                          if o.startswith("paths.runs="))) if planned else Path(".")
+    results = [{"run_id": r.run_id, "status": "skipped"} for r in planned
+               if _status(runs_root, r.run_id) == "completed"]
+    todo = [r for r in planned if _status(runs_root, r.run_id) != "completed"]
+    if not todo:
+        return results
+    if launcher.name == "slurm":
+        return results + _submitit(todo, launcher)
+    progress = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[last]}"), TimeElapsedColumn())
+    with progress:
+        task = progress.add_task("sweep", total=len(planned), completed=len(results), last="")
+        if jobs <= 1:
+            for run in todo:
+                results.append(_guarded(run))
+                progress.update(task, advance=1, last=f"{run.run_id}: {results[-1]['status']}")
+        else:
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(_run_subprocess, run, threads) for run in todo]
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    progress.update(task, advance=1,
+                                    last=f"{results[-1]['run_id']}: {results[-1]['status']}")
+    return results
+
+
+def _guarded(run: SweepRun) -> dict:
+    from segaudit.errors import SegauditError, TrainingFailed
+
+    try:
+        return run_one(run)
+    except (SegauditError, TrainingFailed) as err:
+        return {"run_id": run.run_id, "status": "failed", "error": str(err)}
+
+
+if __name__ == "__main__":  # one run of a --jobs N sweep: python -m segaudit.sweep RUN_ID OVERRIDES...
+    result = _guarded(SweepRun(sys.argv[1], tuple(sys.argv[2:])))
+    if result["status"] == "failed":
+        print(result.get("error", "failed"), file=sys.stderr)
+        sys.exit(1)
+
+
+def retrain(cfg: DictConfig, extra: list[str], tier: int | None, from_gate: str | None,
+            models: list[str], datasets: list[str], seeds: list[int], jobs: int,
+            strategy: str | None = None, init_from: str | None = None,
+            freeze_encoder: bool = False) -> list[dict]:
+    """`segaudit retrain`: plan the sweep, run what is not done yet, return one result per run."""
+    from segaudit.config import config_groups
+
+    runs_root = str(Path(str(cfg.paths.runs)).expanduser().resolve())
+    if from_gate is not None:
+        tier = tier_from_gate(Path(runs_root), from_gate)
+    if tier is None:
+        raise ConfigError("retrain needs --tier N or --from-gate DIAGNOSE_ID")
+    groups = config_groups()
+    for group, names in (("model", models), ("dataset", datasets)):
+        unknown = [n for n in names if n not in groups[group]]
+        if unknown:
+            raise ConfigError(f"unknown {group} '{unknown[0]}' (choices: {', '.join(groups[group])})")
+    if init_from is not None and not Path(init_from).expanduser().is_file():
+        raise ConfigError(f"--init-from {init_from}: checkpoint not found")
+    extra = [o for o in extra if not o.startswith(("paths.runs=", "launcher=", "launcher."))]
+    planned = plan(tier, models, datasets, seeds, extra, runs_root, strategy,
+                   str(Path(init_from).expanduser().resolve()) if init_from else None,
+                   freeze_encoder)
+    return launch(planned, cfg.launcher, jobs)
