@@ -116,3 +116,20 @@ def test_cross_entropy_ignores_all_ignore_crops():
     expected = torch.nn.functional.cross_entropy(logits, target, ignore_index=255,
                                                  weight=torch.tensor([1.0, 2.0, 3.0]))
     assert weights.cross_entropy(logits, target).item() == pytest.approx(expected.item())
+
+
+def test_ddp_two_cpu_processes_write_one_record(tiny, runs_root):
+    """torchrun with 2 processes and gloo: one run directory, metrics reduced over ranks."""
+    from segaudit.audit import audit
+
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "-m", "segaudit.cli", "train", *tiny, "train.iters=4", "device=cpu",
+                           "run_id=ddp"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in runs_root.iterdir()] == ["ddp"]
+    record = read_record(runs_root / "ddp")
+    assert record["status"] == "completed" and record["step"] == 4 and record["world_size"] == 2
+    assert done.stdout.count("segaudit run") == 1  # only rank 0 reports
+    # Each rank scored half of val; the summed confusion matrix equals one process scoring all.
+    single = audit(compose(tiny), "ddp")
+    assert single["audit"]["miou"]["real"] == pytest.approx(record["metrics"]["miou"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from contextlib import contextmanager
@@ -81,8 +82,9 @@ def train(
     with user_errors():
         cfg = compose([*(overrides or []), *(["data_check.skip_bad=true"] if skip_bad else [])])
         record = train_run(cfg, command=_command_line())
-        table = load_table(cfg.paths.runs)
-        out.print(rich_table(table[table.run_id == record["run_id"]], title="segaudit run"))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+            table = load_table(cfg.paths.runs)
+            out.print(rich_table(table[table.run_id == record["run_id"]], title="segaudit run"))
 
 
 @app.command(epilog="""[bold]Examples[/]\n

@@ -8,7 +8,9 @@ scheduler, step, RNG state, resolved config) that a killed run resumes from.
 
 from __future__ import annotations
 
+import atexit
 import math
+import os
 import platform
 import random
 import time
@@ -20,13 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 
 from segaudit import runs
 from segaudit.config import load_group_option, load_yaml, to_yaml
@@ -85,6 +89,55 @@ def package_versions() -> dict:
         except PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+# --------------------------------------------------------------------------- DDP
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_setting: str) -> Distributed:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        on_gpu = torch.cuda.is_available() and device_setting != "cpu"
+        dist.init_process_group("nccl" if on_gpu else "gloo")
+        atexit.register(dist.destroy_process_group)
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _share_run_dir(ddp: Distributed, make_run) -> Path:
+    """Rank 0 creates (or reopens) the run directory; every rank learns where it is.
+
+    An error on rank 0 is sent to the others too, so no rank waits forever.
+    """
+    payload: list = [None]
+    if ddp.is_main:
+        try:
+            payload = [("ok", str(make_run()))]
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the broadcast
+            payload = [("error", err)]
+    if ddp.active:
+        dist.broadcast_object_list(payload, src=0)
+    status, value = payload[0]
+    if status == "error":
+        raise value
+    return Path(value)
 
 
 # --------------------------------------------------------------------------- RNG
@@ -180,6 +233,8 @@ def evaluate(
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear")
         metric.update(logits.argmax(1), target)
+    if dist.is_available() and dist.is_initialized():
+        metric.all_reduce(device)
     model.train(was_training)
     return metric.compute()
 
@@ -204,18 +259,14 @@ def _new_record(cfg: DictConfig, run_id: str, command: str) -> dict:
     )
 
 
-def open_run(cfg: DictConfig, command: str) -> Run:
-    """Create a new run directory, or reopen `cfg.resume` with its saved config."""
+def run_folder(cfg: DictConfig, command: str) -> Path:
+    """Create a new run directory (config, first record), or find `cfg.resume`'s."""
     runs_root = Path(str(cfg.paths.runs)).expanduser()
     if cfg.resume:
         folder = runs_root / str(cfg.resume)  # ids like 123 arrive as ints
         if not (folder / runs.CONFIG).is_file():
             raise ConfigError(f"resume={cfg.resume}: no run with that id under {runs_root}")
-        saved = load_yaml(folder / runs.CONFIG)
-        record = runs.read_record(folder)
-        ckpt_path = folder / runs.CHECKPOINT
-        checkpoint = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
-        return Run(folder, saved, record, checkpoint)
+        return folder
     cfg = cfg.copy()
     cfg.dataset = prepare_dataset(cfg.dataset, cfg.paths.cache)
     skipped = {}
@@ -229,7 +280,16 @@ def open_run(cfg: DictConfig, command: str) -> Run:
     record = _new_record(cfg, folder.name, command)
     record["skipped"] = skipped
     runs.write_record(folder, record)
-    return Run(folder, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), record, None)
+    return folder
+
+
+def reopen_run(folder: Path) -> Run:
+    """An existing run directory with its saved config, record and checkpoint (if any)."""
+    saved = load_yaml(folder / runs.CONFIG)
+    record = runs.read_record(folder)
+    ckpt_path = folder / runs.CHECKPOINT
+    checkpoint = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    return Run(folder, saved, record, checkpoint)
 
 
 def eval_conditions(cfg: DictConfig) -> list[DictConfig]:
@@ -241,16 +301,21 @@ def eval_conditions(cfg: DictConfig) -> list[DictConfig]:
     return conditions
 
 
-def val_loader(cfg: DictConfig, condition: DictConfig, pin: bool) -> DataLoader:
+def val_loader(cfg: DictConfig, condition: DictConfig, pin: bool,
+               ddp: Distributed = Distributed()) -> DataLoader:
     dataset = build_dataset(cfg.dataset, "val", train=False, condition=condition)
+    if ddp.active:  # each rank scores a shard; the confusion matrices are summed
+        dataset = Subset(dataset, range(ddp.rank, len(dataset), ddp.world_size))
     return DataLoader(dataset, batch_size=cfg.train.eval_batch_size, shuffle=False,
                       num_workers=int(cfg.train.num_workers), pin_memory=pin)
 
 
-def train_loader(cfg: DictConfig, start_step: int, pin: bool) -> DataLoader:
+def train_loader(cfg: DictConfig, start_step: int, pin: bool,
+                 ddp: Distributed = Distributed()) -> DataLoader:
     dataset = build_dataset(cfg.dataset, "train", train=True, condition=cfg.train_condition)
     workers = int(cfg.train.num_workers)
-    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed, start_step)
+    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed, start_step,
+                               rank=ddp.rank, world_size=ddp.world_size)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin,
                       persistent_workers=workers > 0)
 
@@ -272,20 +337,25 @@ def train(cfg: DictConfig, command: str = "") -> dict:
     """
     resolve_device(str(cfg.device))  # fail on a bad device before a run directory exists
     amp_dtype(str(cfg.train.amp), torch.device("cpu"))
-    run = open_run(cfg, command)
+    ddp = init_distributed(str(cfg.device))
+    folder = _share_run_dir(ddp, lambda: run_folder(cfg, command))
+    run = reopen_run(folder)
     cfg, record = run.cfg, run.record
     if record["status"] == "completed":
-        console.print(f"run {record['run_id']} is already completed")
+        if ddp.is_main:
+            console.print(f"run {record['run_id']} is already completed")
         return record
-    log_file = open(run.dir / runs.LOG, "a", buffering=1)
+    log_file = open(run.dir / runs.LOG, "a", buffering=1) if ddp.is_main else None
 
     def log(message: str, echo: bool = True) -> None:
+        if log_file is None:  # only rank 0 speaks
+            return
         log_file.write(f"{runs.now()} {message}\n")
         if echo:
             console.print(message, style="dim", highlight=False, markup=False)
 
     try:
-        return _train(cfg, run, record, log)
+        return _train(cfg, run, record, log, ddp)
     except (KeyboardInterrupt, Exception) as err:  # record why, then let the caller report it
         record["status"] = "failed"
         record["error"] = (
@@ -293,17 +363,23 @@ def train(cfg: DictConfig, command: str = "") -> dict:
             if isinstance(err, KeyboardInterrupt) else str(err).splitlines()[0] if str(err) else repr(err)
         )
         record["finished_at"] = runs.now()
-        runs.write_record(run.dir, record)
+        if ddp.is_main:
+            runs.write_record(run.dir, record)
         # The caller reports errors; only an interrupt needs its resume hint here.
         log(f"run failed: {record['error']}", echo=isinstance(err, KeyboardInterrupt))
         raise
     finally:
-        log_file.close()
+        if log_file is not None:
+            log_file.close()
 
 
-def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
+def _train(cfg: DictConfig, run: Run, record: dict, log, ddp: Distributed) -> dict:
     t_start = time.perf_counter()
     device = resolve_device(str(cfg.device))
+    if ddp.active and device.type == "cuda":
+        device = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(device)
+    write_record = runs.write_record if ddp.is_main else (lambda *_: None)
     dtype = amp_dtype(str(cfg.train.amp), device)
     channels_last = device.type == "cuda" if cfg.train.channels_last == "auto" else bool(cfg.train.channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -337,17 +413,25 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
     # Entries logged after the checkpoint are replayed, so drop them.
     record["history"] = [h for h in record["history"] if h["step"] <= step]
     record["train_log"] = [h for h in record["train_log"] if h["step"] <= step]
-    forward_model = torch.compile(model) if cfg.train.compile else model
+    forward_model = model
+    if ddp.active:
+        forward_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        forward_model = torch.compile(forward_model)
 
     pin = device.type == "cuda"
-    loader = train_loader(cfg, step, pin)
-    evaluations = [(c, val_loader(cfg, c, pin)) for c in eval_conditions(cfg)]
+    loader = train_loader(cfg, step, pin, ddp)
+    evaluations = [(c, val_loader(cfg, c, pin, ddp)) for c in eval_conditions(cfg)]
     mean, std = cfg.dataset.transform.mean, cfg.dataset.transform.std
     train_images = DeviceImages(cfg.train_condition, mean, std, device, seeded=False)
-    record.update(status="running", error=None, step=step, device=device_label(device))
-    runs.write_record(run.dir, record)
+    record.update(status="running", error=None, step=step, device=device_label(device),
+                  world_size=ddp.world_size)
+    write_record(run.dir, record)
 
     def checkpoint_now() -> None:
+        if not ddp.is_main:
+            return
         save_checkpoint(run.dir / runs.CHECKPOINT, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": step, "rng": capture_rng(),
@@ -378,7 +462,7 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
         restore_rng(run.checkpoint["rng"])
     loss_sum = torch.zeros((), device=device)
     interval_steps, interval_t0, train_s = 0, time.perf_counter(), 0.0
-    with _progress() if cfg.train.progress else nullcontext() as progress:
+    with _progress() if cfg.train.progress and ddp.is_main else nullcontext() as progress:
         task = progress.add_task(str(record["run_id"]), total=iters, completed=step, loss="-", ips="-") if progress else None
         while step < iters:
             images, target = next(data)
@@ -400,11 +484,15 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
             boundary = step % log_every == 0 or step % ckpt_every == 0 or step in eval_steps
             if not boundary:
                 continue
-            # One host sync per interval: the loss readout doubles as the NaN/inf check.
+            # One host sync per interval: the loss readout doubles as the NaN/inf check,
+            # averaged over ranks so that every rank stops together.
+            if ddp.active:
+                dist.all_reduce(loss_sum)
+                loss_sum /= ddp.world_size
             mean_loss = float(loss_sum) / interval_steps
             elapsed = time.perf_counter() - interval_t0
             train_s += elapsed
-            ips = interval_steps * images.shape[0] / max(elapsed, 1e-9)
+            ips = interval_steps * images.shape[0] * ddp.world_size / max(elapsed, 1e-9)
             if not math.isfinite(mean_loss):
                 raise TrainingFailed(
                     f"loss became {mean_loss} by step {step}; stopped (lower optim.lr, "
@@ -422,7 +510,7 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
                 record["step"] = step
                 record["timings"]["train_s"] += train_s
                 train_s = 0.0
-                runs.write_record(run.dir, record)
+                write_record(run.dir, record)
             loss_sum.zero_()
             interval_steps, interval_t0 = 0, time.perf_counter()
 
@@ -430,7 +518,9 @@ def _train(cfg: DictConfig, run: Run, record: dict, log) -> dict:
     timings["total_s"] += time.perf_counter() - t_start
     record.update(status="completed", step=step, finished_at=runs.now(),
                   throughput_ips=_throughput(record["train_log"]))
-    runs.write_record(run.dir, record)
+    write_record(run.dir, record)
+    if ddp.active:
+        dist.barrier()
     log(f"completed {record['run_id']}: mIoU {record['metrics']['miou']:.2f} after {step} iterations")
     return record
 

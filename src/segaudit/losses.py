@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segaudit.errors import ConfigError
+from segaudit.models import SegmentationWithAux
 
 IMPLEMENTED_TIERS = (0, 1, 2, 3)
 
@@ -76,10 +77,12 @@ class TieredLoss(nn.Module):
     def forward(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> LossOutput:
         aux: dict[str, torch.Tensor] = {}
         if 2 in self.tiers or 3 in self.tiers:
-            if not hasattr(model, "forward_aux"):
+            inner = getattr(model, "module", model)  # DistributedDataParallel
+            inner = getattr(inner, "_orig_mod", inner)  # torch.compile
+            if not isinstance(inner, SegmentationWithAux):
                 raise ConfigError("loss tiers 2/3 need a model built with their heads "
                                   "(segaudit.models.build_model(..., tiers=loss.tiers))")
-            logits, aux = model.forward_aux(images)
+            logits, aux = model(images, with_aux=True)
         else:
             logits = model(images)
         ce = self.cross_entropy(logits, target)

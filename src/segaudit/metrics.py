@@ -98,10 +98,13 @@ class ConfusionMatrix:
         batch = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
         self.cm = batch if self.cm is None else self.cm + batch
 
-    def all_reduce(self) -> None:
+    def all_reduce(self, device: torch.device | str = "cpu") -> None:
+        """Sum the matrix over DDP ranks (a rank that saw no data contributes zeros)."""
         import torch.distributed as dist
 
-        if self.cm is not None and dist.is_available() and dist.is_initialized():
+        if self.cm is None:
+            self.cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=device)
+        if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.cm)
 
     def compute(self) -> dict:

@@ -51,9 +51,10 @@ class ProjectionHead(nn.Module):
 class SegmentationWithAux(nn.Module):
     """An smp model plus the heads loss tiers 2 and 3 need.
 
-    `forward` returns logits only (evaluation, audits); `forward_aux` also returns the
-    reconstruction of the input (tier 2) and the pixel embeddings (tier 3), computed
-    from the same encoder and decoder pass.
+    `forward(x)` returns logits only (evaluation, audits); `forward(x, with_aux=True)`
+    also returns the reconstruction of the input (tier 2) and the pixel embeddings
+    (tier 3) from the same encoder and decoder pass. Both go through `forward`, so a
+    DistributedDataParallel wrapper sees every pass and synchronises every gradient.
     """
 
     def __init__(self, net: nn.Module, reconstruction: bool, projection: bool, proj_dim: int = 256):
@@ -67,10 +68,9 @@ class SegmentationWithAux(nn.Module):
     def encoder(self) -> nn.Module:
         return self.net.encoder
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
-
-    def forward_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, images: torch.Tensor, with_aux: bool = False):
+        if not with_aux:
+            return self.net(images)
         features = self.net.encoder(images)
         decoded = self.net.decoder(features)
         logits = self.net.segmentation_head(decoded)

@@ -12,17 +12,21 @@ class StepBatchSampler(Sampler[list[int]]):
     """Batches that depend only on (seed, step), so a resumed run sees the same data.
 
     The index stream is a concatenation of seeded permutations of the dataset, one per
-    epoch; batch `s` is positions `s*batch_size ... s*batch_size + batch_size - 1` of that
-    stream. Batches may straddle epochs, so every batch is full even for tiny datasets.
+    epoch; global batch `s` is positions `s*B ... s*B + B - 1` of that stream with
+    B = batch_size * world_size, and rank r takes its `batch_size` slice of it. Batches
+    may straddle epochs, so every batch is full even for tiny datasets.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start_step: int = 0):
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start_step: int = 0,
+                 rank: int = 0, world_size: int = 1):
         if num_samples <= 0:
             raise ValueError("StepBatchSampler needs at least one sample")
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
         self.start_step = start_step
+        self.rank = rank
+        self.world_size = world_size
         self._epoch = -1
         self._perm: list[int] = []
 
@@ -37,7 +41,7 @@ class StepBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start_step
         while True:
-            first = step * self.batch_size
+            first = (step * self.world_size + self.rank) * self.batch_size
             yield [self._index(p) for p in range(first, first + self.batch_size)]
             step += 1
 
