@@ -234,6 +234,36 @@ def retrain(
     raise typer.Exit(1 if failed else 0)
 
 
+@app.command(epilog="""[bold]Examples[/]\n
+  segaudit scope                                   [dim]# over the completed runs under paths.runs[/]\n
+  segaudit scope --table results.csv --format json [dim]# e.g. the 339-model results[/]\n
+  segaudit scope --table results.parquet gate.scope.strategy_spread_min=2\n\n
+Exit code: 0, or 1 when the spread across strategies or datasets is suspiciously small.""")
+def scope(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    table_file: Optional[Path] = typer.Option(None, "--table", help="CSV/parquet with strategy, model, dataset, miou."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json | md"),
+) -> None:
+    """Scope analysis: mIoU by strategy, model and dataset, and whether it is too uniform."""
+    import json
+
+    from segaudit.config import compose
+    from segaudit.report import scope_markdown, scope_rich
+    from segaudit.scope import run_scope
+
+    with user_errors():
+        if fmt not in ("table", "json", "md"):
+            raise SegauditError(f"--format {fmt}: choose one of table, json, md")
+        result = run_scope(compose(overrides or []), table_file)
+        if fmt == "json":
+            typer.echo(json.dumps(result, indent=1))
+        elif fmt == "md":
+            typer.echo(scope_markdown(result))
+        else:
+            out.print(scope_rich(result))
+    raise typer.Exit(1 if result["systematic"] else 0)
+
+
 @data_app.command("check", epilog="""[bold]Examples[/]\n
   segaudit data check dataset=folder dataset.root=/data/mine\n
   segaudit data check dataset=cityscapes dataset.root=/data/cityscapes --splits val\n\n

@@ -297,3 +297,41 @@ def compare_rich(compared: pd.DataFrame, by: str, baseline: str) -> Table:
             cells[-1] = f"[{'green' if delta > 0 else 'red'}]{delta:+.2f}[/]"
         out.add_row(*cells)
     return out
+
+
+# --------------------------------------------------------------------------- scope
+def scope_rich(result: dict) -> Group:
+    """The scope analysis: one table per grouping, its spread, and the verdict line."""
+    parts = []
+    for name, grouping in result["groupings"].items():
+        table = Table(title=f"by {name}", title_justify="left", box=box.SIMPLE_HEAD,
+                      pad_edge=False, header_style="bold")
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=40)
+        for label in ("count", "mean mIoU", "std"):
+            table.add_column(label, justify="right")
+        for group in grouping["groups"]:
+            table.add_row(group["name"], str(group["count"]), _cell(group["mean"]), _cell(group["std"]))
+        parts.append(table)
+        spread = _cell(grouping["spread"])
+        limit = grouping["threshold"]
+        flag = (" [bold red]< " + f"{limit:g}: suspiciously uniform[/]") if grouping["flag"] else (
+            f" (threshold {limit:g})" if limit is not None else "")
+        parts.append(Text.from_markup(f"spread across {name} groups (std of means): {spread}, "
+                                      f"range {_cell(grouping['range'])}{flag}"))
+    overall = result["overall"]
+    parts.append(Text(f"{result['runs']} runs: mean {_cell(overall['mean'])}, std {_cell(overall['std'])}"))
+    parts.append(Text.from_markup(
+        "[bold red]systematic problem: results barely depend on the strategy or dataset[/]"
+        if result["systematic"] else "[bold green]no systematic uniformity flagged[/]"))
+    return Group(*parts)
+
+
+def scope_markdown(result: dict) -> str:
+    lines = []
+    for name, grouping in result["groupings"].items():
+        frame = pd.DataFrame(grouping["groups"]).rename(columns={"name": name})
+        lines += [f"### by {name}", "", frame.to_markdown(index=False, floatfmt=".2f"), "",
+                  f"spread (std of group means): {_cell(grouping['spread'])}; range "
+                  f"{_cell(grouping['range'])}; flagged: {grouping['flag']}", ""]
+    lines.append(f"systematic problem flagged: {result['systematic']}")
+    return "\n".join(lines)

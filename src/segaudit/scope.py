@@ -1,0 +1,87 @@
+"""`segaudit scope`: the investigation's scope analysis over many trained models.
+
+Group the runs by strategy, by model and by dataset; per group the count, mean and
+sample standard deviation of mIoU; per grouping the spread between groups (the sample
+standard deviation of the group means, and their range). A spread that is too small
+across strategies or datasets — every strategy lands on the same number — was the
+investigation's first hint of a systematic problem.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from segaudit.errors import ConfigError
+from segaudit.runs import load_table
+
+GROUPINGS = ("strategy", "model", "dataset")
+REQUIRED = ("strategy", "model", "dataset", "miou")
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """An imported results table (CSV or parquet) with at least strategy, model, dataset, miou."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--table {path}: file not found")
+    try:
+        table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+    except Exception as err:  # noqa: BLE001 - pandas raises many types for bad files
+        raise ConfigError(f"--table {path}: cannot read ({str(err).splitlines()[0]})") from None
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise ConfigError(f"--table {path}: missing column(s) {', '.join(missing)} "
+                          f"(needs {', '.join(REQUIRED)})")
+    table["miou"] = pd.to_numeric(table["miou"], errors="coerce")
+    return table
+
+
+def _number(value) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def scope(table: pd.DataFrame, thresholds: DictConfig) -> dict:
+    """Group statistics, spreads and the systematic-problem flags.
+
+    Returns:
+        `{"runs": n, "overall": {...}, "groupings": {name: {"groups": [{"name", "count",
+        "mean", "std"}], "spread": std of group means, "range": max - min, "threshold",
+        "flag"}}, "systematic": bool}`; std is the sample std (ddof=1), None for one value.
+    """
+    table = table.dropna(subset=["miou"])
+    out = {"runs": int(len(table)),
+           "overall": {"count": int(len(table)), "mean": _number(table.miou.mean()),
+                       "std": _number(table.miou.std(ddof=1))},
+           "groupings": {}}
+    limits = {"strategy": thresholds.get("strategy_spread_min"),
+              "dataset": thresholds.get("dataset_spread_min"), "model": None}
+    for name in GROUPINGS:
+        stats = table.groupby(name)["miou"].agg(["count", "mean", "std"])
+        means = stats["mean"]
+        spread = _number(means.std(ddof=1)) if len(means) > 1 else None
+        limit = limits[name]
+        out["groupings"][name] = {
+            "groups": [{"name": str(index), "count": int(row["count"]), "mean": _number(row["mean"]),
+                        "std": _number(row["std"])} for index, row in stats.iterrows()],
+            "spread": spread,
+            "range": _number(means.max() - means.min()) if len(means) else None,
+            "threshold": limit,
+            "flag": bool(limit is not None and spread is not None and spread < float(limit)),
+        }
+    out["systematic"] = any(g["flag"] for g in out["groupings"].values())
+    return out
+
+
+def run_scope(cfg: DictConfig, table_file: Path | None) -> dict:
+    """`segaudit scope`: over an imported results file, or the completed runs of the table."""
+    if table_file is not None:
+        table = read_results(table_file)
+    else:
+        table = load_table(cfg.paths.runs)
+        table = table[(table.status == "completed") & ~table.phase.isin(["prior", "gate", "audit"])]
+    if table.empty:
+        raise ConfigError("scope: no runs with an mIoU to analyse (give --table FILE or train some)")
+    return scope(table, cfg.gate.scope)
