@@ -118,3 +118,22 @@ def test_data_synth(tmp_path):
     assert (tmp_path / "d" / "dataset.yaml").is_file()
     again = _run("data", "synth", "--out", tmp_path / "d")
     assert again.exit_code == 2 and "not empty" in again.stderr
+
+
+def test_report_plots_and_scope(tiny, runs_root, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from segaudit.prior import run_prior
+
+    run_prior(compose(tiny))
+    train(compose(tiny + ["eval_also=[noise,blank]", "run_id=probe", "train.log_every=1"]))
+    result = _run("report", "--plots", tmp_path / "plots", f"paths.runs={runs_root}")
+    assert result.exit_code == 0, result.output
+    pngs = sorted((tmp_path / "plots").glob("*.png"))
+    assert [p.name for p in pngs] == ["learning_curves.png", "miou_by_condition_probe.png"]
+    for png in pngs:
+        picture = np.array(Image.open(png).convert("L"))
+        assert picture.shape[0] > 100 and picture.std() > 5  # a real picture, not blank
+    scope = _run("report", "--scope", f"paths.runs={runs_root}")
+    assert scope.exit_code == 0 and "by strategy" in scope.stdout

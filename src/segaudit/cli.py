@@ -93,11 +93,15 @@ def train(
   segaudit report --format json paths.runs=/shared/runs\n
   segaudit report --export results.parquet\n
   segaudit report --diagnose DIAGNOSE_ID           [dim]# the verdict panel again[/]\n
-  segaudit report --compare strategy               [dim]# before/after against strategy=baseline[/]""")
+  segaudit report --compare strategy               [dim]# before/after against strategy=baseline[/]\n
+  segaudit report --scope                          [dim]# mIoU by strategy, model, dataset[/]\n
+  segaudit report --plots out/                     [dim]# learning curves, mIoU by input[/]""")
 def report(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     diagnose_id: Optional[str] = typer.Option(None, "--diagnose", help="Show this diagnose's verdict panel."),
     compare: Optional[str] = typer.Option(None, "--compare", help="Before/after by this column (e.g. strategy)."),
+    scope_view: bool = typer.Option(False, "--scope", help="The scope analysis of these runs."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write learning curves and mIoU-by-input PNGs here."),
     baseline: str = typer.Option("baseline", "--baseline", help="The group --compare measures deltas against."),
     where: List[str] = typer.Option([], "--where", "-w", help="Keep runs with key=value (repeatable)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | md"),
@@ -117,6 +121,19 @@ def report(
             out.print(verdict_panel(read_gate_record(cfg.paths.runs, diagnose_id)))
             return
         table = filter_table(load_table(cfg.paths.runs), where)
+        if plots is not None:
+            from segaudit.plots import learning_curves, miou_by_condition
+            from segaudit.runs import iter_records
+
+            records = [r for r in iter_records(cfg.paths.runs) if r.get("run_id") in set(table.run_id)]
+            written = learning_curves(records, plots) + miou_by_condition(records, plots)
+            err.print(f"wrote {len(written)} plot(s) to {plots}")
+        if scope_view:
+            from segaudit.report import scope_rich
+            from segaudit.scope import run_scope
+
+            out.print(scope_rich(run_scope(cfg, None)))
+            return
         if compare is not None:
             compared = compare_table(table, by=compare, baseline=baseline)
             if fmt == "table":
