@@ -35,6 +35,17 @@ class SweepRun:
     run_id: str
     overrides: tuple[str, ...]
 
+    @property
+    def runs_root(self) -> Path:
+        return Path(next(o.split("=", 1)[1] for o in self.overrides if o.startswith("paths.runs=")))
+
+    def status(self) -> str | None:
+        """The run's recorded status, or None when it has not started."""
+        try:
+            return runs.read_record(self.runs_root.expanduser() / self.run_id)["status"]
+        except (OSError, ValueError, KeyError):
+            return None
+
 
 def tier_from_gate(runs_root: Path, diagnose_id: str) -> int:
     """The tier a diagnose's decision gate chose (2A -> 1, 2B -> 2)."""
@@ -67,24 +78,15 @@ def plan(tier: int, models: list[str], datasets: list[str], seeds: list[int], ex
     ]
 
 
-def _status(runs_root: Path, run_id: str) -> str | None:
-    try:
-        return runs.read_record(Path(runs_root).expanduser() / run_id)["status"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def run_one(run: SweepRun) -> dict:
     """Train (or resume, or skip) one sweep run in this process; every launcher ends here."""
     from segaudit.config import compose
     from segaudit.engine import train
 
-    runs_root = next(o.split("=", 1)[1] for o in run.overrides if o.startswith("paths.runs="))
-    status = _status(Path(runs_root), run.run_id)
-    if status == "completed":
+    if run.status() == "completed":
         return {"run_id": run.run_id, "status": "skipped"}
-    if (Path(runs_root).expanduser() / run.run_id / runs.CONFIG).is_file():
-        cfg = compose([f"paths.runs={runs_root}", f"resume={run.run_id}"])
+    if (run.runs_root.expanduser() / run.run_id / runs.CONFIG).is_file():
+        cfg = compose([f"paths.runs={run.runs_root}", f"resume={run.run_id}"])
     else:
         cfg = compose([*run.overrides, f"run_id={run.run_id}"])
     record = train(cfg, command=f"segaudit retrain ({run.run_id})")
@@ -99,9 +101,7 @@ def _run_subprocess(run: SweepRun, threads: int) -> dict:
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
         return {"run_id": run.run_id, "status": "failed", "error": lines[-1] if lines else "failed"}
-    status = _status(Path(next(o.split("=", 1)[1] for o in run.overrides
-                               if o.startswith("paths.runs="))), run.run_id)
-    return {"run_id": run.run_id, "status": status or "failed"}
+    return {"run_id": run.run_id, "status": run.status() or "failed"}
 
 
 def _submitit(todo: list[SweepRun], launcher: DictConfig) -> list[dict]:
@@ -130,11 +130,9 @@ def _submitit(todo: list[SweepRun], launcher: DictConfig) -> list[dict]:
 
 def launch(planned: list[SweepRun], launcher: DictConfig, jobs: int) -> list[dict]:
     """Run every planned run that is not completed yet; returns one result per run."""
-    runs_root = Path(next(o.split("=", 1)[1] for o in planned[0].overrides
-                          if o.startswith("paths.runs="))) if planned else Path(".")
-    results = [{"run_id": r.run_id, "status": "skipped"} for r in planned
-               if _status(runs_root, r.run_id) == "completed"]
-    todo = [r for r in planned if _status(runs_root, r.run_id) != "completed"]
+    done = {r.run_id for r in planned if r.status() == "completed"}
+    results = [{"run_id": run_id, "status": "skipped"} for run_id in sorted(done)]
+    todo = [r for r in planned if r.run_id not in done]
     if not todo:
         return results
     if launcher.name == "slurm":
