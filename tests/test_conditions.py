@@ -1,10 +1,8 @@
 """Input conditions: derangements, re-paired images, device-made images."""
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
 from segaudit.config import compose, load_group_option
 from segaudit.data.conditions import DeviceImages, condition_samples, derangement
