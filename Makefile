@@ -20,9 +20,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install segaudit with its test extras
 
-demo: $(STAMP) ## segaudit diagnose on the embedded synthetic scenes (ends HEALTHY)
-	$(BIN)/segaudit diagnose paths.runs=$(DEMO_RUNS) train.iters=$(DEMO_ITERS)
-	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS)
+demo: $(STAMP) ## diagnose the embedded synthetic scenes (ends HEALTHY), validate its baseline, draw the plots
+	rm -rf $(DEMO_RUNS)
+	$(BIN)/segaudit diagnose paths.runs=$(DEMO_RUNS) train.iters=$(DEMO_ITERS) run_id=demo \
+		'train.eval_at=[50,100,150]' --plots $(DEMO_RUNS)/plots
+	$(BIN)/segaudit validate demo paths.runs=$(DEMO_RUNS); \
+		echo "validate exit code: $$? (0 = every gate passed, 1 = a gate failed)"
+	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS) --plots $(DEMO_RUNS)/plots
 
 demo-fault: $(STAMP) ## diagnose a copy whose image/mask pairing is scrambled on disk (ends PIPELINE_FAULT)
 	rm -rf $(FAULT_DIR) && mkdir -p $(FAULT_DIR)

@@ -137,3 +137,22 @@ def test_report_plots_and_scope(tiny, runs_root, tmp_path):
         assert picture.shape[0] > 100 and picture.std() > 5  # a real picture, not blank
     scope = _run("report", "--scope", f"paths.runs={runs_root}")
     assert scope.exit_code == 0 and "by strategy" in scope.stdout
+
+
+def test_report_diagnose_and_scope_paste_formats(trained, tmp_path):
+    from test_report_width import _verdict_record
+
+    record = _verdict_record()
+    (trained / "gate-1").mkdir()
+    (trained / "gate-1" / "record.json").write_text(json.dumps({**record, "phase": "gate"}))
+    md = _run("report", "--diagnose", "gate-1", "--format", "md", f"paths.runs={trained}")
+    assert md.exit_code == 0, md.output
+    assert "| trained on real, evaluated on noise" in md.stdout and "SPATIAL_SHORTCUT" in md.stdout
+    as_json = json.loads(_run("report", "--diagnose", "gate-1", "--format", "json",
+                              f"paths.runs={trained}").stdout)
+    assert as_json[2]["miou"] == 40.2 and as_json[2]["decision"] == "2A"
+    scope = json.loads(_run("report", "--scope", "--format", "json", f"paths.runs={trained}").stdout)
+    assert set(scope["groupings"]["strategy"]["groups"][0]) == {"name", "count", "mean", "std"}
+    assert [g["name"] for g in scope["groupings"]["strategy"]["groups"]] == ["first", "second"]
+    csv = _run("report", "--scope", "--format", "csv", f"paths.runs={trained}")
+    assert csv.exit_code == 2 and "table, json or md" in csv.stderr

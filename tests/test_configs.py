@@ -28,7 +28,7 @@ def test_config_composes_instantiates_and_trains_one_step(group, option, tiny, s
         overrides += [f"dataset={option}", "dataset.transform.crop=[32,32]"]
         if option == "synthetic":
             overrides += ["dataset.generate.n_train=4", "dataset.generate.n_val=2",
-                          "dataset.generate.size=32"]
+                          "dataset.generate.n_test=2", "dataset.generate.size=32"]
         elif option in ("folder", "outside15k"):
             overrides.append(f"dataset.root={synth_root}")
         else:  # official layouts: tests/test_presets.py builds a fixture for each

@@ -80,6 +80,6 @@ def test_prior_run_lands_in_the_table_with_plots(synth_root, runs_root, tmp_path
     assert row.phase == "prior" and row.miou == pytest.approx(record["prior"]["per_pixel"]["miou"])
     assert not math.isnan(row.miou) and record["prior"]["majority"]["miou"] < row.miou
     pngs = sorted((tmp_path / "plots").glob("*.png"))
-    assert len(pngs) == 8 and pngs[0].name == "prior_00_road.png"
+    assert len(pngs) == 9 and pngs[0].name == "prior_00_road.png" and pngs[-1].name == "prior_all.png"
     picture = np.array(Image.open(pngs[4]).convert("L"))  # sky: bright at the top
     assert picture.std() > 10  # not blank

@@ -54,3 +54,17 @@ def test_cache_is_generated_once(tmp_path):
     assert ensure_synthetic(tmp_path, spec) == first
     assert (first / "dataset.yaml").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp folders left
+
+
+def test_a_test_split_leaves_train_and_val_unchanged(tmp_path):
+    plain = write_synthetic(tmp_path / "plain", SynthSpec(n_train=3, n_val=2, size=32))
+    with_test = write_synthetic(tmp_path / "test", SynthSpec(n_train=3, n_val=2, size=32, n_test=2))
+    for sub in ("images/train", "images/val", "masks/train", "masks/val"):
+        for path in (plain / sub).iterdir():
+            assert path.read_bytes() == (with_test / sub / path.name).read_bytes()
+    assert not (plain / "images" / "test").exists()
+    tests = sorted(p.name for p in (with_test / "masks" / "test").iterdir())
+    assert tests == ["test_00000.png", "test_00001.png"]
+    val = (with_test / "masks" / "val" / "val_00000.png").read_bytes()
+    assert (with_test / "masks" / "test" / "test_00000.png").read_bytes() != val  # new scenes
+    assert SynthSpec(n_test=2).folder_name() != SynthSpec().folder_name()

@@ -29,13 +29,20 @@ CONDITIONS = ("real", "noise", "blank", "shuffled")
 
 
 def resolve_checkpoint(runs_root: Path, target: str) -> tuple[Path, str | None]:
-    """A checkpoint path, or a run id under `runs_root`, to (checkpoint file, run id or None)."""
+    """A checkpoint path, or a run id under `runs_root`, to (checkpoint file, run id or None).
+
+    A diagnose id stands for the baseline model that diagnose trained.
+    """
     path = Path(target).expanduser()
     if path.is_file():
         return path, None
     run_dir = Path(runs_root).expanduser() / target
     if (run_dir / runs.CHECKPOINT).is_file():
         return run_dir / runs.CHECKPOINT, target
+    if (run_dir / runs.RECORD).is_file():
+        baseline = (runs.read_record(run_dir).get("steps") or {}).get("baseline")
+        if baseline and (run_dir.parent / baseline / runs.CHECKPOINT).is_file():
+            return run_dir.parent / baseline / runs.CHECKPOINT, baseline
     raise ConfigError(f"{target}: neither a checkpoint file nor a run id with a checkpoint under {runs_root}")
 
 
@@ -69,7 +76,44 @@ class _RealAndShuffled(Dataset):
 
 
 @torch.inference_mode()
-def audit(cfg: DictConfig, target: str, command: str = "") -> dict:
+def sample_predictions(model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
+                       dtype: torch.dtype | None, count: int = 4) -> list[dict]:
+    """The first `count` val samples with the model's predictions on them and on noise.
+
+    Returns:
+        Dicts with `image` (HxWx3 uint8, as the model saw it), `mask`, `pred_real` and
+        `pred_noise` (HxW numpy arrays), for `plots.sample_grid`.
+    """
+    dataset = build_dataset(dcfg, "val", train=False)
+    mean, std = dcfg.transform.mean, dcfg.transform.std
+    noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
+    mean_t = torch.tensor(list(mean)).view(-1, 1, 1)
+    std_t = torch.tensor(list(std)).view(-1, 1, 1)
+    samples = []
+    for index in range(min(count, len(dataset))):
+        image, mask = dataset[index]
+        batch = image.unsqueeze(0).to(device)
+        with autocast(device, dtype):
+            pred_real = model(batch).argmax(1)[0]
+            pred_noise = model(noise(batch)).argmax(1)[0]
+        shown = ((image * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
+        samples.append({"image": shown.permute(1, 2, 0).numpy(), "mask": mask.numpy(),
+                        "pred_real": pred_real.cpu().numpy(), "pred_noise": pred_noise.cpu().numpy()})
+    return samples
+
+
+def write_sample_grid(model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
+                      dtype: torch.dtype | None, path: Path, title: str) -> Path:
+    """`sample_predictions` drawn as an image / ground truth / real / noise grid."""
+    from segaudit.plots import sample_grid
+
+    samples = sample_predictions(model, dcfg, device, dtype)
+    return sample_grid(samples, list(dcfg.class_names), int(dcfg.ignore_index), path, title,
+                       colors=dcfg.get("class_colors"))
+
+
+@torch.inference_mode()
+def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = None) -> dict:
     """`segaudit audit`: evaluate a checkpoint on real/noise/blank/shuffled inputs.
 
     Returns:
@@ -138,6 +182,17 @@ def audit(cfg: DictConfig, target: str, command: str = "") -> dict:
         audit=block, versions=package_versions(), device=device_label(device),
         finished_at=runs.now(),
     )
+    if plots is not None:
+        record["plots"] = _audit_plots(model, dcfg, device, dtype, record, Path(plots))
     record["timings"]["total_s"] = time.perf_counter() - t0
     runs.write_record(folder, record)
     return record
+
+
+def _audit_plots(model, dcfg, device, dtype, record: dict, out_dir: Path) -> list[str]:
+    """The sample grid and the mIoU-by-input bars (with the prior line) of one audit."""
+    from segaudit.plots import miou_by_condition
+
+    grid = write_sample_grid(model, dcfg, device, dtype, out_dir / f"samples_{record['run_id']}.png",
+                             f"{record['model']}/{record['encoder']} ({record['run_id']})")
+    return [str(p) for p in [grid, *miou_by_condition([record], out_dir)]]

@@ -95,13 +95,13 @@ def train(
   segaudit report --diagnose DIAGNOSE_ID           [dim]# the verdict panel again[/]\n
   segaudit report --compare strategy               [dim]# before/after against strategy=baseline[/]\n
   segaudit report --scope                          [dim]# mIoU by strategy, model, dataset[/]\n
-  segaudit report --plots out/                     [dim]# learning curves, mIoU by input[/]""")
+  segaudit report --plots out/                     [dim]# every picture for these runs[/]""")
 def report(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     diagnose_id: Optional[str] = typer.Option(None, "--diagnose", help="Show this diagnose's verdict panel."),
     compare: Optional[str] = typer.Option(None, "--compare", help="Before/after by this column (e.g. strategy)."),
     scope_view: bool = typer.Option(False, "--scope", help="The scope analysis of these runs."),
-    plots: Optional[Path] = typer.Option(None, "--plots", help="Write learning curves and mIoU-by-input PNGs here."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write curves, mIoU-by-input, evidence, samples, prior PNGs here."),
     baseline: str = typer.Option("baseline", "--baseline", help="The group --compare measures deltas against."),
     where: List[str] = typer.Option([], "--where", "-w", help="Keep runs with key=value (repeatable)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | md"),
@@ -109,8 +109,8 @@ def report(
 ) -> None:
     """Show the run table (every run under paths.runs)."""
     from segaudit.config import compose
-    from segaudit.report import (FORMATS, compare_rich, compare_table, export_table, filter_table,
-                                 format_frame, format_table, rich_table, verdict_panel)
+    from segaudit.report import (FORMATS, compare_rich, compare_table, evidence_frame, export_table,
+                                 filter_table, format_frame, format_table, rich_table, verdict_panel)
     from segaudit.runs import load_table, read_gate_record
 
     with user_errors():
@@ -118,21 +118,29 @@ def report(
             raise SegauditError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
         cfg = compose(overrides or [])
         if diagnose_id is not None:
-            out.print(verdict_panel(read_gate_record(cfg.paths.runs, diagnose_id)))
+            gate_record = read_gate_record(cfg.paths.runs, diagnose_id)
+            if fmt == "table":
+                out.print(verdict_panel(gate_record))
+            else:
+                typer.echo(format_frame(evidence_frame(gate_record), fmt).rstrip("\n"))
             return
         table = filter_table(load_table(cfg.paths.runs), where)
         if plots is not None:
-            from segaudit.plots import learning_curves, miou_by_condition
+            from segaudit.plots import report_plots
             from segaudit.runs import iter_records
 
             records = [r for r in iter_records(cfg.paths.runs) if r.get("run_id") in set(table.run_id)]
-            written = learning_curves(records, plots) + miou_by_condition(records, plots)
+            written = report_plots(cfg.paths.runs, records, plots, str(cfg.device))
             err.print(f"wrote {len(written)} plot(s) to {plots}")
         if scope_view:
-            from segaudit.report import scope_rich
+            from segaudit.report import format_scope, scope_rich
             from segaudit.scope import run_scope
 
-            out.print(scope_rich(run_scope(cfg, None)))
+            result = run_scope(cfg, None)
+            if fmt == "table":
+                out.print(scope_rich(result))
+            else:
+                typer.echo(format_scope(result, fmt).rstrip("\n"))
             return
         if compare is not None:
             compared = compare_table(table, by=compare, baseline=baseline)
@@ -172,10 +180,12 @@ def prior(
 
 @app.command(epilog="""[bold]Examples[/]\n
   segaudit audit RUN_ID                            [dim]# a run under paths.runs[/]\n
-  segaudit audit path/to/checkpoint.pt device=cuda""")
+  segaudit audit path/to/checkpoint.pt device=cuda\n
+  segaudit audit RUN_ID --plots out/               [dim]# image / truth / real / noise grid[/]""")
 def audit(
     target: str = typer.Argument(..., help="A run id under paths.runs, or a checkpoint file."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write the sample grid and mIoU-by-input PNGs here."),
 ) -> None:
     """Evaluate a trained model on real, noise, blank and shuffled inputs."""
     from segaudit.audit import audit as run_audit
@@ -183,20 +193,51 @@ def audit(
     from segaudit.report import audit_panel
 
     with user_errors():
-        record = run_audit(compose(overrides or []), target, command=_command_line())
+        record = run_audit(compose(overrides or []), target, command=_command_line(), plots=plots)
         out.print(audit_panel(record))
+        if plots is not None:
+            err.print(f"wrote {len(record['plots'])} plot(s) to {plots}")
+
+
+@app.command(epilog="""[bold]Examples[/]\n
+  segaudit validate RUN_ID                         [dim]# noise, robustness, generalization gates[/]\n
+  segaudit validate DIAGNOSE_ID                    [dim]# the baseline model that diagnose trained[/]\n
+  segaudit validate RUN_A RUN_B                    [dim]# + the cross-dataset matrix of their datasets[/]\n
+  segaudit validate RUN_ID --cross bdd10k=/data/bdd10k gate=seed\n\n
+Exit code: 0 every gate passed (or was skipped), 1 a gate failed, 2 bad input.""")
+def validate(
+    targets: List[str] = typer.Argument(..., help="Run ids (a diagnose id: its baseline) or checkpoint files, then overrides."),
+    cross: List[str] = typer.Option([], "--cross", help="Also evaluate on PRESET[=ROOT] or FILE.yaml[=ROOT] (repeatable)."),
+) -> None:
+    """Phase 3: the validation gates (noise, robustness, generalization, cross-dataset)."""
+    from segaudit.config import compose
+    from segaudit.report import cross_matrix_table, validate_panel
+    from segaudit.validate import validate as run_validate
+
+    with user_errors():
+        runs_or_files = [t for t in targets if "=" not in t]
+        overrides = [t for t in targets if "=" in t]
+        result = run_validate(compose(overrides), runs_or_files, cross, command=_command_line())
+        for record in result["records"]:
+            out.print(validate_panel(record))
+        matrix = cross_matrix_table(result["matrix"])
+        if matrix is not None:
+            out.print(matrix)
+    raise typer.Exit(0 if result["passed"] else 1)
 
 
 @app.command(epilog="""[bold]Examples[/]\n
   segaudit diagnose                                [dim]# phase 1 on the synthetic scenes[/]\n
   segaudit diagnose dataset=folder dataset.root=/data/mine train.iters=2000\n
-  segaudit diagnose --no-noise-train gate=seed     [dim]# the investigation's literal gate[/]\n\n
+  segaudit diagnose --no-noise-train gate=seed     [dim]# the investigation's literal gate[/]\n
+  segaudit diagnose --plots out/                   [dim]# heatmaps, evidence, curves, samples[/]\n\n
 Exit code: 0 HEALTHY, 1 PIPELINE_FAULT or SPATIAL_SHORTCUT, 2 bad input.""")
 def diagnose(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     noise_train: bool = typer.Option(True, "--noise-train/--no-noise-train",
                                      help="Train on pure noise too (the prior predicts its result)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Use only the pairs that pass the data check."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write prior heatmaps, evidence, curves, samples here."),
 ) -> None:
     """Phase 1: prior, baseline, shuffled-pairing and noise training, verdict, decision gate."""
     from segaudit.config import compose
@@ -206,8 +247,10 @@ def diagnose(
     with user_errors():
         cfg = compose([*(overrides or []), f"diagnose.noise_train={str(noise_train).lower()}",
                        f"data_check.skip_bad={str(skip_bad).lower()}"])
-        record = run_diagnose(cfg, command=_command_line())
+        record = run_diagnose(cfg, command=_command_line(), plots=plots)
         out.print(verdict_panel(record))
+        if plots is not None:
+            err.print(f"wrote {len(record['plots'])} plot(s) to {plots}")
     raise typer.Exit(EXIT_CODES[record["verdict"]])
 
 
@@ -262,22 +305,18 @@ def scope(
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | md"),
 ) -> None:
     """Scope analysis: mIoU by strategy, model and dataset, and whether it is too uniform."""
-    import json
-
     from segaudit.config import compose
-    from segaudit.report import scope_markdown, scope_rich
+    from segaudit.report import format_scope, scope_rich
     from segaudit.scope import run_scope
 
     with user_errors():
         if fmt not in ("table", "json", "md"):
             raise SegauditError(f"--format {fmt}: choose one of table, json, md")
         result = run_scope(compose(overrides or []), table_file)
-        if fmt == "json":
-            typer.echo(json.dumps(result, indent=1))
-        elif fmt == "md":
-            typer.echo(scope_markdown(result))
-        else:
+        if fmt == "table":
             out.print(scope_rich(result))
+        else:
+            typer.echo(format_scope(result, fmt).rstrip("\n"))
     raise typer.Exit(1 if result["systematic"] else 0)
 
 
@@ -311,6 +350,7 @@ def data_synth(
     out_dir: Path = typer.Option(..., "--out", help="Folder to write (created)."),
     n_train: int = typer.Option(400, min=1, help="Training scenes."),
     n_val: int = typer.Option(100, min=1, help="Validation scenes."),
+    n_test: int = typer.Option(100, min=0, help="Labelled test scenes (0: no test split)."),
     size: int = typer.Option(64, min=16, help="Height and width in pixels."),
     seed: int = typer.Option(0, help="Same seed, byte-identical files."),
 ) -> None:
@@ -320,8 +360,9 @@ def data_synth(
     with user_errors():
         if out_dir.exists() and any(out_dir.iterdir()):
             raise SegauditError(f"{out_dir}: folder is not empty; choose a new --out")
-        write_synthetic(out_dir, SynthSpec(n_train=n_train, n_val=n_val, size=size, seed=seed))
-        out.print(f"wrote {n_train} train + {n_val} val scenes ({size}px) to {out_dir}")
+        write_synthetic(out_dir, SynthSpec(n_train=n_train, n_val=n_val, size=size, seed=seed,
+                                              n_test=n_test))
+        out.print(f"wrote {n_train} train + {n_val} val + {n_test} test scenes ({size}px) to {out_dir}")
 
 
 def main() -> None:

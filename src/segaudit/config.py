@@ -97,6 +97,10 @@ def _compatible(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+# Keys that take null to mean "off" whatever their default (gate thresholds).
+NULLABLE_PREFIXES = ("gate.",)
+
+
 def _check_key(tree: dict, override: Override, text: str) -> None:
     key = override.key_or_group
     default = _lookup(tree, key)
@@ -107,6 +111,8 @@ def _check_key(tree: dict, override: Override, text: str) -> None:
         valid = ", ".join(sorted(siblings)) if isinstance(siblings, dict) else "none"
         raise ConfigError(f"unknown config key '{key}' (keys {where}: {valid})")
     value = override.value()
+    if value is None and key.startswith(NULLABLE_PREFIXES):
+        return
     if not _compatible(default, value):
         raise ConfigError(
             f"{key}: expected {_type_name(default)} like {default!r}, got {value!r} in '{text}'"

@@ -130,12 +130,14 @@ def _step_cfg(cfg: DictConfig, strategy: str, train_on: str, eval_on: str, **ext
     return step
 
 
-def diagnose(cfg: DictConfig, command: str = "") -> dict:
+def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> dict:
     """Run phase 1 and return the gate record (verdict, decision, evidence, step run ids).
 
     Steps: data preflight (`segaudit data check`; bad input exits before any training); analytic prior; baseline (tier 0, real images, evaluated on real
     and noise); shuffled-pairing training; noise training (`diagnose.noise_train`); tier-1
-    diagnostic (when loss tier 1 exists); verdict and decision gate.
+    diagnostic (when loss tier 1 exists); verdict and decision gate. With `plots`, the
+    prior heatmaps, the evidence bars, the learning curves and the baseline's sample grid
+    are written there as PNGs.
     """
     cfg = cfg.copy()
     diagnose_id = str(cfg.run_id) if cfg.run_id is not None else (
@@ -155,7 +157,7 @@ def diagnose(cfg: DictConfig, command: str = "") -> dict:
     say(f"[bold]diagnose {diagnose_id}[/]: {cfg.dataset.name} ({counts['train']} train / "
         f"{counts['val']} val), {cfg.choices.model}/{cfg.model.encoder}, {cfg.train.iters} iters")
     # b. Analytic prior.
-    prior = run_prior(cfg, command)
+    prior = run_prior(cfg, command, plots=plots)
     say(f"analytic prior: mIoU {prior['metrics']['miou']:.2f} "
         f"(global majority {prior['prior']['majority']['miou']:.2f})")
     steps = {"prior": prior["run_id"]}
@@ -204,5 +206,26 @@ def diagnose(cfg: DictConfig, command: str = "") -> dict:
         gate={"preset": cfg.gate.name, "decision": decision, "why": why,
               "next_checks": NEXT_CHECKS if name == PIPELINE_FAULT else []},
     )
+    if plots is not None:
+        record["plots"] = prior.get("plots", []) + _diagnose_plots(cfg, record, Path(plots))
     runs.write_record(folder, record)
     return record
+
+
+def _diagnose_plots(cfg: DictConfig, record: dict, out_dir: Path) -> list[str]:
+    """Evidence bars, learning curves of the steps, and the baseline's sample grid."""
+    from segaudit.audit import load_trained_model, write_sample_grid
+    from segaudit.engine import amp_dtype, load_checkpoint, resolve_device
+    from segaudit.plots import evidence_bars, learning_curves
+
+    runs_root = Path(str(cfg.paths.runs)).expanduser()
+    step_records = [runs.read_record(runs_root / run_id) for run_id in record["steps"].values()]
+    written = evidence_bars(record, out_dir) + learning_curves(step_records, out_dir)
+    ckpt_path = runs_root / record["steps"]["baseline"] / runs.CHECKPOINT
+    model, saved = load_trained_model(load_checkpoint(ckpt_path), ckpt_path)
+    device = resolve_device(str(cfg.device))
+    model.to(device).eval()
+    written.append(write_sample_grid(model, saved.dataset, device, amp_dtype(str(cfg.train.amp), device),
+                                     out_dir / f"samples_{record['steps']['baseline']}.png",
+                                     f"diagnose {record['run_id']}: baseline"))
+    return [str(p) for p in written]

@@ -9,7 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend first)
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 
 
 def _slug(name: str) -> str:
@@ -36,7 +38,29 @@ def prior_heatmaps(frequencies: torch.Tensor, class_names: list[str], out_dir: P
         fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
+    written.append(_prior_overview(frequencies, class_names, out_dir / "prior_all.png"))
     return written
+
+
+def _prior_overview(frequencies: torch.Tensor, class_names: list[str], path: Path) -> Path:
+    """All classes' heatmaps in one picture (up to 40), on one colour scale."""
+    shown = min(len(class_names), 40)
+    cols = min(shown, 4)
+    rows = -(-shown // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows + 0.4), dpi=100, squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if index >= shown:
+            ax.axis("off")
+            continue
+        image = ax.imshow(frequencies[index].numpy(), vmin=0.0, vmax=1.0, cmap="magma")
+        ax.set_title(class_names[index], fontsize=9)
+    fig.suptitle("analytic prior: P(class | pixel) from the training labels", fontsize=10)
+    fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def learning_curves(records: list[dict], out_dir: Path) -> list[Path]:
@@ -91,4 +115,122 @@ def miou_by_condition(records: list[dict], out_dir: Path) -> list[Path]:
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
+    return written
+
+
+def class_colors(num_classes: int, given: list | None = None) -> np.ndarray:
+    """(K + 1) x 3 colours in [0, 1]: the dataset's own (`class_colors`, 0..255 RGB) or
+    tab20 (hsv beyond 20 classes) per class, then black for ignore."""
+    if given is not None and len(given) == num_classes:
+        colors = np.asarray(given, dtype=np.float64) / 255.0
+    elif num_classes <= 20:
+        colors = plt.get_cmap("tab20")(np.arange(num_classes))[:, :3]
+    else:
+        colors = plt.get_cmap("hsv")(np.linspace(0, 1, num_classes, endpoint=False))[:, :3]
+    return np.vstack([colors, [[0.0, 0.0, 0.0]]])
+
+
+def sample_grid(samples: list[dict], class_names: list[str], ignore_index: int, path: Path,
+                title: str = "", colors: list | None = None) -> Path:
+    """One row per sample: image | ground truth | prediction on real | prediction on noise.
+
+    Args:
+        samples: dicts with `image` (HxWx3 uint8), `mask`, `pred_real`, `pred_noise`
+            (HxW class ids; `ignore_index` in the mask is drawn black).
+        class_names: the legend.
+        path: the PNG to write.
+        colors: one 0..255 RGB triple per class (default: a qualitative palette).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    num_classes = len(class_names)
+    palette = class_colors(num_classes, colors)
+    cmap = ListedColormap(palette)
+    columns = [("image", "image"), ("mask", "ground truth"), ("pred_real", "prediction on real"),
+               ("pred_noise", "prediction on noise")]
+    fig, axes = plt.subplots(len(samples), 4, figsize=(10, 2.5 * len(samples) + 0.8), dpi=100,
+                             squeeze=False)
+    for row, sample in enumerate(samples):
+        for col, (key, label) in enumerate(columns):
+            ax = axes[row, col]
+            if key == "image":
+                ax.imshow(sample["image"])
+            else:
+                labels = np.asarray(sample[key]).astype(np.int64)
+                labels = np.where((labels == ignore_index) | (labels >= num_classes), num_classes, labels)
+                ax.imshow(labels, cmap=cmap, vmin=0, vmax=num_classes, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(label, fontsize=10)
+    shown = min(num_classes, 40)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in [*palette[:shown], palette[-1]]]
+    fig.legend(handles, [*class_names[:shown], "ignore"], loc="lower center",
+               ncol=min(shown + 1, 9), fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    legend_rows = shown // 9 + 1
+    fig.tight_layout(rect=(0, 0.1 * legend_rows / (len(samples) + 1), 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def evidence_bars(record: dict, out_dir: Path) -> list[Path]:
+    """A diagnose's evidence as bars (what was trained / evaluated on what), with the
+    analytic prior as a dashed line: a model that reads the image stands well above it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ev = record["evidence"]
+    bars = [("real on real", ev["real"]), ("real on noise", ev.get("real_on_noise")),
+            ("shuffled pairs", ev.get("shuffled")), ("noise on noise", ev.get("noise_trained")),
+            ("tier 1", ev.get("tier1"))]
+    bars = [(label, value) for label, value in bars if value is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=100)
+    ax.bar([b[0] for b in bars], [b[1] for b in bars],
+           color=["#4c72b0" if "real on real" in b[0] or b[0] == "tier 1" else "#c44e52" for b in bars])
+    ax.axhline(ev["prior"], color="black", linestyle="--", label=f"analytic prior {ev['prior']:.1f}")
+    for index, (_, value) in enumerate(bars):
+        ax.text(index, value + 1, f"{value:.1f}", ha="center", fontsize=8)
+    ax.legend(fontsize=8)
+    ax.set(title=f"diagnose {record['run_id']}: {record['verdict']}", ylabel="mIoU (%)", ylim=(0, 100))
+    ax.tick_params(axis="x", labelsize=8)
+    path = out_dir / f"evidence_{record['run_id']}.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
+
+
+def report_plots(runs_root: Path, records: list[dict], out_dir: Path, device: str = "cpu") -> list[Path]:
+    """Every picture `segaudit report --plots` can draw for these runs.
+
+    Learning curves; mIoU by input condition; for each diagnose, its evidence bars and a
+    sample grid of its baseline model; for each prior run, the per-class heatmaps
+    (from the counts the prior run saved).
+    """
+    from segaudit.audit import load_trained_model, write_sample_grid
+    from segaudit.engine import load_checkpoint, resolve_device
+    from segaudit.prior import PRIOR_FILE, frequencies
+    from segaudit.runs import CHECKPOINT
+
+    runs_root = Path(runs_root).expanduser()
+    out_dir = Path(out_dir)
+    written = learning_curves(records, out_dir) + miou_by_condition(records, out_dir)
+    torch_device = resolve_device(device)
+    for record in records:
+        if record.get("verdict") and record.get("evidence"):
+            written += evidence_bars(record, out_dir)
+            baseline = (record.get("steps") or {}).get("baseline")
+            ckpt_path = runs_root / str(baseline) / CHECKPOINT
+            if baseline and ckpt_path.is_file():
+                model, saved = load_trained_model(load_checkpoint(ckpt_path), ckpt_path)
+                written.append(write_sample_grid(model.to(torch_device).eval(), saved.dataset,
+                                                 torch_device, None, out_dir / f"samples_{baseline}.png",
+                                                 f"diagnose {record['run_id']}: baseline"))
+        saved_prior = runs_root / record["run_id"] / PRIOR_FILE
+        if record.get("phase") == "prior" and saved_prior.is_file():
+            prior = torch.load(saved_prior, weights_only=True)
+            written += prior_heatmaps(frequencies(prior["counts"]), list(prior["class_names"]),
+                                      out_dir / f"prior_{record['run_id']}")
     return written

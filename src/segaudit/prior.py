@@ -51,8 +51,13 @@ class PriorResult:
     @property
     def frequencies(self) -> torch.Tensor:
         """Per-pixel class frequencies (K x H x W, each pixel sums to 1 where labelled)."""
-        total = self.counts.sum(0, keepdim=True).clamp(min=1)
-        return self.counts.double().div(total).float()
+        return frequencies(self.counts)
+
+
+def frequencies(counts: torch.Tensor) -> torch.Tensor:
+    """K x H x W label counts to per-pixel class frequencies (0 where never labelled)."""
+    total = counts.sum(0, keepdim=True).clamp(min=1)
+    return counts.double().div(total).float()
 
 
 def _eval_size(dcfg: DictConfig, first_mask: Path) -> tuple[int, int]:

@@ -14,24 +14,24 @@ from rich.table import Table
 from rich.text import Text
 
 from segaudit.errors import ConfigError
-from segaudit.runs import json_safe
+from segaudit.runs import NOT_TRAINING, json_safe
 
 FORMATS = ("table", "json", "csv", "md")
 # What the terminal table shows (the full table goes to --format/--export).
 TERMINAL_COLUMNS = [
     ("run_id", "run"), ("dataset", "data"), ("model", "model"), ("seed", "seed"),
     ("strategy", "strategy"), ("conditions", "train/eval"), ("status", "status"),
-    ("miou", "mIoU"), ("noise_miou", "noise"),
+    ("miou", "mIoU"), ("noise_miou", "noise"), ("gates", "gates"),
 ]
 _FOLDABLE = ("dataset", "model", "seed")
 _NUMERIC = ("miou", "macc", "noise_miou", "seed")
 MARKDOWN_COLUMNS = [
     "run_id", "phase", "dataset", "model", "encoder", "loss", "train_condition",
-    "eval_condition", "strategy", "seed", "status", "step", "miou", "macc", "aacc",
+    "eval_condition", "strategy", "seed", "status", "step", "miou", "macc", "aacc", "gates",
 ]
 # Caps that keep the terminal table within 100 columns; full values are in --format.
 _MAX_WIDTH = {"run_id": 28, "dataset": 10, "model": 13, "conditions": 15, "strategy": 14}
-_MIN_WIDTH = {"miou": 6, "noise_miou": 6, "macc": 6, "status": 9, "run_id": 16}
+_MIN_WIDTH = {"miou": 6, "noise_miou": 6, "macc": 6, "status": 9, "run_id": 22, "gates": 5}
 _STATUS_STYLE = {"completed": "green", "running": "yellow", "failed": "red"}
 
 
@@ -77,7 +77,7 @@ def rich_table(table: pd.DataFrame, title: str | None = None) -> Table:
     """The run table for the terminal, one row per run, within 100 columns.
 
     Columns whose value is the same in every row (dataset, model, seed) move into the
-    caption; numbers are never truncated.
+    caption, `gates` shows only when a validate run is listed; numbers are never truncated.
     """
     records = [dict(row._asdict(), conditions=_conditions(row._asdict()))
                for row in table.itertuples(index=False)]
@@ -85,22 +85,52 @@ def rich_table(table: pd.DataFrame, title: str | None = None) -> Table:
               if records and len({str(r[key]) for r in records}) == 1]
     caption = "  ".join(f"{label}: {records[0][key]}" for key, label in TERMINAL_COLUMNS
                         if key in shared)
-    columns = [(key, label) for key, label in TERMINAL_COLUMNS if key not in shared]
+    empty = [key for key in ("gates",) if all(_cell(r[key]) == "-" for r in records)]
+    columns = [(key, label) for key, label in TERMINAL_COLUMNS if key not in shared + empty]
     out = Table(title=title, caption=caption or None, header_style="bold", title_justify="left",
                 caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
-    for key, label in columns:
-        numeric = key in _NUMERIC
-        out.add_column(label, justify="right" if numeric else "left", no_wrap=True,
-                       overflow="ellipsis", max_width=_MAX_WIDTH.get(key),
-                       min_width=_MIN_WIDTH.get(key))
-    for record in records:
-        cells = []
-        for key, _ in columns:
-            cell = _cell(record[key])
-            style = _STATUS_STYLE.get(record["status"]) if key == "status" else None
-            cells.append(f"[{style}]{cell}[/]" if style else cell)
-        out.add_row(*cells)
+    rows = [[_cell(record[key]) for key, _ in columns] for record in records]
+    widths = _fit_widths(columns, rows, TERMINAL_WIDTH)
+    if columns and columns[0][0] == "run_id":  # ids differ at the end (seed, hash): cut the middle
+        rows = [[_middle_cut(r[0], widths[0]), *r[1:]] for r in rows]
+    for (key, label), width in zip(columns, widths):
+        out.add_column(label, justify="right" if key in _NUMERIC else "left", no_wrap=True,
+                       overflow="ellipsis", width=width)
+    for record, cells in zip(records, rows):
+        style = _STATUS_STYLE.get(record["status"])
+        out.add_row(*[f"[{style}]{c}[/]" if style and key == "status" else c
+                      for (key, _), c in zip(columns, cells)])
     return out
+
+
+TERMINAL_WIDTH = 100
+
+
+def _middle_cut(text: str, width: int) -> str:
+    """`retrain-tier2-unet-cityscapes-s0-1a2b3c4d` -> `retrai…apes-s0-1a2b3c4d` when too wide."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) * 2 // 3
+    return f"{text[:width - 1 - tail]}…{text[-tail:]}"
+
+
+def _fit_widths(columns: list[tuple[str, str]], rows: list[list[str]], budget: int) -> list[int]:
+    """Column widths that fit `budget` characters: each column as wide as its widest cell
+    (capped by `_MAX_WIDTH`), then the widest text columns give way first, never below
+    their `_MIN_WIDTH` (or 6); numeric columns keep their full width."""
+    widths = [max([len(label)] + [len(r[i]) for r in rows]) for i, (_, label) in enumerate(columns)]
+    widths = [min(w, _MAX_WIDTH.get(key, w)) for w, (key, _) in zip(widths, columns)]
+    floor = [w if key in _NUMERIC else min(w, _MIN_WIDTH.get(key, 6))
+             for w, (key, _) in zip(widths, columns)]
+    excess = sum(widths) + len(columns) + 1 - budget  # one space between and around columns
+    while excess > 0:
+        shrinkable = [i for i, w in enumerate(widths) if w > floor[i]]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    return widths
 
 
 def format_table(table: pd.DataFrame, fmt: str) -> str:
@@ -155,16 +185,8 @@ def _evidence_table(rows: list[tuple[str, float | None, str]]) -> Table:
 
 def verdict_panel(record: dict) -> Panel:
     """The diagnose verdict, the decision gate and the evidence table, as one panel."""
-    ev, steps, gate = record["evidence"], record["steps"], record["gate"]
-    rows = [
-        ("analytic prior (labels only, no image)", ev["prior"], steps.get("prior")),
-        ("global-majority baseline", ev.get("majority"), steps.get("prior")),
-        ("trained on real, evaluated on real", ev["real"], steps.get("baseline")),
-        ("trained on real, evaluated on noise", ev.get("real_on_noise"), steps.get("baseline")),
-        ("trained with shuffled pairing, evaluated on real", ev.get("shuffled"), steps.get("shuffled")),
-        ("trained and evaluated on noise (sanity test)", ev.get("noise_trained"), steps.get("noise")),
-        ("tier-1 diagnostic (consistency loss)", ev.get("tier1"), steps.get("tier1")),
-    ]
+    ev, gate = record["evidence"], record["gate"]
+    rows = _evidence_rows(record)
     style = _VERDICT_STYLE.get(record["verdict"], "white")
     parts = [
         Text.assemble(("verdict: ", "bold"), (record["verdict"], f"bold {style}")),
@@ -181,6 +203,26 @@ def verdict_panel(record: dict) -> Panel:
         parts.append(Text(f"note: {note}", style="yellow"))
     return Panel(Group(*parts), title=f"segaudit diagnose {record['run_id']}", border_style=style,
                  expand=False)
+
+
+def _evidence_rows(record: dict) -> list[tuple[str, float | None, str | None]]:
+    ev, steps = record["evidence"], record["steps"]
+    return [
+        ("analytic prior (labels only, no image)", ev["prior"], steps.get("prior")),
+        ("global-majority baseline", ev.get("majority"), steps.get("prior")),
+        ("trained on real, evaluated on real", ev["real"], steps.get("baseline")),
+        ("trained on real, evaluated on noise", ev.get("real_on_noise"), steps.get("baseline")),
+        ("trained with shuffled pairing, evaluated on real", ev.get("shuffled"), steps.get("shuffled")),
+        ("trained and evaluated on noise (sanity test)", ev.get("noise_trained"), steps.get("noise")),
+        ("tier-1 diagnostic (consistency loss)", ev.get("tier1"), steps.get("tier1")),
+    ]
+
+
+def evidence_frame(record: dict) -> pd.DataFrame:
+    """A diagnose's evidence as a table (for `report --diagnose ID --format json|csv|md`),
+    with the verdict and decision on every row."""
+    frame = pd.DataFrame(_evidence_rows(record), columns=["step", "miou", "run_id"])
+    return frame.assign(verdict=record["verdict"], decision=record["gate"]["decision"])
 
 
 def prior_panel(record: dict) -> Panel:
@@ -219,6 +261,63 @@ def audit_panel(record: dict) -> Panel:
              f"{block['agreement_real_noise']:.1f}%"),
     ]
     return Panel(Group(*lines), title=f"audit {record['run_id']}", expand=False)
+
+
+_RESULT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "SKIP": "dim"}
+
+
+def validate_panel(record: dict) -> Panel:
+    """One validated model: each gate with its measured value, threshold and PASS/FAIL/SKIP."""
+    block = record["validate"]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    table.add_column("gate", no_wrap=True, max_width=28, overflow="ellipsis")
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("threshold", max_width=26)
+    table.add_column("result", no_wrap=True)
+    table.add_column("detail", max_width=30)
+    skipped = []
+    for gate in block["gates"]:
+        result = gate["result"]
+        detail = gate["detail"]
+        if result == "SKIP":  # the reason can be long: it goes under the table
+            skipped.append(Text(f"{gate['name']} skipped: {detail}", style="dim"))
+            detail = "see below"
+        table.add_row(gate["name"], _cell(gate["value"]), gate["threshold"],
+                      Text(result, style=_RESULT_STYLE[result]), detail)
+    counts = {r: sum(g["result"] == r for g in block["gates"]) for r in _RESULT_STYLE}
+    style = "red" if counts["FAIL"] else "green"
+    summary = Text.assemble((("FAIL" if counts["FAIL"] else "PASS"), f"bold {style}"),
+                            f": {counts['PASS']} passed, {counts['FAIL']} failed, "
+                            f"{counts['SKIP']} skipped (gate preset {block['gate_preset']})")
+    lines = [
+        Text(f"{record['model']}/{record['encoder']} on {record['dataset']}, val mIoU "
+             f"{_cell(record['metrics']['miou'])}, from {block['source_run'] or block['source']}",
+             style="dim"),
+        table, *skipped, summary,
+    ]
+    return Panel(Group(*lines), title=f"validate {record['run_id']}", border_style=style,
+                 expand=False)
+
+
+def cross_matrix_table(matrix: dict) -> Table | None:
+    """The train-on-A / evaluate-on-B mIoU matrix (rows: validated models); None when
+    there is a single dataset."""
+    columns = list(next(iter(matrix.values()), {}))
+    if len(columns) < 2:
+        return None
+    table = Table(title="cross-dataset mIoU (rows: models, columns: evaluated on)",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    table.add_column("model (run)", overflow="fold")
+    for column in columns:
+        table.add_column(column, justify="right", max_width=16, overflow="ellipsis")
+    missing = False
+    for name, row in matrix.items():
+        missing |= any(row[c] != row[c] for c in columns)
+        table.add_row(name, *[_cell(row[c]) if row[c] == row[c] else "n/a" for c in columns])
+    if missing:
+        table.caption = "n/a: the dataset's classes differ from the model's (give a label_map)"
+        table.caption_justify = "left"
+    return table
 
 
 def check_panel(report, class_names: list[str]) -> Panel:
@@ -265,7 +364,7 @@ def compare_table(table: pd.DataFrame, by: str = "strategy", baseline: str = "ba
     if by not in table.columns:
         raise ConfigError(f"--compare {by}: unknown column (columns: {', '.join(table.columns)})")
     done = table[table.status == "completed"]
-    trained = done[(done.phase != "prior") & (done.phase != "gate") & (done.phase != "audit")
+    trained = done[~done.phase.isin(NOT_TRAINING)
                    & (done.train_condition == "real") & (done.eval_condition == "real")]
     if trained.empty:
         return pd.DataFrame(columns=COMPARE_COLUMNS)
@@ -324,6 +423,15 @@ def scope_rich(result: dict) -> Group:
         "[bold red]systematic problem: results barely depend on the strategy or dataset[/]"
         if result["systematic"] else "[bold green]no systematic uniformity flagged[/]"))
     return Group(*parts)
+
+
+def format_scope(result: dict, fmt: str) -> str:
+    """The scope analysis as `json` (the full result) or `md` text."""
+    if fmt == "json":
+        return json.dumps(json_safe(result), indent=1)
+    if fmt == "md":
+        return scope_markdown(result)
+    raise ConfigError(f"--format {fmt}: the scope analysis comes as table, json or md")
 
 
 def scope_markdown(result: dict) -> str:

@@ -30,8 +30,12 @@ LOG = "train.log"
 COLUMNS = [
     "run_id", "phase", "diagnose_id", "dataset", "model", "encoder", "loss",
     "train_condition", "eval_condition", "strategy", "seed", "status", "step", "iters",
-    "miou", "macc", "aacc", "noise_miou", "ips", "device", "started_at", "duration_s", "history",
+    "miou", "macc", "aacc", "noise_miou", "gates", "ips", "device", "started_at", "duration_s", "history",
 ]
+
+# Phases whose records measure a model or the labels rather than train one: left out of
+# before/after comparisons and the scope analysis, so no model is counted twice.
+NOT_TRAINING = ("prior", "gate", "audit", "validate")
 
 
 def now() -> str:
@@ -170,8 +174,8 @@ def load_table(root: str | Path) -> pd.DataFrame:
 
     Columns are `COLUMNS`: identity and conditions of each run, its status, the final
     evaluation (`miou`, `macc`, `aacc`, percent; NaN when not evaluated), the final mIoU
-    on noise input when the run evaluated it (`noise_miou`), throughput
-    and the per-evaluation `history` (a list of dicts with `step`, `miou`, ...).
+    on noise input when the run evaluated it (`noise_miou`), a validate run's passed/run
+    gates (`gates`, e.g. "3/4"), throughput and the per-evaluation `history` (a list of dicts with `step`, `miou`, ...).
     """
     rows = [_row(r) for r in iter_records(Path(root))]
     table = pd.DataFrame(rows, columns=COLUMNS)

@@ -16,7 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from segaudit.errors import ConfigError
-from segaudit.runs import load_table
+from segaudit.runs import NOT_TRAINING, load_table
 
 GROUPINGS = ("strategy", "model", "dataset")
 REQUIRED = ("strategy", "model", "dataset", "miou")
@@ -81,7 +81,7 @@ def run_scope(cfg: DictConfig, table_file: Path | None) -> dict:
         table = read_results(table_file)
     else:
         table = load_table(cfg.paths.runs)
-        table = table[(table.status == "completed") & ~table.phase.isin(["prior", "gate", "audit"])]
+        table = table[(table.status == "completed") & ~table.phase.isin(NOT_TRAINING)]
     if table.empty:
         raise ConfigError("scope: no runs with an mIoU to analyse (give --table FILE or train some)")
     return scope(table, cfg.gate.scope)

@@ -18,7 +18,7 @@ from segaudit.errors import DataError
 __all__ = ["FolderDataset", "build_dataset", "list_samples", "prepare_dataset"]
 
 # Keys a ROOT/dataset.yaml may fill in when the config leaves them null.
-_META_KEYS = ("num_classes", "class_names", "ignore_index")
+_META_KEYS = ("num_classes", "class_names", "ignore_index", "class_colors")
 
 
 def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:

@@ -41,9 +41,11 @@ class SynthSpec:
     n_val: int = 100
     size: int = 64
     seed: int = 0
+    n_test: int = 0  # a labelled test split (validate's generalization gate)
 
     def folder_name(self) -> str:
-        return f"synthetic-v1-n{self.n_train}-{self.n_val}-s{self.size}-seed{self.seed}"
+        test = f"-t{self.n_test}" if self.n_test else ""
+        return f"synthetic-v1-n{self.n_train}-{self.n_val}{test}-s{self.size}-seed{self.seed}"
 
 
 def _texture(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
@@ -174,12 +176,16 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
 def write_synthetic(out: Path, spec: SynthSpec) -> Path:
     """Write the dataset in the folder layout `dataset=folder` reads.
 
-    Layout: `out/images/{train,val}/<stem>.png`, `out/masks/{train,val}/<stem>.png`
-    and `out/dataset.yaml`. Every scene draws from its own seeded generator, so
-    the same spec always gives byte-identical files.
+    Layout: `out/images/{train,val,test}/<stem>.png`, `out/masks/{train,val,test}/<stem>.png`
+    (test only when `n_test > 0`) and `out/dataset.yaml`. Every scene draws from its own
+    seeded generator, so the same spec always gives byte-identical files, and adding a
+    test split leaves the train and val files unchanged.
     """
     out = Path(out)
-    for split_id, (split, count) in enumerate([("train", spec.n_train), ("val", spec.n_val)]):
+    splits = [("train", spec.n_train), ("val", spec.n_val), ("test", spec.n_test)]
+    for split_id, (split, count) in enumerate(splits):
+        if count == 0:
+            continue
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "masks" / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
@@ -194,8 +200,8 @@ def write_synthetic(out: Path, spec: SynthSpec) -> Path:
         "class_names": CLASS_NAMES,
         "class_colors": CLASS_COLORS,
         "ignore_index": IGNORE_INDEX,
-        "generator": {"n_train": spec.n_train, "n_val": spec.n_val, "size": spec.size,
-                      "seed": spec.seed},
+        "generator": {"n_train": spec.n_train, "n_val": spec.n_val, "n_test": spec.n_test,
+                      "size": spec.size, "seed": spec.seed},
     }
     (out / "dataset.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     return out
