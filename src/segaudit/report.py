@@ -305,8 +305,9 @@ def cross_matrix_table(matrix: dict) -> Table | None:
     columns = list(next(iter(matrix.values()), {}))
     if len(columns) < 2:
         return None
-    table = Table(title="cross-dataset mIoU (rows: models, columns: evaluated on)",
-                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    title = "cross-dataset mIoU (rows: models, columns: evaluated on)"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  header_style="bold", min_width=len(title))
     table.add_column("model (run)", overflow="fold")
     for column in columns:
         table.add_column(column, justify="right", max_width=16, overflow="ellipsis")
