@@ -194,3 +194,21 @@ def test_bad_input_is_one_line(setup, args, message):
     assert message in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in runs.iterdir()) == before  # nothing written
+
+
+def test_cross_dataset_file_maps_another_label_space(setup, tmp_path):
+    common, runs, main, other, renamed = setup
+    from segaudit.data.synthetic import CLASS_NAMES
+
+    mapped = tmp_path / "renamed_as_synthetic.yaml"
+    config = OmegaConf.merge(load_group_option("dataset", "folder"),
+                             {"name": "renamed", "class_names": CLASS_NAMES})
+    OmegaConf.save(config, mapped)
+    result = runner.invoke(app, ["validate", "on-main", *common, *LENIENT,
+                                 "--cross", f"{mapped}={renamed}"])
+    assert result.exit_code == 0, result.output
+    record = next(json.loads(p.read_text()) for p in runs.glob("*/record.json")
+                  if "validate" in json.loads(p.read_text()))
+    assert record["validate"]["cross_dataset"]["renamed"] is not None  # scored, not n/a
+    missing = runner.invoke(app, ["validate", "on-main", *common, "--cross", f"{tmp_path}/no.yaml=/x"])
+    assert missing.exit_code == 2 and "no.yaml not found" in missing.stderr

@@ -116,6 +116,9 @@ def write_sample_grid(model: torch.nn.Module, dcfg: DictConfig, device: torch.de
 def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = None) -> dict:
     """`segaudit audit`: evaluate a checkpoint on real/noise/blank/shuffled inputs.
 
+    With `plots`, the sample grid (image / ground truth / prediction on real / on noise)
+    and the mIoU-by-input bars are written there.
+
     Returns:
         The audit's run record (`phase=audit`); its `audit` block holds each condition's
         metrics, the analytic prior's mIoU, the content gain (real - prior) and the pixel
