@@ -1,6 +1,7 @@
 """Every terminal view fits a 100-column terminal without cutting a number or a name short."""
 
 import io
+from dataclasses import asdict
 
 import pandas as pd
 import pytest
@@ -11,7 +12,6 @@ from segaudit.report import (compare_rich, compare_table, cross_matrix_table, ri
 from segaudit.runs import COLUMNS
 from segaudit.scope import scope
 from segaudit.validate import Gate, generalization_gate
-from dataclasses import asdict
 
 
 def _render(renderable, width: int) -> list[str]:
