@@ -85,3 +85,19 @@ def test_rejects_bad_input():
         confusion_matrix(torch.tensor([0, 1]), torch.tensor([0]), 3)
     with pytest.raises(ValueError, match="integer"):
         confusion_matrix(torch.tensor([0.0]), torch.tensor([0]), 3)
+
+
+def test_agreement_counts_labelled_pixels_only():
+    from segaudit.metrics import AgreementMatrix
+
+    target = torch.tensor([[0, 1, 255, 2]])
+    reference = torch.tensor([[0, 1, 1, 1]])
+    pred = torch.tensor([[0, 2, 0, 1]])  # agrees on pixels 0 and 3; pixel 2 is ignore
+    scores = AgreementMatrix(3, 255)
+    scores.update(pred, target, reference)
+    scores.update(reference, target, reference)  # a second batch in full agreement
+    result = scores.compute()
+    assert result["agreement"] == pytest.approx(100 * (2 + 3) / 6)
+    assert result["miou"] == pytest.approx(summarize(
+        confusion_matrix(torch.cat([pred, reference]), torch.cat([target, target]), 3, 255))["miou"])
+    assert math.isnan(AgreementMatrix(3, 255).compute()["agreement"])

@@ -212,3 +212,26 @@ def test_cross_dataset_file_maps_another_label_space(setup, tmp_path):
     assert record["validate"]["cross_dataset"]["renamed"] is not None  # scored, not n/a
     missing = runner.invoke(app, ["validate", "on-main", *common, "--cross", f"{tmp_path}/no.yaml=/x"])
     assert missing.exit_code == 2 and "no.yaml not found" in missing.stderr
+
+
+def test_test_split_without_labelled_pixels_is_skipped(setup, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from segaudit.audit import load_for_eval
+    from segaudit.validate import score_split
+
+    common, runs, main, *_ = setup
+    copy = shutil.copytree(main, tmp_path / "unlabelled")
+    for mask in (copy / "masks" / "test").iterdir():
+        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(mask)
+    cfg = compose(common)
+    trained = load_for_eval(cfg, "on-main", torch.device("cpu"))
+    dcfg = OmegaConf.merge(trained.saved.dataset, {"root": str(copy)})
+    metrics, why = score_split(trained.model, dcfg, "test", torch.device("cpu"), None, 4)
+    assert metrics is None and why == "the test masks hold no labelled pixels"
+    labelled, why = score_split(trained.model, trained.saved.dataset, "test", torch.device("cpu"), None, 4)
+    assert labelled is not None and why == "" and 0 <= labelled["miou"] <= 100
+    assert score_split(trained.model, dcfg, "holdout", torch.device("cpu"), None, 4) == (
+        None, "dataset.layout has no 'holdout' split")

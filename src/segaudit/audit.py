@@ -8,6 +8,7 @@ scores with the analytic prior of the training labels.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,10 +19,10 @@ from segaudit import runs
 from segaudit.config import load_group_option
 from segaudit.data import build_dataset
 from segaudit.data.conditions import DeviceImages
-from segaudit.engine import (autocast, amp_dtype, device_label, load_checkpoint, package_versions,
-                             resolve_device)
+from segaudit.engine import (amp_dtype, device_label, load_checkpoint, package_versions,
+                             predict_labels, resolve_device)
 from segaudit.errors import ConfigError
-from segaudit.metrics import ConfusionMatrix
+from segaudit.metrics import AgreementMatrix, ConfusionMatrix
 from segaudit.models import build_model
 from segaudit.prior import analytic_prior
 
@@ -60,6 +61,53 @@ def load_trained_model(ckpt: dict, source: Path) -> tuple[torch.nn.Module, DictC
     return model, saved
 
 
+@dataclass
+class TrainedModel:
+    """A checkpoint loaded for measuring: the model on its device, in eval mode."""
+
+    ckpt_path: Path
+    source_run: str | None  # the run it came from (None for a bare checkpoint file)
+    step: int
+    model: torch.nn.Module
+    saved: DictConfig  # the config it was trained with
+
+
+def load_for_eval(cfg: DictConfig, target: str, device: torch.device) -> TrainedModel:
+    """A run id (a diagnose id: its baseline) or checkpoint file, loaded onto `device`."""
+    ckpt_path, source_run = resolve_checkpoint(cfg.paths.runs, target)
+    ckpt = load_checkpoint(ckpt_path)
+    model, saved = load_trained_model(ckpt, ckpt_path)
+    return TrainedModel(ckpt_path, source_run, int(ckpt.get("step", 0)), model.to(device).eval(), saved)
+
+
+def measurement_record(cfg: DictConfig, trained: TrainedModel, phase: str, command: str,
+                       by_condition: dict, device: torch.device, run_id: str | None = None,
+                       **fields) -> tuple[Path, dict]:
+    """A new run directory and a completed record for measurements of a trained model.
+
+    The record carries the model's identity (model, encoder, loss, seed, dataset and the
+    strategy of the run it came from), the real-input metrics as its `metrics` and every
+    condition's in `metrics_by_condition`; `fields` add the phase's own block.
+    """
+    saved = trained.saved
+    source_record = runs.read_record(trained.ckpt_path.parent) if trained.source_run else {}
+    run_cfg = cfg.copy()
+    run_cfg.phase = phase
+    run_cfg.dataset = saved.dataset
+    run_cfg.seed = saved.seed
+    run_cfg.strategy = source_record.get("strategy", saved.strategy)
+    folder = runs.new_run_dir(Path(str(cfg.paths.runs)), phase, run_id)
+    record = runs.new_record(
+        run_cfg, folder.name, command, model=saved.choices.model, encoder=saved.model.encoder,
+        loss=saved.choices.loss, train_condition=saved.train_condition.name,
+        eval_condition="real", status="completed", step=trained.step,
+        metrics=by_condition["real"], metrics_by_condition=by_condition,
+        history=[{"step": 0, "condition": name, **m} for name, m in by_condition.items()],
+        versions=package_versions(), device=device_label(device), finished_at=runs.now(), **fields,
+    )
+    return folder, record
+
+
 class _RealAndShuffled(Dataset):
     """(real image, deranged image, mask) triples: both conditions in one pass."""
 
@@ -93,9 +141,8 @@ def sample_predictions(model: torch.nn.Module, dcfg: DictConfig, device: torch.d
     for index in range(min(count, len(dataset))):
         image, mask = dataset[index]
         batch = image.unsqueeze(0).to(device)
-        with autocast(device, dtype):
-            pred_real = model(batch).argmax(1)[0]
-            pred_noise = model(noise(batch)).argmax(1)[0]
+        pred_real = predict_labels(model, batch, device, dtype)[0]
+        pred_noise = predict_labels(model, noise(batch), device, dtype)[0]
         shown = ((image * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
         samples.append({"image": shown.permute(1, 2, 0).numpy(), "mask": mask.numpy(),
                         "pred_real": pred_real.cpu().numpy(), "pred_noise": pred_noise.cpu().numpy()})
@@ -125,13 +172,10 @@ def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = 
         agreement between predictions on real and on noise input.
     """
     t0 = time.perf_counter()
-    ckpt_path, source_run = resolve_checkpoint(cfg.paths.runs, target)
-    ckpt = load_checkpoint(ckpt_path)
-    model, saved = load_trained_model(ckpt, ckpt_path)
     device = resolve_device(str(cfg.device))
     dtype = amp_dtype(str(cfg.train.amp), device)
-    model.to(device).eval()
-    dcfg = saved.dataset
+    trained = load_for_eval(cfg, target, device)
+    model, dcfg = trained.model, trained.saved.dataset
     num_classes, ignore_index = int(dcfg.num_classes), int(dcfg.ignore_index)
     triples = _RealAndShuffled(
         build_dataset(dcfg, "val", train=False),
@@ -141,50 +185,31 @@ def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = 
     mean, std = dcfg.transform.mean, dcfg.transform.std
     noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
     blank = DeviceImages(load_group_option("condition", "blank"), mean, std, device, seeded=True)
-    metrics = {name: ConfusionMatrix(num_classes, ignore_index) for name in CONDITIONS}
-    agree = torch.zeros((), dtype=torch.int64, device=device)
-    labelled = torch.zeros((), dtype=torch.int64, device=device)
+    metrics = {"real": ConfusionMatrix(num_classes, ignore_index),
+               "noise": AgreementMatrix(num_classes, ignore_index),  # noise vs real predictions
+               "blank": ConfusionMatrix(num_classes, ignore_index),
+               "shuffled": ConfusionMatrix(num_classes, ignore_index)}
     for images, others, target_ in loader:
         images, others = images.to(device), others.to(device)
         target_ = target_.to(device)
-        preds = {}
-        for name, batch in (("real", images), ("noise", noise(images)), ("blank", blank(images)),
-                            ("shuffled", others)):
-            with autocast(device, dtype):
-                preds[name] = model(batch).argmax(1)
-            metrics[name].update(preds[name], target_)
-        valid = target_ != ignore_index
-        agree += (preds["real"] == preds["noise"])[valid].sum()
-        labelled += valid.sum()
+        real = predict_labels(model, images, device, dtype)
+        metrics["real"].update(real, target_)
+        metrics["noise"].update(predict_labels(model, noise(images), device, dtype), target_, real)
+        metrics["blank"].update(predict_labels(model, blank(images), device, dtype), target_)
+        metrics["shuffled"].update(predict_labels(model, others, device, dtype), target_)
     results = {name: m.compute() for name, m in metrics.items()}
     prior = analytic_prior(dcfg)
     block = {
-        "source": str(ckpt_path), "source_run": source_run,
+        "source": str(trained.ckpt_path), "source_run": trained.source_run,
         "miou": {name: results[name]["miou"] for name in CONDITIONS},
         "prior_miou": prior.per_pixel["miou"], "majority_miou": prior.majority["miou"],
         "content_gain": results["real"]["miou"] - prior.per_pixel["miou"],
-        "agreement_real_noise": 100.0 * float(agree) / max(int(labelled), 1),
+        "agreement_real_noise": results["noise"]["agreement"],
         "metrics": results,
     }
-    source_record = {}
-    if source_run is not None:
-        source_record = runs.read_record(ckpt_path.parent)
-    run_cfg = cfg.copy()
-    run_cfg.phase = "audit"
-    run_cfg.dataset = dcfg
-    run_cfg.seed = saved.seed
-    run_cfg.strategy = source_record.get("strategy", saved.strategy)
-    folder = runs.new_run_dir(Path(str(cfg.paths.runs)), "audit",
-                              None if cfg.run_id is None else str(cfg.run_id))
-    record = runs.new_record(
-        run_cfg, folder.name, command, model=saved.choices.model, encoder=saved.model.encoder,
-        loss=saved.choices.loss, train_condition=saved.train_condition.name,
-        eval_condition="real", status="completed", step=int(ckpt.get("step", 0)),
-        metrics=results["real"], metrics_by_condition=results,
-        history=[{"step": 0, "condition": name, **results[name]} for name in CONDITIONS],
-        audit=block, versions=package_versions(), device=device_label(device),
-        finished_at=runs.now(),
-    )
+    folder, record = measurement_record(
+        cfg, trained, "audit", command, results, device,
+        None if cfg.run_id is None else str(cfg.run_id), audit=block)
     if plots is not None:
         record["plots"] = _audit_plots(model, dcfg, device, dtype, record, Path(plots))
     record["timings"]["total_s"] = time.perf_counter() - t0

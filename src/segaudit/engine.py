@@ -203,6 +203,18 @@ def init_weights(model: nn.Module, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- evaluation
+def predict_labels(model: nn.Module, images: torch.Tensor, device: torch.device,
+                   dtype: torch.dtype | None, size=None) -> torch.Tensor:
+    """Per-pixel class ids (N x H x W) of `model` on a batch, at `size` (default: the
+    input's) when the model's logits come out at another resolution."""
+    with autocast(device, dtype):
+        logits = model(images)
+    size = tuple(size or images.shape[-2:])
+    if tuple(logits.shape[-2:]) != size:
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear")
+    return logits.argmax(1)
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -228,11 +240,7 @@ def evaluate(
             images = images_fn(images)
         images = images.contiguous(memory_format=memory_format)
         target = target.to(device, non_blocking=True)
-        with autocast(device, dtype):
-            logits = model(images)
-        if logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear")
-        metric.update(logits.argmax(1), target)
+        metric.update(predict_labels(model, images, device, dtype, target.shape[-2:]), target)
     if dist.is_available() and dist.is_initialized():
         metric.all_reduce(device)
     model.train(was_training)

@@ -111,3 +111,26 @@ class ConfusionMatrix:
         if self.cm is None:
             return summarize(torch.zeros(self.num_classes, self.num_classes, dtype=torch.long))
         return summarize(self.cm)
+
+
+class AgreementMatrix(ConfusionMatrix):
+    """A confusion matrix that also counts, on labelled pixels, how often the predictions
+    agree with a reference prediction (e.g. the clean image's): `compute()["agreement"]`,
+    in percent. Counts stay on the device until `compute()`."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        super().__init__(num_classes, ignore_index)
+        self.agree: torch.Tensor | int = 0
+        self.labelled: torch.Tensor | int = 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, reference: torch.Tensor) -> None:
+        super().update(pred, target)
+        valid = target != self.ignore_index
+        self.agree = self.agree + (pred == reference)[valid].sum()
+        self.labelled = self.labelled + valid.sum()
+
+    def compute(self) -> dict:
+        result = super().compute()
+        labelled = int(self.labelled)
+        result["agreement"] = 100.0 * int(self.agree) / labelled if labelled else float("nan")
+        return result

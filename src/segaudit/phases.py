@@ -213,19 +213,12 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
 
 
 def _diagnose_plots(cfg: DictConfig, record: dict, out_dir: Path) -> list[str]:
-    """Evidence bars, learning curves of the steps, and the baseline's sample grid."""
-    from segaudit.audit import load_trained_model, write_sample_grid
-    from segaudit.engine import amp_dtype, load_checkpoint, resolve_device
-    from segaudit.plots import evidence_bars, learning_curves
+    """Evidence bars, the baseline's sample grid and the learning curves of the steps."""
+    from segaudit.engine import amp_dtype, resolve_device
+    from segaudit.plots import diagnose_pictures, learning_curves
 
     runs_root = Path(str(cfg.paths.runs)).expanduser()
-    step_records = [runs.read_record(runs_root / run_id) for run_id in record["steps"].values()]
-    written = evidence_bars(record, out_dir) + learning_curves(step_records, out_dir)
-    ckpt_path = runs_root / record["steps"]["baseline"] / runs.CHECKPOINT
-    model, saved = load_trained_model(load_checkpoint(ckpt_path), ckpt_path)
     device = resolve_device(str(cfg.device))
-    model.to(device).eval()
-    written.append(write_sample_grid(model, saved.dataset, device, amp_dtype(str(cfg.train.amp), device),
-                                     out_dir / f"samples_{record['steps']['baseline']}.png",
-                                     f"diagnose {record['run_id']}: baseline"))
-    return [str(p) for p in written]
+    step_records = [runs.read_record(runs_root / run_id) for run_id in record["steps"].values()]
+    written = diagnose_pictures(runs_root, record, out_dir, device, amp_dtype(str(cfg.train.amp), device))
+    return [str(p) for p in written + learning_curves(step_records, out_dir)]

@@ -202,6 +202,25 @@ def evidence_bars(record: dict, out_dir: Path) -> list[Path]:
     return [path]
 
 
+def diagnose_pictures(runs_root: Path, record: dict, out_dir: Path, device: torch.device,
+                      dtype: torch.dtype | None = None) -> list[Path]:
+    """A diagnose's evidence bars and the sample grid of its baseline model (when the
+    baseline's checkpoint is still there)."""
+    from segaudit.audit import load_trained_model, write_sample_grid
+    from segaudit.engine import load_checkpoint
+    from segaudit.runs import CHECKPOINT
+
+    written = evidence_bars(record, out_dir)
+    baseline = (record.get("steps") or {}).get("baseline")
+    ckpt_path = Path(runs_root).expanduser() / str(baseline) / CHECKPOINT
+    if baseline and ckpt_path.is_file():
+        model, saved = load_trained_model(load_checkpoint(ckpt_path), ckpt_path)
+        written.append(write_sample_grid(model.to(device).eval(), saved.dataset, device, dtype,
+                                         Path(out_dir) / f"samples_{baseline}.png",
+                                         f"diagnose {record['run_id']}: baseline"))
+    return written
+
+
 def report_plots(runs_root: Path, records: list[dict], out_dir: Path, device: str = "cpu") -> list[Path]:
     """Every picture `segaudit report --plots` can draw for these runs.
 
@@ -209,10 +228,8 @@ def report_plots(runs_root: Path, records: list[dict], out_dir: Path, device: st
     sample grid of its baseline model; for each prior run, the per-class heatmaps
     (from the counts the prior run saved).
     """
-    from segaudit.audit import load_trained_model, write_sample_grid
-    from segaudit.engine import load_checkpoint, resolve_device
+    from segaudit.engine import resolve_device
     from segaudit.prior import PRIOR_FILE, frequencies
-    from segaudit.runs import CHECKPOINT
 
     runs_root = Path(runs_root).expanduser()
     out_dir = Path(out_dir)
@@ -220,14 +237,7 @@ def report_plots(runs_root: Path, records: list[dict], out_dir: Path, device: st
     torch_device = resolve_device(device)
     for record in records:
         if record.get("verdict") and record.get("evidence"):
-            written += evidence_bars(record, out_dir)
-            baseline = (record.get("steps") or {}).get("baseline")
-            ckpt_path = runs_root / str(baseline) / CHECKPOINT
-            if baseline and ckpt_path.is_file():
-                model, saved = load_trained_model(load_checkpoint(ckpt_path), ckpt_path)
-                written.append(write_sample_grid(model.to(torch_device).eval(), saved.dataset,
-                                                 torch_device, None, out_dir / f"samples_{baseline}.png",
-                                                 f"diagnose {record['run_id']}: baseline"))
+            written += diagnose_pictures(runs_root, record, out_dir, torch_device)
         saved_prior = runs_root / record["run_id"] / PRIOR_FILE
         if record.get("phase") == "prior" and saved_prior.is_file():
             prior = torch.load(saved_prior, weights_only=True)

@@ -14,6 +14,7 @@ Every threshold lives in `conf/gate/*.yaml` under `validate`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,14 +25,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segaudit import runs
-from segaudit.audit import load_trained_model, resolve_checkpoint
+from segaudit.audit import TrainedModel, load_for_eval, measurement_record
 from segaudit.config import load_group_option
 from segaudit.data import build_dataset, prepare_dataset
 from segaudit.data.conditions import DeviceImages
-from segaudit.engine import (amp_dtype, autocast, device_label, load_checkpoint, package_versions,
-                             resolve_device)
+from segaudit.engine import amp_dtype, evaluate, predict_labels, resolve_device
 from segaudit.errors import ConfigError, DataError
-from segaudit.metrics import ConfusionMatrix
+from segaudit.metrics import AgreementMatrix, ConfusionMatrix
 
 GAUSSIAN = "gaussian"
 
@@ -73,7 +73,7 @@ def robustness_gates(clean_miou: float, perturbed: dict[str, dict], rcfg: DictCo
 
     Args:
         clean_miou: mIoU on the clean images the perturbations were applied to.
-        perturbed: perturbation name -> {"miou", "agreement"} (percent).
+        perturbed: perturbation name -> metrics with "miou" and "agreement" (percent).
         rcfg: `gate.validate.robustness`.
     """
     gates = []
@@ -160,48 +160,15 @@ def perturbations(rcfg: DictConfig) -> list[tuple[str, str, float]]:
     return found
 
 
-class _Scores:
-    """Confusion matrix plus agreement with a reference prediction on labelled pixels."""
-
-    def __init__(self, num_classes: int, ignore_index: int):
-        self.matrix = ConfusionMatrix(num_classes, ignore_index)
-        self.ignore_index = ignore_index
-        self.agree = 0
-        self.labelled = 0
-
-    def update(self, pred: torch.Tensor, target: torch.Tensor, reference: torch.Tensor | None) -> None:
-        self.matrix.update(pred, target)
-        if reference is not None:
-            valid = target != self.ignore_index
-            self.agree += int((pred == reference)[valid].sum())
-            self.labelled += int(valid.sum())
-
-    def compute(self) -> dict:
-        result = self.matrix.compute()
-        if self.labelled:
-            result["agreement"] = 100.0 * self.agree / self.labelled
-        return result
+def _loader(dcfg: DictConfig, split: str, batch_size: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(build_dataset(dcfg, split, train=False),
+                                       batch_size=batch_size, shuffle=False)
 
 
-def _loader(dcfg: DictConfig, split: str, batch_size: int, limit: int | None = None):
-    dataset = build_dataset(dcfg, split, train=False)
-    if limit is not None and limit < len(dataset):
-        dataset = torch.utils.data.Subset(dataset, range(int(limit)))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-
-
-def _predict(model, images, device, dtype) -> torch.Tensor:
-    with autocast(device, dtype):
-        return model(images).argmax(1)
-
-
-@torch.inference_mode()
 def score(model, dcfg: DictConfig, split: str, device, dtype, batch_size: int) -> dict:
     """Plain metrics of `model` on one split of `dcfg`."""
-    scores = _Scores(int(dcfg.num_classes), int(dcfg.ignore_index))
-    for images, target in _loader(dcfg, split, batch_size):
-        scores.update(_predict(model, images.to(device), device, dtype), target.to(device), None)
-    return scores.compute()
+    return evaluate(model, _loader(dcfg, split, batch_size), int(dcfg.num_classes),
+                    int(dcfg.ignore_index), device, dtype)
 
 
 @torch.inference_mode()
@@ -220,40 +187,45 @@ def measure_val(model, dcfg: DictConfig, vcfg: DictConfig, device, dtype, batch_
     rcfg = vcfg.robustness
     limit = rcfg.get("max_images")
     plan = perturbations(rcfg)
-    real, noisy = _Scores(num_classes, ignore_index), _Scores(num_classes, ignore_index)
-    robust_real = _Scores(num_classes, ignore_index)
-    perturbed = {label: _Scores(num_classes, ignore_index) for label, _, _ in plan}
+    real, robust_real = ConfusionMatrix(num_classes, ignore_index), ConfusionMatrix(num_classes, ignore_index)
+    noisy = AgreementMatrix(num_classes, ignore_index)
+    perturbed = {label: AgreementMatrix(num_classes, ignore_index) for label, _, _ in plan}
     seen = 0
     std_t = torch.tensor(list(std), device=device).view(1, -1, 1, 1)
     for batch_index, (images, target) in enumerate(_loader(dcfg, "val", batch_size)):
         images, target = images.to(device), target.to(device)
-        clean = _predict(model, images, device, dtype)
-        real.update(clean, target, None)
-        noisy.update(_predict(model, noise(images), device, dtype), target, clean)
+        clean = predict_labels(model, images, device, dtype)
+        real.update(clean, target)
+        noisy.update(predict_labels(model, noise(images), device, dtype), target, clean)
         if limit is not None and seen >= int(limit):
             continue
         keep = images.shape[0] if limit is None else min(images.shape[0], int(limit) - seen)
         seen += keep
         images, target, clean = images[:keep], target[:keep], clean[:keep]
-        robust_real.update(clean, target, None)
+        robust_real.update(clean, target)
         for label, kind, strength in plan:
             if kind == GAUSSIAN:  # sigma is on the [0, 1] image, so divide by the normalising std
                 shifted = images + torch.randn(images.shape, device=device, generator=generator) * (strength / std_t)
             else:
                 shifted = corrupt_batch(images, kind, int(strength), mean, std, seed + batch_index)
-            perturbed[label].update(_predict(model, shifted, device, dtype), target, clean)
+            perturbed[label].update(predict_labels(model, shifted, device, dtype), target, clean)
     return {"real": real.compute(), "noise": noisy.compute(), "robust_real": robust_real.compute(),
             "perturbed": {label: s.compute() for label, s in perturbed.items()}}
 
 
-def test_split(dcfg: DictConfig, split: str) -> tuple[bool, str]:
-    """Whether `split` exists with images and masks; otherwise the reason it does not."""
+def score_split(model, dcfg: DictConfig, split: str, device, dtype,
+                batch_size: int) -> tuple[dict | None, str]:
+    """Metrics on a labelled `split` (e.g. test), or None and the reason there are none:
+    the layout has no such split, its mask folder is missing, or no pixel is labelled."""
     if split not in dcfg.layout or dcfg.layout[split] is None:
-        return False, f"dataset.layout has no '{split}' split"
+        return None, f"dataset.layout has no '{split}' split"
     folder = Path(dcfg.root) / dcfg.layout[split].masks
     if not folder.is_dir():
-        return False, f"no labelled {split} split ({folder} does not exist)"
-    return True, ""
+        return None, f"no labelled {split} split ({folder} does not exist)"
+    metrics = score(model, dcfg, split, device, dtype, batch_size)
+    if math.isnan(metrics["aacc"]):
+        return None, f"the {split} masks hold no labelled pixels"
+    return metrics, ""
 
 
 # --------------------------------------------------------------------------- datasets
@@ -307,22 +279,6 @@ def _for_model(dcfg: DictConfig, trained_on: DictConfig) -> DictConfig:
 
 
 # --------------------------------------------------------------------------- the command
-@dataclass
-class _Target:
-    ckpt_path: Path
-    source_run: str | None
-    step: int
-    model: torch.nn.Module
-    saved: DictConfig
-
-
-def _load_target(cfg: DictConfig, target: str, device) -> _Target:
-    ckpt_path, source_run = resolve_checkpoint(cfg.paths.runs, target)
-    ckpt = load_checkpoint(ckpt_path)
-    model, saved = load_trained_model(ckpt, ckpt_path)
-    return _Target(ckpt_path, source_run, int(ckpt.get("step", 0)), model.to(device).eval(), saved)
-
-
 def validate(cfg: DictConfig, targets: list[str], cross: list[str] | None = None,
              command: str = "") -> dict:
     """`segaudit validate`: run the phase-3 gates on each checkpoint, record each as a run.
@@ -349,7 +305,7 @@ def validate(cfg: DictConfig, targets: list[str], cross: list[str] | None = None
     batch_size = int(cfg.train.eval_batch_size)
     loaded, seen = [], set()
     for target in targets:  # a diagnose id and its baseline's run id are one model
-        item = _load_target(cfg, target, device)
+        item = load_for_eval(cfg, target, device)
         if item.ckpt_path.resolve() not in seen:
             seen.add(item.ckpt_path.resolve())
             loaded.append(item)
@@ -363,11 +319,8 @@ def validate(cfg: DictConfig, targets: list[str], cross: list[str] | None = None
         if not Path(str(dcfg.root)).is_dir():
             raise DataError(f"{item.ckpt_path}: its dataset.root {dcfg.root} is not a folder any more")
         measured = measure_val(item.model, dcfg, vcfg, device, dtype, batch_size, int(cfg.seed))
-        available, why_not = test_split(dcfg, str(vcfg.generalization.split))
-        test = score(item.model, dcfg, str(vcfg.generalization.split), device, dtype, batch_size) \
-            if available else None
-        if test is not None and test["miou"] is None:
-            test, why_not = None, f"the {vcfg.generalization.split} masks hold no labelled pixels"
+        test, why_not = score_split(item.model, dcfg, str(vcfg.generalization.split), device,
+                                    dtype, batch_size)
         row = {}
         for key, other in datasets.items():
             if _dataset_key(other) == _dataset_key(dcfg):
@@ -385,32 +338,21 @@ def validate(cfg: DictConfig, targets: list[str], cross: list[str] | None = None
     for (item, measured, test, why_not, _), name in zip(results, index):
         real = measured["real"]["miou"]
         gates = [noise_gate(real, measured["noise"]["miou"], cfg.gate)]
-        gates += robustness_gates(measured["robust_real"]["miou"],
-                                  {k: {"miou": v["miou"], "agreement": v["agreement"]}
-                                   for k, v in measured["perturbed"].items()}, vcfg.robustness)
+        gates += robustness_gates(measured["robust_real"]["miou"], measured["perturbed"],
+                                  vcfg.robustness)
         gates.append(generalization_gate(real, None if test is None else test["miou"],
                                          float(vcfg.generalization.max_gap), why_not))
         gates.append(cross_dataset_gate(matrix.loc[name], float(vcfg.cross_dataset.spread_min)))
         run_id = str(cfg.run_id) if cfg.run_id is not None and len(loaded) == 1 else None
         records.append(_write_record(cfg, item, measured, test, gates, matrix.loc[name], command,
-                                     run_id, time.perf_counter() - t0))
+                                     device, run_id, time.perf_counter() - t0))
     passed = all(g["passed"] is not False for r in records for g in r["validate"]["gates"])
     return {"records": records, "matrix": matrix.to_dict(orient="index"), "passed": passed}
 
 
-def _write_record(cfg: DictConfig, item: _Target, measured: dict, test: dict | None,
-                  gates: list[Gate], cross_row: pd.Series, command: str, run_id: str | None,
-                  seconds: float) -> dict:
-    saved = item.saved
-    source_record = runs.read_record(item.ckpt_path.parent) if item.source_run else {}
-    run_cfg = cfg.copy()
-    run_cfg.phase = "validate"
-    run_cfg.dataset = saved.dataset
-    run_cfg.seed = saved.seed
-    run_cfg.strategy = source_record.get("strategy", saved.strategy)
-    folder = runs.new_run_dir(Path(str(cfg.paths.runs)), "validate", run_id)
-    n_run = sum(g.passed is not None for g in gates)
-    n_pass = sum(g.passed is True for g in gates)
+def _write_record(cfg: DictConfig, item: TrainedModel, measured: dict, test: dict | None,
+                  gates: list[Gate], cross_row: pd.Series, command: str, device: torch.device,
+                  run_id: str | None, seconds: float) -> dict:
     by_condition = {"real": measured["real"], "noise": measured["noise"]}
     block = {
         "source": str(item.ckpt_path), "source_run": item.source_run,
@@ -420,15 +362,9 @@ def _write_record(cfg: DictConfig, item: _Target, measured: dict, test: dict | N
         "test": test, "cross_dataset": {k: (None if pd.isna(v) else float(v)) for k, v in cross_row.items()},
         "gate_preset": cfg.gate.name,
     }
-    record = runs.new_record(
-        run_cfg, folder.name, command, model=saved.choices.model, encoder=saved.model.encoder,
-        loss=saved.choices.loss, train_condition=saved.train_condition.name, eval_condition="real",
-        status="completed", step=item.step, metrics=measured["real"],
-        metrics_by_condition=by_condition, gates=f"{n_pass}/{n_run}",
-        history=[{"step": 0, "condition": name, **m} for name, m in by_condition.items()],
-        validate=block, versions=package_versions(), device=device_label(resolve_device(str(cfg.device))),
-        finished_at=runs.now(),
-    )
+    passed_of_run = f"{sum(g.passed is True for g in gates)}/{sum(g.passed is not None for g in gates)}"
+    folder, record = measurement_record(cfg, item, "validate", command, by_condition, device,
+                                        run_id, gates=passed_of_run, validate=block)
     record["timings"]["total_s"] = seconds
     runs.write_record(folder, record)
     return record
