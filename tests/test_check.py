@@ -129,7 +129,7 @@ def test_fuzzed_files_end_in_clear_errors(tmp_path, fmt):
                 reader(path)
             except DataError as err:
                 assert str(path) in str(err) and "\n" not in str(err)
-        problems, _ = _read_pair(Sample("x", broken, broken_mask), 5, 255, None)
+        problems, _, _ = _read_pair(Sample("x", broken, broken_mask), 5, 255, None)
         assert all(isinstance(p, str) and "\n" not in m for p, m in problems)
 
 

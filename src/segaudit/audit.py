@@ -13,15 +13,16 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from segaudit import runs
 from segaudit.config import load_group_option
-from segaudit.data import build_dataset
+from segaudit.data import build_dataset, eval_loader
 from segaudit.data.conditions import DeviceImages
 from segaudit.engine import (amp_dtype, device_label, load_checkpoint, package_versions,
                              predict_labels, resolve_device)
 from segaudit.errors import ConfigError
+from segaudit.inference import Inference, build_inference, inference_record
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
 from segaudit.models import build_model
 from segaudit.prior import analytic_prior
@@ -117,6 +118,9 @@ class _RealAndShuffled(Dataset):
     def __len__(self) -> int:
         return len(self.real)
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        return self.real.image_sizes()  # shuffled images are fitted to each mask's size
+
     def __getitem__(self, index: int):
         image, mask = self.real[index]
         other, _ = self.shuffled[index]
@@ -125,7 +129,8 @@ class _RealAndShuffled(Dataset):
 
 @torch.inference_mode()
 def sample_predictions(model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
-                       dtype: torch.dtype | None, count: int = 4) -> list[dict]:
+                       dtype: torch.dtype | None, count: int = 4,
+                       infer: Inference | None = None) -> list[dict]:
     """The first `count` val samples with the model's predictions on them and on noise.
 
     Returns:
@@ -133,6 +138,7 @@ def sample_predictions(model: torch.nn.Module, dcfg: DictConfig, device: torch.d
         `pred_noise` (HxW numpy arrays), for `plots.sample_grid`.
     """
     dataset = build_dataset(dcfg, "val", train=False)
+    infer = infer or build_inference(model, dcfg)
     mean, std = dcfg.transform.mean, dcfg.transform.std
     noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
     mean_t = torch.tensor(list(mean)).view(-1, 1, 1)
@@ -141,8 +147,8 @@ def sample_predictions(model: torch.nn.Module, dcfg: DictConfig, device: torch.d
     for index in range(min(count, len(dataset))):
         image, mask = dataset[index]
         batch = image.unsqueeze(0).to(device)
-        pred_real = predict_labels(model, batch, device, dtype)[0]
-        pred_noise = predict_labels(model, noise(batch), device, dtype)[0]
+        pred_real = predict_labels(model, batch, device, dtype, infer=infer)[0]
+        pred_noise = predict_labels(model, noise(batch), device, dtype, infer=infer)[0]
         shown = ((image * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
         samples.append({"image": shown.permute(1, 2, 0).numpy(), "mask": mask.numpy(),
                         "pred_real": pred_real.cpu().numpy(), "pred_noise": pred_noise.cpu().numpy()})
@@ -150,11 +156,12 @@ def sample_predictions(model: torch.nn.Module, dcfg: DictConfig, device: torch.d
 
 
 def write_sample_grid(model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
-                      dtype: torch.dtype | None, path: Path, title: str) -> Path:
+                      dtype: torch.dtype | None, path: Path, title: str,
+                      infer: Inference | None = None) -> Path:
     """`sample_predictions` drawn as an image / ground truth / real / noise grid."""
     from segaudit.plots import sample_grid
 
-    samples = sample_predictions(model, dcfg, device, dtype)
+    samples = sample_predictions(model, dcfg, device, dtype, infer=infer)
     return sample_grid(samples, list(dcfg.class_names), int(dcfg.ignore_index), path, title,
                        colors=dcfg.get("class_colors"))
 
@@ -181,7 +188,8 @@ def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = 
         build_dataset(dcfg, "val", train=False),
         build_dataset(dcfg, "val", train=False, condition=load_group_option("condition", "shuffled")),
     )
-    loader = DataLoader(triples, batch_size=int(cfg.train.eval_batch_size), shuffle=False)
+    loader = eval_loader(triples, int(cfg.train.eval_batch_size))
+    infer = build_inference(model, dcfg, cfg.get("inference"))
     mean, std = dcfg.transform.mean, dcfg.transform.std
     noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
     blank = DeviceImages(load_group_option("condition", "blank"), mean, std, device, seeded=True)
@@ -192,11 +200,11 @@ def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = 
     for images, others, target_ in loader:
         images, others = images.to(device), others.to(device)
         target_ = target_.to(device)
-        real = predict_labels(model, images, device, dtype)
+        real = predict_labels(model, images, device, dtype, infer=infer)
         metrics["real"].update(real, target_)
-        metrics["noise"].update(predict_labels(model, noise(images), device, dtype), target_, real)
-        metrics["blank"].update(predict_labels(model, blank(images), device, dtype), target_)
-        metrics["shuffled"].update(predict_labels(model, others, device, dtype), target_)
+        metrics["noise"].update(predict_labels(model, noise(images), device, dtype, infer=infer), target_, real)
+        metrics["blank"].update(predict_labels(model, blank(images), device, dtype, infer=infer), target_)
+        metrics["shuffled"].update(predict_labels(model, others, device, dtype, infer=infer), target_)
     results = {name: m.compute() for name, m in metrics.items()}
     prior = analytic_prior(dcfg)
     block = {
@@ -204,6 +212,7 @@ def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = 
         "miou": {name: results[name]["miou"] for name in CONDITIONS},
         "prior_miou": prior.per_pixel["miou"], "majority_miou": prior.majority["miou"],
         "content_gain": results["real"]["miou"] - prior.per_pixel["miou"],
+        "inference": inference_record(infer),
         "agreement_real_noise": results["noise"]["agreement"],
         "metrics": results,
     }
@@ -211,16 +220,17 @@ def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = 
         cfg, trained, "audit", command, results, device,
         None if cfg.run_id is None else str(cfg.run_id), audit=block)
     if plots is not None:
-        record["plots"] = _audit_plots(model, dcfg, device, dtype, record, Path(plots))
+        record["plots"] = _audit_plots(model, dcfg, device, dtype, record, Path(plots), infer)
     record["timings"]["total_s"] = time.perf_counter() - t0
     runs.write_record(folder, record)
     return record
 
 
-def _audit_plots(model, dcfg, device, dtype, record: dict, out_dir: Path) -> list[str]:
+def _audit_plots(model, dcfg, device, dtype, record: dict, out_dir: Path,
+                 infer: Inference) -> list[str]:
     """The sample grid and the mIoU-by-input bars (with the prior line) of one audit."""
     from segaudit.plots import miou_by_condition
 
     grid = write_sample_grid(model, dcfg, device, dtype, out_dir / f"samples_{record['run_id']}.png",
-                             f"{record['model']}/{record['encoder']} ({record['run_id']})")
+                             f"{record['model']}/{record['encoder']} ({record['run_id']})", infer)
     return [str(p) for p in [grid, *miou_by_condition([record], out_dir)]]

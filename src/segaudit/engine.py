@@ -34,11 +34,13 @@ from torch.utils.data import DataLoader, Subset
 
 from segaudit import runs
 from segaudit.config import load_group_option, load_yaml, to_yaml
-from segaudit.data import build_dataset, list_samples, prepare_dataset
+from segaudit.data import build_dataset, eval_loader, list_samples, prepare_dataset
 from segaudit.data.check import preflight
 from segaudit.data.conditions import DeviceImages
 from segaudit.data.sampler import StepBatchSampler
 from segaudit.errors import ConfigError, TrainingFailed
+from segaudit.inference import (Inference, build_inference, inference_record, model_stride,
+                                pad_to_multiple)
 from segaudit.metrics import ConfusionMatrix
 from segaudit.models import build_model
 
@@ -204,11 +206,12 @@ def init_weights(model: nn.Module, path: Path) -> None:
 
 # --------------------------------------------------------------------------- evaluation
 def predict_labels(model: nn.Module, images: torch.Tensor, device: torch.device,
-                   dtype: torch.dtype | None, size=None) -> torch.Tensor:
-    """Per-pixel class ids (N x H x W) of `model` on a batch, at `size` (default: the
-    input's) when the model's logits come out at another resolution."""
+                   dtype: torch.dtype | None, size=None, infer: Inference | None = None) -> torch.Tensor:
+    """Per-pixel class ids (N x H x W) of `model` on a batch, run the way `infer` says
+    (default: whole image, padded to the model's stride), at `size` (default: the input's)."""
+    infer = infer or Inference(multiple=model_stride(model))
     with autocast(device, dtype):
-        logits = model(images)
+        logits = infer(model, images)
     size = tuple(size or images.shape[-2:])
     if tuple(logits.shape[-2:]) != size:
         logits = F.interpolate(logits.float(), size=size, mode="bilinear")
@@ -225,10 +228,12 @@ def evaluate(
     dtype: torch.dtype | None = None,
     channels_last: bool = False,
     images_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    infer: Inference | None = None,
 ) -> dict:
     """Dataset-level metrics of `model` over `loader` (see `segaudit.metrics`).
 
-    `images_fn` replaces each batch's images on the device (the noise/blank conditions).
+    `images_fn` replaces each batch's images on the device (the noise/blank conditions);
+    `infer` says how the model sees each image (`segaudit.inference`; default whole).
     """
     was_training = model.training
     model.eval()
@@ -240,7 +245,7 @@ def evaluate(
             images = images_fn(images)
         images = images.contiguous(memory_format=memory_format)
         target = target.to(device, non_blocking=True)
-        metric.update(predict_labels(model, images, device, dtype, target.shape[-2:]), target)
+        metric.update(predict_labels(model, images, device, dtype, target.shape[-2:], infer), target)
     if dist.is_available() and dist.is_initialized():
         metric.all_reduce(device)
     model.train(was_training)
@@ -314,8 +319,7 @@ def val_loader(cfg: DictConfig, condition: DictConfig, pin: bool,
     dataset = build_dataset(cfg.dataset, "val", train=False, condition=condition)
     if ddp.active:  # each rank scores a shard; the confusion matrices are summed
         dataset = Subset(dataset, range(ddp.rank, len(dataset), ddp.world_size))
-    return DataLoader(dataset, batch_size=cfg.train.eval_batch_size, shuffle=False,
-                      num_workers=int(cfg.train.num_workers), pin_memory=pin)
+    return eval_loader(dataset, int(cfg.train.eval_batch_size), int(cfg.train.num_workers), pin)
 
 
 def train_loader(cfg: DictConfig, start_step: int, pin: bool,
@@ -429,12 +433,14 @@ def _train(cfg: DictConfig, run: Run, record: dict, log, ddp: Distributed) -> di
         forward_model = torch.compile(forward_model)
 
     pin = device.type == "cuda"
+    multiple = model_stride(model)  # crops of any size: pad to the stride, labels with ignore
+    infer = build_inference(model, cfg.dataset, cfg.get("inference"))
     loader = train_loader(cfg, step, pin, ddp)
     evaluations = [(c, val_loader(cfg, c, pin, ddp)) for c in eval_conditions(cfg)]
     mean, std = cfg.dataset.transform.mean, cfg.dataset.transform.std
     train_images = DeviceImages(cfg.train_condition, mean, std, device, seeded=False)
     record.update(status="running", error=None, step=step, device=device_label(device),
-                  world_size=ddp.world_size)
+                  world_size=ddp.world_size, inference=inference_record(infer))
     write_record(run.dir, record)
 
     def checkpoint_now() -> None:
@@ -453,7 +459,7 @@ def _train(cfg: DictConfig, run: Run, record: dict, log, ddp: Distributed) -> di
         for condition, loader_ in evaluations:
             images_fn = DeviceImages(condition, mean, std, device, seeded=True)
             result = evaluate(forward_model, loader_, num_classes, ignore_index, device, dtype,
-                              channels_last, images_fn)
+                              channels_last, images_fn, infer)
             results[condition.name] = result
             record["history"].append({"step": step, "condition": condition.name, **result})
             log(f"step {step} [{condition.name}]: mIoU {result['miou']:.2f}  "
@@ -475,8 +481,8 @@ def _train(cfg: DictConfig, run: Run, record: dict, log, ddp: Distributed) -> di
         while step < iters:
             images, target = next(data)
             images = train_images(images.to(device, non_blocking=True))
-            images = images.contiguous(memory_format=memory_format)
-            target = target.to(device, non_blocking=True)
+            images = pad_to_multiple(images, multiple).contiguous(memory_format=memory_format)
+            target = pad_to_multiple(target.to(device, non_blocking=True), multiple, ignore_index)
             with autocast(device, dtype):
                 out = loss_fn(forward_model, images, target)
             optimizer.zero_grad(set_to_none=True)

@@ -161,9 +161,9 @@ def _score_chunk(paths, prior_map, majority_class, size, num_classes, ignore_ind
     for path in paths:
         target = torch.from_numpy(_load(path, size, label_lut).astype(np.int64))
         pred = prior_map
-        if pred.shape != target.shape:  # native-resolution evaluation of another size
+        if pred.shape != target.shape:  # each val label is scored at its own size
             pred = torch.nn.functional.interpolate(
-                prior_map[None, None].float(), size=target.shape, mode="nearest")[0, 0].long()
+                prior_map[None, None].float(), size=target.shape, mode="nearest-exact")[0, 0].long()
         cm_prior += confusion_matrix(pred, target, num_classes, ignore_index)
         cm_major += confusion_matrix(torch.full_like(target, majority_class), target, num_classes,
                                      ignore_index)
@@ -188,11 +188,10 @@ def analytic_prior(dcfg: DictConfig, workers: int | None = None) -> PriorResult:
     majority_class = int(class_totals.argmax())
     prior_map = counts.argmax(0)
     prior_map[counts.sum(0) == 0] = majority_class  # never-labelled pixels
-    val_size = size if dcfg.transform.get("resize") is not None else None
     cm_prior = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     cm_major = torch.zeros_like(cm_prior)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = [pool.submit(_score_chunk, c, prior_map, majority_class, val_size, num_classes,
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # val labels at their native size
+        jobs = [pool.submit(_score_chunk, c, prior_map, majority_class, None, num_classes,
                             ignore_index, lut) for c in _chunks(val, workers * 4)]
         for job in jobs:
             a, b = job.result()

@@ -324,10 +324,11 @@ def cross_matrix_table(matrix: dict) -> Table | None:
 def check_panel(report, class_names: list[str]) -> Panel:
     """`data check`: a summary per split, the class pixel histogram, the alignment probe."""
     splits = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
-    for label in ("split", "pairs", "orphans", "bad files", "ignore %"):
-        splits.add_column(label, justify="left" if label == "split" else "right")
+    for label in ("split", "pairs", "orphans", "bad files", "ignore %", "image size (WxH)"):
+        splits.add_column(label, justify="left" if label in ("split", "image size (WxH)") else "right")
     for s in report.summaries:
-        splits.add_row(s.split, str(s.pairs), str(s.orphans), str(s.bad_files), _cell(s.ignore_share))
+        splits.add_row(s.split, str(s.pairs), str(s.orphans), str(s.bad_files), _cell(s.ignore_share),
+                       s.sizes_text)
     classes = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
     classes.add_column("class (% of labelled pixels)")
     for s in report.summaries:
@@ -339,8 +340,9 @@ def check_panel(report, class_names: list[str]) -> Panel:
             row.append(f"{100 * s.class_pixels[index] / total:.2f}" if s.class_pixels else "-")
         classes.add_row(name, *row)
     errors = len(report.errors)
-    status = (Text(f"{errors} error(s), {len(report.problems) - errors} warning(s)", style="bold red")
-              if errors else Text(f"no errors ({len(report.problems)} warning(s))", style="bold green"))
+    warnings = sum(not p.error and p.level != "info" for p in report.problems)
+    status = (Text(f"{errors} error(s), {warnings} warning(s)", style="bold red")
+              if errors else Text(f"no errors ({warnings} warning(s))", style="bold green"))
     parts = [status, splits, classes]
     if report.alignment is not None:
         parts.append(Text(f"alignment probe: {report.alignment:.2f}% of image/mask pixels stay "

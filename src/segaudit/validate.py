@@ -27,10 +27,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from segaudit import runs
 from segaudit.audit import TrainedModel, load_for_eval, measurement_record
 from segaudit.config import load_group_option
-from segaudit.data import build_dataset, prepare_dataset
+from segaudit.data import build_dataset, eval_loader, prepare_dataset
 from segaudit.data.conditions import DeviceImages
 from segaudit.engine import amp_dtype, evaluate, predict_labels, resolve_device
 from segaudit.errors import ConfigError, DataError
+from segaudit.inference import Inference, build_inference, inference_record
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
 
 GAUSSIAN = "gaussian"
@@ -161,19 +162,19 @@ def perturbations(rcfg: DictConfig) -> list[tuple[str, str, float]]:
 
 
 def _loader(dcfg: DictConfig, split: str, batch_size: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(build_dataset(dcfg, split, train=False),
-                                       batch_size=batch_size, shuffle=False)
+    return eval_loader(build_dataset(dcfg, split, train=False), batch_size)
 
 
-def score(model, dcfg: DictConfig, split: str, device, dtype, batch_size: int) -> dict:
+def score(model, dcfg: DictConfig, split: str, device, dtype, batch_size: int,
+          infer: Inference | None = None) -> dict:
     """Plain metrics of `model` on one split of `dcfg`."""
     return evaluate(model, _loader(dcfg, split, batch_size), int(dcfg.num_classes),
-                    int(dcfg.ignore_index), device, dtype)
+                    int(dcfg.ignore_index), device, dtype, infer=infer)
 
 
 @torch.inference_mode()
 def measure_val(model, dcfg: DictConfig, vcfg: DictConfig, device, dtype, batch_size: int,
-                seed: int) -> dict:
+                seed: int, infer: Inference | None = None) -> dict:
     """One pass over the val split: clean, noise, and every robustness perturbation.
 
     Returns:
@@ -194,9 +195,9 @@ def measure_val(model, dcfg: DictConfig, vcfg: DictConfig, device, dtype, batch_
     std_t = torch.tensor(list(std), device=device).view(1, -1, 1, 1)
     for batch_index, (images, target) in enumerate(_loader(dcfg, "val", batch_size)):
         images, target = images.to(device), target.to(device)
-        clean = predict_labels(model, images, device, dtype)
+        clean = predict_labels(model, images, device, dtype, infer=infer)
         real.update(clean, target)
-        noisy.update(predict_labels(model, noise(images), device, dtype), target, clean)
+        noisy.update(predict_labels(model, noise(images), device, dtype, infer=infer), target, clean)
         if limit is not None and seen >= int(limit):
             continue
         keep = images.shape[0] if limit is None else min(images.shape[0], int(limit) - seen)
@@ -208,13 +209,14 @@ def measure_val(model, dcfg: DictConfig, vcfg: DictConfig, device, dtype, batch_
                 shifted = images + torch.randn(images.shape, device=device, generator=generator) * (strength / std_t)
             else:
                 shifted = corrupt_batch(images, kind, int(strength), mean, std, seed + batch_index)
-            perturbed[label].update(predict_labels(model, shifted, device, dtype), target, clean)
+            perturbed[label].update(predict_labels(model, shifted, device, dtype, infer=infer),
+                                    target, clean)
     return {"real": real.compute(), "noise": noisy.compute(), "robust_real": robust_real.compute(),
             "perturbed": {label: s.compute() for label, s in perturbed.items()}}
 
 
 def score_split(model, dcfg: DictConfig, split: str, device, dtype,
-                batch_size: int) -> tuple[dict | None, str]:
+                batch_size: int, infer: Inference | None = None) -> tuple[dict | None, str]:
     """Metrics on a labelled `split` (e.g. test), or None and the reason there are none:
     the layout has no such split, its mask folder is missing, or no pixel is labelled."""
     if split not in dcfg.layout or dcfg.layout[split] is None:
@@ -222,7 +224,7 @@ def score_split(model, dcfg: DictConfig, split: str, device, dtype,
     folder = Path(dcfg.root) / dcfg.layout[split].masks
     if not folder.is_dir():
         return None, f"no labelled {split} split ({folder} does not exist)"
-    metrics = score(model, dcfg, split, device, dtype, batch_size)
+    metrics = score(model, dcfg, split, device, dtype, batch_size, infer)
     if math.isnan(metrics["aacc"]):
         return None, f"the {split} masks hold no labelled pixels"
     return metrics, ""
@@ -318,16 +320,19 @@ def validate(cfg: DictConfig, targets: list[str], cross: list[str] | None = None
         dcfg = item.saved.dataset
         if not Path(str(dcfg.root)).is_dir():
             raise DataError(f"{item.ckpt_path}: its dataset.root {dcfg.root} is not a folder any more")
-        measured = measure_val(item.model, dcfg, vcfg, device, dtype, batch_size, int(cfg.seed))
+        infer = build_inference(item.model, dcfg, cfg.get("inference"))
+        measured = measure_val(item.model, dcfg, vcfg, device, dtype, batch_size, int(cfg.seed), infer)
+        measured["inference"] = inference_record(infer)
         test, why_not = score_split(item.model, dcfg, str(vcfg.generalization.split), device,
-                                    dtype, batch_size)
+                                    dtype, batch_size, infer)
         row = {}
         for key, other in datasets.items():
             if _dataset_key(other) == _dataset_key(dcfg):
                 row[key] = measured["real"]["miou"]
             elif _same_classes(dcfg, other):
-                row[key] = score(item.model, _for_model(other, dcfg), "val", device, dtype,
-                                 batch_size)["miou"]
+                other_view = _for_model(other, dcfg)
+                row[key] = score(item.model, other_view, "val", device, dtype, batch_size,
+                                 build_inference(item.model, other_view, cfg.get("inference")))["miou"]
             else:
                 row[key] = float("nan")
         results.append((item, measured, test, why_not, row))
@@ -360,7 +365,7 @@ def _write_record(cfg: DictConfig, item: TrainedModel, measured: dict, test: dic
         "passed": all(g.passed is not False for g in gates),
         "robustness": {"clean": measured["robust_real"], **measured["perturbed"]},
         "test": test, "cross_dataset": {k: (None if pd.isna(v) else float(v)) for k, v in cross_row.items()},
-        "gate_preset": cfg.gate.name,
+        "gate_preset": cfg.gate.name, "inference": measured["inference"],
     }
     passed_of_run = f"{sum(g.passed is True for g in gates)}/{sum(g.passed is not None for g in gates)}"
     folder, record = measurement_record(cfg, item, "validate", command, by_condition, device,

@@ -7,18 +7,22 @@ from pathlib import Path
 import yaml
 from PIL import Image
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from segaudit.data.conditions import ON_DEVICE, REPAIRED, condition_samples
 from segaudit.data.folder import FolderDataset, Sample, pair_files
 from segaudit.data.labels import label_lut, names_from_json
+from segaudit.data.sampler import size_grouped_batches
 from segaudit.data.synthetic import SynthSpec, ensure_synthetic
 from segaudit.data.transforms import build_transform
 from segaudit.errors import DataError
 
-__all__ = ["FolderDataset", "build_dataset", "list_samples", "prepare_dataset"]
+__all__ = ["FolderDataset", "build_dataset", "eval_loader", "list_samples", "prepare_dataset"]
 
-# Keys a ROOT/dataset.yaml may fill in when the config leaves them null.
+# Keys a ROOT/dataset.yaml may fill in when the config leaves them null: an override on
+# the command line wins over the file, and the file over the defaults below.
 _META_KEYS = ("num_classes", "class_names", "ignore_index", "class_colors")
+DEFAULT_IGNORE_INDEX = 255
 
 
 def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
@@ -51,6 +55,11 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
             for key in _META_KEYS:
                 if dcfg.get(key) is None and meta.get(key) is not None:
                     dcfg[key] = meta[key]
+        if dcfg.get("ignore_index") is None:
+            dcfg.ignore_index = DEFAULT_IGNORE_INDEX
+        if not (isinstance(dcfg.ignore_index, int) and 0 <= dcfg.ignore_index <= 255):
+            raise DataError(f"dataset.ignore_index: {dcfg.ignore_index!r} is not a label id in 0..255 "
+                            f"(set it in the config or in {meta_file})")
         if dcfg.get("num_classes") is None and dcfg.get("class_names"):
             dcfg.num_classes = len(dcfg.class_names)
         if dcfg.get("num_classes") is None:
@@ -91,8 +100,11 @@ def _resolve_auto(dcfg: DictConfig) -> None:
     if not (crop_auto or cache_auto):
         return
     root, layout = Path(dcfg.root), dcfg.layout.train
-    samples = pair_files(root / layout.images, root / layout.masks, dcfg.layout.image_suffix,
-                         dcfg.layout.mask_suffix, allow_orphans=True)
+    try:
+        samples = pair_files(root / layout.images, root / layout.masks, dcfg.layout.image_suffix,
+                             dcfg.layout.mask_suffix, allow_orphans=True)
+    except DataError:  # no pairs at all: leave `auto`; the data check lists the orphans
+        return
     if "transform" in dcfg and dcfg.transform.get("resize") is not None:
         height, width = (int(v) for v in dcfg.transform.resize)
     else:
@@ -151,3 +163,20 @@ def build_dataset(dcfg: DictConfig, split: str, train: bool,
     return FolderDataset(samples, transform, cache_in_memory=bool(dcfg.get("cache_in_memory")),
                          read_images=name not in ON_DEVICE, fit_images=name in REPAIRED,
                          label_lut=label_lut(dcfg))
+
+
+def _sizes(dataset: Dataset) -> list[tuple[int, int]]:
+    if isinstance(dataset, Subset):
+        sizes = _sizes(dataset.dataset)
+        return [sizes[i] for i in dataset.indices]
+    return dataset.image_sizes()
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """An evaluation DataLoader whose batches hold same-sized samples only.
+
+    `dataset` is a `FolderDataset`, a `Subset` of one, or anything with `image_sizes()`.
+    """
+    batches = size_grouped_batches(_sizes(dataset), batch_size)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory)

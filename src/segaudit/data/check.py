@@ -9,6 +9,7 @@ every model land on the location prior.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, open_dict
 from PIL import Image
+from torchvision import tv_tensors
 
-from segaudit.data.folder import FolderDataset, Sample, list_by_stem
+from segaudit.data.folder import Sample, list_by_stem, pairing_hint
 from segaudit.data.labels import label_lut
 from segaudit.data.transforms import build_transform
 from segaudit.errors import DataError
@@ -36,9 +38,11 @@ class Problem:
     path: str
     message: str
     error: bool = True
+    level: str = ""  # "info" for facts worth knowing that are not problems
 
     def line(self) -> str:
-        return f"{'error' if self.error else 'warning'}: {self.path}: {self.message}"
+        level = self.level or ("error" if self.error else "warning")
+        return f"{level}: {self.path}: {self.message}"
 
 
 @dataclass
@@ -50,6 +54,17 @@ class SplitSummary:
     labelled_pixels: int = 0
     ignore_pixels: int = 0
     class_pixels: list[int] = field(default_factory=list)
+    sizes: Counter = field(default_factory=Counter)  # (W, H) of the images -> count
+
+    @property
+    def sizes_text(self) -> str:
+        """`2048x1024` for one size, `3 sizes (64x64 x4, 70x50 x2, ...)` for several."""
+        if not self.sizes:
+            return "-"
+        shown = [f"{w}x{h}" + (f" x{n}" if len(self.sizes) > 1 else "")
+                 for (w, h), n in self.sizes.most_common(3)]
+        more = ", ..." if len(self.sizes) > 3 else ""
+        return shown[0] if len(shown) == 1 else f"{len(self.sizes)} sizes ({', '.join(shown)}{more})"
 
     @property
     def ignore_share(self) -> float:
@@ -69,8 +84,10 @@ class CheckReport:
         return [p for p in self.problems if p.error]
 
 
-def _read_pair(sample: Sample, num_classes: int, ignore_index: int, lut) -> tuple[list[str], np.ndarray | None]:
-    """Decode one pair fully; return (problems, 256-bin histogram of mapped label values)."""
+def _read_pair(sample: Sample, num_classes: int, ignore_index: int,
+               lut) -> tuple[list[tuple[str, str]], np.ndarray | None, tuple[int, int] | None]:
+    """Decode one pair fully; return (problems, 256-bin histogram of mapped label values,
+    the image's (W, H) or None when it does not decode)."""
     problems, image_size = [], None
     try:
         with Image.open(sample.image) as im:
@@ -85,16 +102,16 @@ def _read_pair(sample: Sample, num_classes: int, ignore_index: int, lut) -> tupl
             mask = np.array(im)
     except Exception as err:
         problems.append((str(sample.mask), f"unreadable mask ({_short(err)})"))
-        return problems, None
+        return problems, None, image_size
     if mask.ndim != 2:
         hint = "" if palette is None else " (palette present but image is not mode P)"
         problems.append((str(sample.mask), f"mask has {mask.shape[-1]} channels ({mode}); "
                                            f"expected one channel of class ids{hint}"))
-        return problems, None
+        return problems, None, image_size
     if mask.dtype != np.uint8:
         if mask.max(initial=0) > 255:
             problems.append((str(sample.mask), f"mask values up to {mask.max()} do not fit uint8 ids"))
-            return problems, None
+            return problems, None, image_size
         mask = mask.astype(np.uint8)
     if image_size is not None and image_size != (mask.shape[1], mask.shape[0]):
         problems.append((str(sample.mask), f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
@@ -105,7 +122,7 @@ def _read_pair(sample: Sample, num_classes: int, ignore_index: int, lut) -> tupl
     if bad:
         problems.append((str(sample.mask), f"label values {bad[:8]} outside [0, {num_classes}) "
                                            f"and not ignore ({ignore_index})"))
-    return problems, histogram
+    return problems, histogram, image_size
 
 
 def _short(err: Exception) -> str:
@@ -132,9 +149,31 @@ def _scan_split(dcfg: DictConfig, split: str) -> tuple[list[Sample], list[Proble
                          error=False) for name, count in sorted(basenames.items()) if count > 1]
     samples = [Sample(s, images[s], masks[s]) for s in sorted(set(images) & set(masks))]
     if not samples:
+        hint = pairing_hint(set(images), set(masks), dcfg.layout.mask_suffix)
         problems.append(Problem(split, str(image_dir), f"empty split: no image/mask pairs "
-                                                       f"(*{dcfg.layout.image_suffix})"))
+                                                       f"({len(images)} *{dcfg.layout.image_suffix} "
+                                                       f"images, {len(masks)} *{dcfg.layout.mask_suffix} "
+                                                       f"masks){hint}"))
     return samples, problems, sorted(set(images) ^ set(masks))
+
+
+def _split_facts(summary: SplitSummary, dcfg: DictConfig, ignore_index: int) -> list[Problem]:
+    """Split-level findings: a split with nothing labelled, and mixed image sizes."""
+    found = []
+    where = str(Path(dcfg.root) / dcfg.layout[summary.split].masks)
+    if summary.pairs and summary.ignore_pixels and not summary.labelled_pixels:
+        # Train and val are what every run learns from and is scored on: an error there.
+        # Other splits (test) are only skipped by the gates that use them.
+        needed = summary.split in ("train", "val")
+        purpose = {"train": "nothing to learn from", "val": "nothing to score"}.get(summary.split, "")
+        found.append(Problem(summary.split, where, f"every pixel is ignore ({ignore_index})"
+                             + (f": {purpose}" if purpose else "") + " (check dataset.ignore_index "
+                             "and dataset.label_map)", error=needed))
+    if len(summary.sizes) > 1:
+        found.append(Problem(summary.split, where, f"images of {summary.sizes_text}: evaluation "
+                             "batches same-sized images together and scores each at its own size",
+                             error=False, level="info"))
+    return found
 
 
 def check_dataset(dcfg: DictConfig, splits=("train", "val"), workers: int | None = None,
@@ -155,17 +194,20 @@ def check_dataset(dcfg: DictConfig, splits=("train", "val"), workers: int | None
         histogram = np.zeros(256, dtype=np.int64)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = pool.map(lambda s: _read_pair(s, num_classes, ignore_index, lut), samples)
-            for sample, (found, hist) in zip(samples, results):
+            for sample, (found, hist, size) in zip(samples, results):
                 if found:
                     summary.bad_files += 1
                     bad_stems.setdefault(split, []).append(sample.stem)
                     problems += [Problem(split, path, message) for path, message in found]
                 if hist is not None:
                     histogram += hist
+                if size is not None:
+                    summary.sizes[size] += 1
         summary.class_pixels = histogram[:num_classes].tolist()
         summary.labelled_pixels = int(histogram[:num_classes].sum())
         summary.ignore_pixels = int(histogram[ignore_index])
         summaries.append(summary)
+        problems += _split_facts(summary, dcfg, ignore_index)
     alignment = alignment_probe(dcfg) if probe else None
     if alignment is not None and alignment < ALIGNMENT_MIN:
         problems.append(Problem("train", "dataset.transform",
@@ -174,36 +216,51 @@ def check_dataset(dcfg: DictConfig, splits=("train", "val"), workers: int | None
     return CheckReport(problems, summaries, alignment, bad_stems)
 
 
-def alignment_probe(dcfg: DictConfig, samples: int = 16, seed: int = 0) -> float:
-    """Percent of labelled probe pixels whose image still encodes their label after the
-    configured train-time transforms (pixels next to a label edge are left out, since
-    resampling legitimately blends the image there)."""
+def alignment_probe(dcfg: DictConfig, samples: int = 8, seed: int = 0) -> float:
+    """Percent of probe pixels whose image and mask still come from the same place after
+    the configured train-time transforms.
+
+    The probe image holds each pixel's own source coordinates as float values (channel
+    0: x, channel 1: y) and the probe mask the same coordinate modulo 250, once for x and
+    once for y. Bilinear image resampling reproduces a linear coordinate exactly, and a
+    nearest-neighbour mask picks the source pixel under each output pixel's centre, so
+    aligned pairs differ by at most half a source pixel at any scale. A flip, a one-pixel
+    shift or a transpose of one and not the other shows up as a larger difference.
+    Pixels within the resampling kernel's reach of the source frame's edge are left out
+    (the kernel is cut short there), and so is the ignore padding of crops.
+    """
     height, width = _probe_size(dcfg)
-    rng = np.random.default_rng(seed)
-    codes = np.arange(16, dtype=np.uint8)  # label c is drawn as grey level 16 * c
-    pairs = []
-    for _ in range(samples):
-        blocks = rng.choice(codes, size=(max(2, height // 16), max(2, width // 16)))
-        mask = np.kron(blocks, np.ones((16, 16), np.uint8))[:height, :width]
-        mask = np.pad(mask, ((0, height - mask.shape[0]), (0, width - mask.shape[1])), mode="edge")
-        pairs.append((np.repeat((mask * 16)[..., None], 3, axis=2), mask))
     tcfg = dcfg.transform.copy()
-    tcfg.mean, tcfg.std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]  # decode the image back to grey levels
+    tcfg.mean, tcfg.std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]  # read the coordinates back as they are
+    if tcfg.get("crop") == "auto":  # unresolved (no training pair): probe at the probe's size
+        tcfg.crop = [height, width]
     transform = build_transform(tcfg, train=True, ignore_index=255)
-    dataset = FolderDataset.from_arrays(pairs, transform)
+    lowest_scale = min(1.0, float(min(tcfg.scale)))
+    margin = math.ceil(1.0 / lowest_scale) + 1  # antialias reach, in source pixels
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32),
+                            torch.arange(width, dtype=torch.float32), indexing="ij")
+    image = tv_tensors.Image(torch.stack([xs, ys, torch.zeros_like(xs)]))
     torch_state = torch.get_rng_state()
     torch.manual_seed(seed)
     agree = total = 0
     try:
-        for index in range(len(dataset)):
-            image, mask = dataset[index]
-            decoded = torch.round(image[0] * 255 / 16).long()
-            interior = _interior(mask)
-            agree += int((decoded[interior] == mask[interior]).sum())
-            total += int(interior.sum())
+        for axis, coordinate in ((0, xs), (1, ys)):
+            mask = tv_tensors.Mask((coordinate % PROBE_WRAP).to(torch.uint8))
+            for _ in range(samples):
+                out_image, out_mask = transform(image, mask)
+                out_image, out_mask = out_image.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor)
+                seen = out_image[axis]
+                inside = (out_mask != 255) & (out_image[0] >= margin) & (out_image[1] >= margin)
+                inside &= (out_image[0] <= width - 1 - margin) & (out_image[1] <= height - 1 - margin)
+                diff = torch.remainder(seen - out_mask.float() + PROBE_WRAP / 2, PROBE_WRAP) - PROBE_WRAP / 2
+                agree += int((diff.abs() <= 0.5 + 1e-3)[inside].sum())
+                total += int(inside.sum())
     finally:
         torch.set_rng_state(torch_state)
     return 100.0 * agree / max(total, 1)
+
+
+PROBE_WRAP = 250  # mask coordinates wrap below the ignore value
 
 
 def _probe_size(dcfg: DictConfig) -> tuple[int, int]:
@@ -213,15 +270,6 @@ def _probe_size(dcfg: DictConfig) -> tuple[int, int]:
     if dcfg.transform.get("resize") is not None:
         return int(dcfg.transform.resize[0]), int(dcfg.transform.resize[1])
     return 64, 64
-
-
-def _interior(mask: torch.Tensor) -> torch.Tensor:
-    """Labelled pixels whose 4-neighbours carry the same label."""
-    m = torch.nn.functional.pad(mask[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0]
-    centre = m[1:-1, 1:-1]
-    same = ((m[:-2, 1:-1] == centre) & (m[2:, 1:-1] == centre)
-            & (m[1:-1, :-2] == centre) & (m[1:-1, 2:] == centre))
-    return same & (mask != 255)
 
 
 def run_check(cfg: DictConfig, splits=("train", "val"), probe: bool = True) -> tuple[CheckReport, DictConfig]:
@@ -238,7 +286,7 @@ def preflight(dcfg: DictConfig, skip_bad: bool) -> dict[str, list[str]]:
     report = check_dataset(dcfg)
     errors = report.errors
     fatal = [p for p in errors if p.path == "dataset.transform" or "folder not found" in p.message
-             or "empty split" in p.message]
+             or "empty split" in p.message or "every pixel is ignore" in p.message]
     if errors and (not skip_bad or fatal):
         first = (fatal or errors)[0]
         more = f" (and {len(errors) - 1} more: segaudit data check)" if len(errors) > 1 else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,49 @@ class Sample:
     mask: Path
 
 
+def walk_files(folder: Path, suffix: str) -> list[Path]:
+    """Files under `folder` ending in `suffix`, sorted, following symlinked sub-folders.
+
+    Datasets are often assembled from links (`images/train/cityB -> /data/cityB`), so
+    links are followed; a link back to a folder already walked is skipped, so a loop
+    cannot recurse forever.
+    """
+    found, seen = [], set()
+    for current, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        found += [Path(current) / name for name in files if name.endswith(suffix)]
+    return sorted(found)
+
+
 def list_by_stem(folder: Path, suffix: str) -> dict[str, Path]:
-    return {str(p.relative_to(folder))[: -len(suffix)]: p for p in sorted(folder.rglob(f"*{suffix}"))}
+    """`stem -> path` of the files under `folder` ending in `suffix`; the stem is the path
+    relative to `folder` with the suffix cut off (so sub-folders are part of it)."""
+    return {p.relative_to(folder).as_posix()[: -len(suffix)]: p for p in walk_files(folder, suffix)}
+
+
+def pairing_hint(image_stems: set[str], mask_stems: set[str], mask_suffix: str) -> str:
+    """Why images and masks that look related do not pair, when it can be told.
+
+    Two layouts account for most zero-pair splits: masks named with an extra tail
+    (`0001_mask.png` for `0001.png`) and images in sub-folders while masks are flat (or
+    the other way round).
+    """
+    if not image_stems or not mask_stems:
+        return ""
+    names = lambda stems: {s.rsplit("/", 1)[-1] for s in stems}  # noqa: E731
+    if names(image_stems) & names(mask_stems):
+        return "; the file names match but the sub-folders differ (images and masks must be nested alike)"
+    image, mask = min(image_stems), min(mask_stems)
+    for stem in (image, image.rsplit("/", 1)[-1]):
+        if mask.rsplit("/", 1)[-1].startswith(stem.rsplit("/", 1)[-1]) and mask != stem:
+            tail = mask.rsplit("/", 1)[-1][len(stem.rsplit("/", 1)[-1]):]
+            return f"; masks seem to be named <stem>{tail}{mask_suffix}: set dataset.layout.mask_suffix={tail}{mask_suffix}"
+    return ""
 
 
 def short_list(items: list[str]) -> str:
@@ -53,7 +95,8 @@ def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: 
         raise DataError(f"{image_dir}: no *{image_suffix} images (dataset.layout.image_suffix)")
     lonely_images = sorted(set(images) - set(masks))
     lonely_masks = sorted(set(masks) - set(images))
-    if (lonely_images or lonely_masks) and not allow_orphans:
+    paired = set(images) & set(masks)
+    if (lonely_images or lonely_masks) and (not allow_orphans or not paired):
         parts = []
         if lonely_images:
             files = [images[s].name for s in lonely_images]
@@ -61,8 +104,9 @@ def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: 
         if lonely_masks:
             files = [masks[s].name for s in lonely_masks]
             parts.append(f"{len(files)} mask(s) without image in {image_dir}: {short_list(files)}")
-        raise DataError("files do not pair by stem: " + "; ".join(parts))
-    return [Sample(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
+        hint = pairing_hint(set(images), set(masks), mask_suffix)
+        raise DataError("files do not pair by stem: " + "; ".join(parts) + hint)
+    return [Sample(stem, images[stem], masks[stem]) for stem in sorted(paired)]
 
 
 def _first_line(err: Exception) -> str:
@@ -150,6 +194,19 @@ class FolderDataset(Dataset):
                 f"{image.shape[1]}x{image.shape[0]}"
             )
         return image, mask
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(H, W) of every sample as stored, from the masks' headers (nothing is decoded)."""
+        if self._cache is not None:
+            return [mask.shape for _, mask in self._cache]
+        sizes = []
+        for sample in self.samples:
+            try:
+                with Image.open(sample.mask) as im:
+                    sizes.append((im.height, im.width))
+            except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged files
+                raise DataError(f"{sample.mask}: cannot read mask ({_first_line(err)})") from None
+        return sizes
 
     def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The decoded, untransformed (image HxWx3, mask HxW) uint8 arrays."""

@@ -47,3 +47,16 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:  # effectively infinite; DataLoader only needs a number
         return 2**62
+
+
+def size_grouped_batches(sizes: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Evaluation batches of same-sized samples, in order of first appearance.
+
+    Splits such as Mapillary's mix image sizes; a batch must not, and labels must not be
+    resized to make it so. With one size throughout this is plain sequential batching.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(index)
+    return [indices[i:i + batch_size] for indices in groups.values()
+            for i in range(0, len(indices), batch_size)]

@@ -1,8 +1,14 @@
 """Joint image + mask transforms built on torchvision.transforms.v2.
 
-Images travel as `tv_tensors.Image`, masks as `tv_tensors.Mask`; torchvision resizes
-masks with nearest-neighbour and leaves them out of normalisation, so the pair stays
-aligned through every geometric step.
+Images travel as `tv_tensors.Image`, masks as `tv_tensors.Mask`; masks are left out of
+normalisation and resampled nearest-neighbour, so the pair stays aligned through every
+geometric step.
+
+Resampling both with the same pixel-centre convention matters: torchvision resizes a
+`Mask` with `NEAREST` by default, which takes source pixel floor(i * in / out), while
+bilinear takes pixel centres, (i + 0.5) * in / out - 0.5. At any non-integer scale the
+mask then sits up to one pixel off its image. Masks here use `NEAREST_EXACT`, which
+takes floor((i + 0.5) * in / out): the pixel-centre convention of the bilinear image.
 """
 
 from __future__ import annotations
@@ -14,6 +20,31 @@ from omegaconf import DictConfig
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from segaudit.errors import DataError
+
+MASK_INTERPOLATION = v2.InterpolationMode.NEAREST_EXACT
+
+
+def resize_pair_item(inpt: Any, size: list[int]) -> Any:
+    """Resize one item of an (image, mask) pair: bilinear with antialias for images,
+    nearest-exact for masks, so both use pixel centres."""
+    if isinstance(inpt, tv_tensors.Mask):
+        return F.resize(inpt, size=size, interpolation=MASK_INTERPOLATION)
+    if isinstance(inpt, tv_tensors.Image):
+        return F.resize(inpt, size=size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+    return inpt
+
+
+class JointResize(v2.Transform):
+    """Resize image and mask to a fixed [H, W] with aligned pixel centres."""
+
+    def __init__(self, size: list[int]):
+        super().__init__()
+        self.size = [int(v) for v in size]
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return resize_pair_item(inpt, self.size)
 
 
 class RandomRescale(v2.Transform):
@@ -29,18 +60,24 @@ class RandomRescale(v2.Transform):
         return {"size": [max(1, round(height * factor)), max(1, round(width * factor))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return self._call_kernel(F.resize, inpt, size=params["size"], antialias=True)
+        return resize_pair_item(inpt, params["size"])
 
 
 def build_transform(tcfg: DictConfig, train: bool, ignore_index: int) -> v2.Compose:
-    """Training (rescale, crop, flip) or evaluation (fixed resize) pipeline.
+    """Training (resize, rescale, crop, flip) or evaluation pipeline.
 
     Both end with float conversion and normalisation of the image only; the mask
-    stays integer class ids. Crops pad images with 0 and masks with `ignore_index`.
+    stays integer class ids. Crops pad images with 0 and masks with `ignore_index`,
+    so a crop larger than the (rescaled) image is filled with ignore, not stretched.
+    Evaluation changes no geometry: labels are scored at their native resolution, and
+    how the model sees a large image is `segaudit.inference`'s business.
     """
+    if train and tcfg.get("crop") == "auto":
+        raise DataError("dataset.transform.crop is 'auto' but no training pair was found to size it "
+                        "(segaudit data check lists the files)")
     steps: list[v2.Transform] = []
-    if tcfg.resize is not None:
-        steps.append(v2.Resize(list(tcfg.resize), antialias=True))
+    if train and tcfg.resize is not None:
+        steps.append(JointResize(list(tcfg.resize)))
     if train:
         lo, hi = tcfg.scale
         if (lo, hi) != (1.0, 1.0):
