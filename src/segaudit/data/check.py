@@ -22,7 +22,7 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 from torchvision import tv_tensors
 
-from segaudit.data.folder import Sample, list_by_stem, pairing_hint
+from segaudit.data.folder import Sample, list_by_stem, pairing_hint, short_list
 from segaudit.data.labels import label_lut
 from segaudit.data.transforms import build_transform
 from segaudit.errors import DataError
@@ -150,10 +150,11 @@ def _scan_split(dcfg: DictConfig, split: str) -> tuple[list[Sample], list[Proble
     samples = [Sample(s, images[s], masks[s]) for s in sorted(set(images) & set(masks))]
     if not samples:
         hint = pairing_hint(set(images), set(masks), dcfg.layout.mask_suffix)
-        problems.append(Problem(split, str(image_dir), f"empty split: no image/mask pairs "
-                                                       f"({len(images)} *{dcfg.layout.image_suffix} "
-                                                       f"images, {len(masks)} *{dcfg.layout.mask_suffix} "
-                                                       f"masks){hint}"))
+        found = [f"{len(files)} *{suffix} {kind}" + (f" ({short_list([f + suffix for f in sorted(files)[:3]])}, ...)" if files else "")
+                 for files, suffix, kind in ((images, dcfg.layout.image_suffix, "images"),
+                                             (masks, dcfg.layout.mask_suffix, "masks"))]
+        problems.append(Problem(split, str(image_dir), f"empty split: no image/mask pairs among "
+                                                       f"{' and '.join(found)}{hint}"))
     return samples, problems, sorted(set(images) ^ set(masks))
 
 
