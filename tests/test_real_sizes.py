@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as F
 from typer.testing import CliRunner
 
-from scenes import write_cityscapes, write_folder
+from scenes import write_folder
 from segaudit.cli import app
 from segaudit.config import compose
 from segaudit.data import build_dataset, eval_loader, prepare_dataset
@@ -23,6 +23,7 @@ from segaudit.data import check as check_module
 from segaudit.data import transforms as transforms_module
 from segaudit.data.check import alignment_probe, check_dataset
 from segaudit.data.sampler import size_grouped_batches
+from segaudit.data.synthetic import write_cityscapes_layout
 from segaudit.engine import evaluate, predict_labels
 from segaudit.errors import ConfigError
 from segaudit.inference import Inference, inference_settings, model_stride, pad_to_multiple, window_origins
@@ -333,7 +334,7 @@ def test_mixed_sizes_are_information_not_errors(tmp_path):
 @pytest.fixture(scope="module")
 def cityscapes_root(tmp_path_factory):
     """The official layout at the real 1024x2048, 34 raw label ids."""
-    return write_cityscapes(tmp_path_factory.mktemp("cityscapes"), {"train": 3, "val": 2})
+    return write_cityscapes_layout(tmp_path_factory.mktemp("cityscapes"), {"train": 3, "val": 2})
 
 
 def test_cityscapes_at_full_size_checks_and_priors(cityscapes_root):

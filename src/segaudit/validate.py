@@ -123,7 +123,7 @@ def corrupt_batch(images: torch.Tensor, name: str, severity: int, mean, std, see
     height, width = images.shape[-2:]
     if height < 32 or width < 32:
         raise DataError(f"imagecorruptions needs images of at least 32x32 pixels, these are "
-                        f"{width}x{height}: set dataset.transform.resize or "
+                        f"{width}x{height}: run without them, "
                         f"gate.validate.robustness.corruptions=[]")
     mean_t = torch.tensor(list(mean)).view(1, -1, 1, 1)
     std_t = torch.tensor(list(std)).view(1, -1, 1, 1)

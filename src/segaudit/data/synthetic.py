@@ -228,3 +228,39 @@ def ensure_synthetic(cache_dir: Path, spec: SynthSpec) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# The synthetic classes as Cityscapes label ids (road 7, sidewalk 8, building 11,
+# vegetation 21, sky 23, car 26, person 24, pole 17); ignore (the hood) becomes 0.
+CITYSCAPES_LABEL_IDS = np.zeros(256, np.uint8)
+CITYSCAPES_LABEL_IDS[: len(CLASS_NAMES)] = [7, 8, 11, 21, 23, 26, 24, 17]
+
+
+def render_scene_at(seed: int, height: int, width: int, base: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """One scene at any (height, width): rendered at `base` px, then resized (bilinear
+    image, nearest mask), so a 1024x2048 scene costs a resize, not a large render."""
+    image, mask = render_scene(np.random.default_rng(seed), base)
+    image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+    return image, mask
+
+
+def write_cityscapes_layout(root: Path, per_split: dict[str, int], height: int = 1024,
+                            width: int = 2048) -> Path:
+    """Scenes in Cityscapes' official layout and size, with raw `*_gtFine_labelIds.png`
+    (34-id space), for trying the `cityscapes` preset, its tests and benchmarks.
+
+    `per_split` maps a split name to its number of frames; frames alternate between two
+    city folders, as in the real dataset.
+    """
+    for split, count in per_split.items():
+        for i in range(count):
+            city = ("aachen", "bremen")[i % 2]
+            stem = f"{city}_{i:06d}_000019"
+            image, mask = render_scene_at(1000 * len(split) + i, height, width)
+            images, masks = root / "leftImg8bit" / split / city, root / "gtFine" / split / city
+            images.mkdir(parents=True, exist_ok=True)
+            masks.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(images / f"{stem}_leftImg8bit.png", compress_level=1)
+            Image.fromarray(CITYSCAPES_LABEL_IDS[mask]).save(masks / f"{stem}_gtFine_labelIds.png")
+    return root
