@@ -328,6 +328,11 @@ def test_mixed_sizes_are_information_not_errors(tmp_path):
     assert not report.errors
     info = [p for p in report.problems if p.level == "info"]
     assert len(info) == 1 and "3 sizes" in info[0].message and info[0].split == "val"
+    # Training batches need one size: mixed training sizes without a crop are an error.
+    mixed_train = write_folder(tmp_path / "t", {"train": [(32, 32), (40, 24)], "val": [(32, 32)]})
+    report = check_dataset(_dataset_cfg(mixed_train, "dataset.transform.crop=null"))
+    assert [p.path for p in report.errors] == ["dataset.transform.crop"]
+    assert not check_dataset(_dataset_cfg(mixed_train)).errors  # crop: auto
 
 
 # --------------------------------------------------------------------------- Cityscapes size

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -190,6 +191,7 @@ def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = 
     )
     loader = eval_loader(triples, int(cfg.train.eval_batch_size))
     infer = build_inference(model, dcfg, cfg.get("inference"))
+    predict = partial(predict_labels, model, device=device, dtype=dtype, infer=infer)
     mean, std = dcfg.transform.mean, dcfg.transform.std
     noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
     blank = DeviceImages(load_group_option("condition", "blank"), mean, std, device, seeded=True)
@@ -200,11 +202,11 @@ def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = 
     for images, others, target_ in loader:
         images, others = images.to(device), others.to(device)
         target_ = target_.to(device)
-        real = predict_labels(model, images, device, dtype, infer=infer)
+        real = predict(images)
         metrics["real"].update(real, target_)
-        metrics["noise"].update(predict_labels(model, noise(images), device, dtype, infer=infer), target_, real)
-        metrics["blank"].update(predict_labels(model, blank(images), device, dtype, infer=infer), target_)
-        metrics["shuffled"].update(predict_labels(model, others, device, dtype, infer=infer), target_)
+        metrics["noise"].update(predict(noise(images)), target_, real)
+        metrics["blank"].update(predict(blank(images)), target_)
+        metrics["shuffled"].update(predict(others), target_)
     results = {name: m.compute() for name, m in metrics.items()}
     prior = analytic_prior(dcfg)
     block = {

@@ -96,6 +96,8 @@ class Inference:
     def _whole(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
         padded = pad_to_multiple(images, self.multiple)
+        if images.is_contiguous(memory_format=torch.channels_last) and padded is not images:
+            padded = padded.contiguous(memory_format=torch.channels_last)  # keep the fast layout
         logits = model(padded)
         if logits.shape[-2:] != padded.shape[-2:]:  # models whose logits come out smaller
             logits = F.interpolate(logits.float(), size=padded.shape[-2:], mode="bilinear",

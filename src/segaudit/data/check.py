@@ -130,6 +130,12 @@ def _short(err: Exception) -> str:
     return text[0] if text else type(err).__name__
 
 
+def _examples(stems: dict, suffix: str, kind: str) -> str:
+    """`3 *.png masks (a_mask.png, b_mask.png, c_mask.png, ...)`: what a split holds."""
+    shown = [stem + suffix for stem in sorted(stems)[:3]]
+    return f"{len(stems)} *{suffix} {kind}" + (f" ({short_list(shown)}, ...)" if shown else "")
+
+
 def _scan_split(dcfg: DictConfig, split: str) -> tuple[list[Sample], list[Problem], list[str]]:
     root, layout = Path(dcfg.root), dcfg.layout[split]
     image_dir, mask_dir = root / layout.images, root / layout.masks
@@ -150,9 +156,8 @@ def _scan_split(dcfg: DictConfig, split: str) -> tuple[list[Sample], list[Proble
     samples = [Sample(s, images[s], masks[s]) for s in sorted(set(images) & set(masks))]
     if not samples:
         hint = pairing_hint(set(images), set(masks), dcfg.layout.mask_suffix)
-        found = [f"{len(files)} *{suffix} {kind}" + (f" ({short_list([f + suffix for f in sorted(files)[:3]])}, ...)" if files else "")
-                 for files, suffix, kind in ((images, dcfg.layout.image_suffix, "images"),
-                                             (masks, dcfg.layout.mask_suffix, "masks"))]
+        found = (_examples(images, dcfg.layout.image_suffix, "images"),
+                 _examples(masks, dcfg.layout.mask_suffix, "masks"))
         problems.append(Problem(split, str(image_dir), f"empty split: no image/mask pairs among "
                                                        f"{' and '.join(found)}{hint}"))
     return samples, problems, sorted(set(images) ^ set(masks))
@@ -170,6 +175,10 @@ def _split_facts(summary: SplitSummary, dcfg: DictConfig, ignore_index: int) -> 
         found.append(Problem(summary.split, where, f"every pixel is ignore ({ignore_index})"
                              + (f": {purpose}" if purpose else "") + " (check dataset.ignore_index "
                              "and dataset.label_map)", error=needed))
+    if len(summary.sizes) > 1 and summary.split == "train" and dcfg.transform.get("crop") is None \
+            and dcfg.transform.get("resize") is None:
+        found.append(Problem(summary.split, "dataset.transform.crop", f"null, but the training images "
+                             f"come in {summary.sizes_text}: a batch needs one size (crop: auto)"))
     if len(summary.sizes) > 1:
         found.append(Problem(summary.split, where, f"images of {summary.sizes_text}: evaluation "
                              "batches same-sized images together and scores each at its own size",
@@ -286,7 +295,7 @@ def preflight(dcfg: DictConfig, skip_bad: bool) -> dict[str, list[str]]:
     then the bad pairs are excluded (`dcfg.exclude`) and returned, split -> stems."""
     report = check_dataset(dcfg)
     errors = report.errors
-    fatal = [p for p in errors if p.path == "dataset.transform" or "folder not found" in p.message
+    fatal = [p for p in errors if p.path.startswith("dataset.transform") or "folder not found" in p.message
              or "empty split" in p.message or "every pixel is ignore" in p.message]
     if errors and (not skip_bad or fatal):
         first = (fatal or errors)[0]

@@ -63,13 +63,13 @@ def pairing_hint(image_stems: set[str], mask_stems: set[str], mask_suffix: str) 
     if not image_stems or not mask_stems:
         return ""
     names = lambda stems: {s.rsplit("/", 1)[-1] for s in stems}  # noqa: E731
-    if names(image_stems) & names(mask_stems):
+    image_names, mask_names = names(image_stems), names(mask_stems)
+    if image_names & mask_names:
         return "; the file names match but the sub-folders differ (images and masks must be nested alike)"
-    image, mask = min(image_stems), min(mask_stems)
-    for stem in (image, image.rsplit("/", 1)[-1]):
-        if mask.rsplit("/", 1)[-1].startswith(stem.rsplit("/", 1)[-1]) and mask != stem:
-            tail = mask.rsplit("/", 1)[-1][len(stem.rsplit("/", 1)[-1]):]
-            return f"; masks seem to be named <stem>{tail}{mask_suffix}: set dataset.layout.mask_suffix={tail}{mask_suffix}"
+    image, mask = min(image_names), min(mask_names)
+    if mask.startswith(image):
+        suffix = mask[len(image):] + mask_suffix
+        return f"; masks seem to be named <stem>{suffix}: set dataset.layout.mask_suffix={suffix}"
     return ""
 
 
