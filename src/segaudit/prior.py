@@ -60,11 +60,20 @@ def frequencies(counts: torch.Tensor) -> torch.Tensor:
     return counts.double().div(total).float()
 
 
+MAX_PRIOR_SIDE = 2048  # Cityscapes stays exact; a 4000x6000 Mapillary frame is counted at 1365x2048
+PRIOR_MEMORY = 2 * 1024**3  # bytes of per-thread count arrays; fewer threads beyond it
+
+
 def _eval_size(dcfg: DictConfig, first_mask: Path) -> tuple[int, int]:
+    """The grid the prior counts on: the training resize if set, else the first label's
+    size with its long side capped at MAX_PRIOR_SIDE (the map is smooth, and each val
+    label is scored at its own size anyway)."""
     if dcfg.transform.get("resize") is not None:
         return tuple(int(v) for v in dcfg.transform.resize)
     with Image.open(first_mask) as im:
-        return im.height, im.width
+        height, width = im.height, im.width
+    scale = min(1.0, MAX_PRIOR_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def _load(path: Path, size: tuple[int, int] | None, lut: np.ndarray | None = None) -> np.ndarray:
@@ -144,6 +153,8 @@ def count_labels(paths: list[Path], size: tuple[int, int], num_classes: int, ign
     keeps one run-length difference array, so memory stays constant in the number of
     files and the work per file follows its region boundaries, not its pixel count.
     """
+    per_thread = (num_classes + 2) * size[0] * (size[1] + 1) * 4  # one int32 difference array
+    workers = max(1, min(workers, PRIOR_MEMORY // per_thread))
     chunks = _chunks(paths, workers)  # one difference array per thread
     total = None
     with ThreadPoolExecutor(max_workers=workers) as pool:
