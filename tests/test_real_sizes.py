@@ -353,6 +353,19 @@ def test_cityscapes_at_full_size_checks_and_priors(cityscapes_root):
     assert prior.counts.sum() == sum(s.labelled_pixels for s in report.summaries if s.split == "train")
 
 
+def test_data_synth_writes_a_cityscapes_layout_the_preset_reads(tmp_path):
+    out = tmp_path / "cs"
+    made = runner.invoke(app, ["data", "synth", "--out", str(out), "--layout", "cityscapes",
+                               "--n-train", "1", "--n-val", "1"])
+    assert made.exit_code == 0, made.output
+    labels = next((out / "gtFine" / "train").rglob("*_gtFine_labelIds.png"))
+    assert Image.open(labels).size == (2048, 1024)
+    checked = runner.invoke(app, ["data", "check", "dataset=cityscapes", f"dataset.root={out}"])
+    assert checked.exit_code == 0 and "2048x1024" in checked.stdout, checked.output
+    refused = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "x"), "--layout", "voc"])
+    assert refused.exit_code == 2 and "--layout voc" in refused.stderr
+
+
 @pytest.mark.slow
 def test_cityscapes_end_to_end_at_1024x2048_whole_and_slide(cityscapes_root, tmp_path):
     """data check -> prior -> train (crops of 512x1024) -> audit with whole and slide."""

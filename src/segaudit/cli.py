@@ -345,6 +345,7 @@ def data_check(
 @data_app.command("synth", epilog="""[bold]Examples[/]\n
   segaudit data synth --out data/synth\n
   segaudit data synth --out data/big --n-train 2000 --size 128 --seed 1\n
+  segaudit data synth --out data/cs --layout cityscapes --n-train 8 --n-val 4\n
   segaudit train dataset=folder dataset.root=data/synth""")
 def data_synth(
     out_dir: Path = typer.Option(..., "--out", help="Folder to write (created)."),
@@ -353,16 +354,25 @@ def data_synth(
     n_test: int = typer.Option(100, min=0, help="Labelled test scenes (0: no test split)."),
     size: int = typer.Option(64, min=16, help="Height and width in pixels."),
     seed: int = typer.Option(0, help="Same seed, byte-identical files."),
+    layout: str = typer.Option("folder", help="folder | cityscapes (the official layout at 1024x2048, "
+                                              "raw label ids: try dataset=cityscapes)"),
 ) -> None:
     """Write the embedded procedural street scenes as a folder dataset."""
-    from segaudit.data.synthetic import SynthSpec, write_synthetic
+    from segaudit.data.synthetic import SynthSpec, write_cityscapes_layout, write_synthetic
 
     with user_errors():
+        if layout not in ("folder", "cityscapes"):
+            raise SegauditError(f"--layout {layout}: choose folder or cityscapes")
         if out_dir.exists() and any(out_dir.iterdir()):
             raise SegauditError(f"{out_dir}: folder is not empty; choose a new --out")
-        write_synthetic(out_dir, SynthSpec(n_train=n_train, n_val=n_val, size=size, seed=seed,
-                                              n_test=n_test))
-        out.print(f"wrote {n_train} train + {n_val} val + {n_test} test scenes ({size}px) to {out_dir}")
+        if layout == "cityscapes":
+            write_cityscapes_layout(out_dir, {"train": n_train, "val": n_val}, seed=seed)
+            size, n_test = "1024x2048", 0  # the preset's layout has train and val
+        else:
+            write_synthetic(out_dir, SynthSpec(n_train=n_train, n_val=n_val, size=size, seed=seed,
+                                                  n_test=n_test))
+        out.print(f"wrote {n_train} train + {n_val} val + {n_test} test scenes ({size}px, {layout} "
+                  f"layout) to {out_dir}")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,15 +239,19 @@ CITYSCAPES_LABEL_IDS[: len(CLASS_NAMES)] = [7, 8, 11, 21, 23, 26, 24, 17]
 
 def render_scene_at(seed: int, height: int, width: int, base: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """One scene at any (height, width): rendered at `base` px, then resized (bilinear
-    image, nearest mask), so a 1024x2048 scene costs a resize, not a large render."""
-    image, mask = render_scene(np.random.default_rng(seed), base)
-    image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    image, nearest mask), so a 1024x2048 scene costs a resize, not a large render.
+    Sensor noise is added at full size, so the files compress and decode like photos
+    rather than like smooth upscaled drawings."""
+    rng = np.random.default_rng(seed)
+    image, mask = render_scene(rng, base)
+    image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR), np.float32)
+    image += rng.normal(0.0, 4.0, image.shape).astype(np.float32)
     mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST))
-    return image, mask
+    return image.clip(0, 255).astype(np.uint8), mask
 
 
 def write_cityscapes_layout(root: Path, per_split: dict[str, int], height: int = 1024,
-                            width: int = 2048) -> Path:
+                            width: int = 2048, seed: int = 0) -> Path:
     """Scenes in Cityscapes' official layout and size, with raw `*_gtFine_labelIds.png`
     (34-id space), for trying the `cityscapes` preset, its tests and benchmarks.
 
@@ -257,10 +262,10 @@ def write_cityscapes_layout(root: Path, per_split: dict[str, int], height: int =
         for i in range(count):
             city = ("aachen", "bremen")[i % 2]
             stem = f"{city}_{i:06d}_000019"
-            image, mask = render_scene_at(1000 * len(split) + i, height, width)
+            image, mask = render_scene_at(zlib.crc32(f"{seed}/{split}/{i}".encode()), height, width)
             images, masks = root / "leftImg8bit" / split / city, root / "gtFine" / split / city
             images.mkdir(parents=True, exist_ok=True)
             masks.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(images / f"{stem}_leftImg8bit.png", compress_level=1)
+            Image.fromarray(image).save(images / f"{stem}_leftImg8bit.png")
             Image.fromarray(CITYSCAPES_LABEL_IDS[mask]).save(masks / f"{stem}_gtFine_labelIds.png")
     return root
