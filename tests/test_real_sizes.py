@@ -196,6 +196,12 @@ def test_inference_settings_errors_name_the_key():
         inference_settings(dcfg, compose(["inference.mode=slide", "inference.crop=[0,5]"]).inference)
 
 
+def test_bad_inference_settings_are_refused_before_a_run_exists(tiny, runs_root):
+    result = runner.invoke(app, ["train", *tiny, "inference.mode=slide"])
+    assert result.exit_code == 2 and "inference.mode=slide needs inference.crop" in result.stderr
+    assert not runs_root.exists() or not any(runs_root.iterdir())
+
+
 def test_pad_to_multiple_fills_masks_with_ignore():
     mask = torch.zeros(1, 20, 30, dtype=torch.long)
     padded = pad_to_multiple(mask, 16, 255)

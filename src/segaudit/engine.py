@@ -39,8 +39,8 @@ from segaudit.data.check import preflight
 from segaudit.data.conditions import DeviceImages
 from segaudit.data.sampler import StepBatchSampler
 from segaudit.errors import ConfigError, TrainingFailed
-from segaudit.inference import (Inference, build_inference, inference_record, model_stride,
-                                pad_to_multiple)
+from segaudit.inference import (Inference, build_inference, inference_record, inference_settings,
+                                model_stride, pad_to_multiple)
 from segaudit.metrics import ConfusionMatrix
 from segaudit.models import build_model
 
@@ -347,8 +347,9 @@ def train(cfg: DictConfig, command: str = "") -> dict:
     and ends at the same final step. A non-finite loss marks the record `failed` and
     raises `TrainingFailed`.
     """
-    resolve_device(str(cfg.device))  # fail on a bad device before a run directory exists
+    resolve_device(str(cfg.device))  # fail on bad settings before a run directory exists
     amp_dtype(str(cfg.train.amp), torch.device("cpu"))
+    inference_settings(cfg.dataset, cfg.get("inference"))
     ddp = init_distributed(str(cfg.device))
     folder = _share_run_dir(ddp, lambda: run_folder(cfg, command))
     run = reopen_run(folder)
