@@ -1,5 +1,6 @@
 """The analytic prior on hand-made label maps, and its run record."""
 
+import json
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 
 from segaudit.config import compose
 from segaudit.errors import DataError
+from segaudit.pictures import prior_pictures
 from segaudit.prior import analytic_prior, run_prior
 from segaudit.runs import load_table
 
@@ -75,7 +77,9 @@ def test_label_outside_classes_names_the_file(tmp_path):
 
 def test_prior_run_lands_in_the_table_with_plots(synth_root, runs_root, tmp_path):
     cfg = compose(["dataset=folder", f"dataset.root={synth_root}", f"paths.runs={runs_root}"])
-    record = run_prior(cfg, plots=tmp_path / "plots")
+    record = run_prior(cfg)
+    drawn = prior_pictures(cfg, record, tmp_path / "plots")
+    assert json.loads((runs_root / record["run_id"] / "record.json").read_text())["plots"] == drawn
     row = load_table(runs_root).iloc[0]
     assert row.phase == "prior" and row.miou == pytest.approx(record["prior"]["per_pixel"]["miou"])
     assert not math.isnan(row.miou) and record["prior"]["majority"]["miou"] < row.miou

@@ -23,7 +23,7 @@ from segaudit.data.conditions import DeviceImages
 from segaudit.engine import (amp_dtype, device_label, load_checkpoint, package_versions,
                              predict_labels, resolve_device)
 from segaudit.errors import ConfigError
-from segaudit.inference import Inference, build_inference, inference_record
+from segaudit.inference import build_inference, inference_record
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
 from segaudit.models import build_model
 from segaudit.prior import analytic_prior
@@ -129,50 +129,10 @@ class _RealAndShuffled(Dataset):
 
 
 @torch.inference_mode()
-def sample_predictions(model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
-                       dtype: torch.dtype | None, count: int = 4,
-                       infer: Inference | None = None) -> list[dict]:
-    """The first `count` val samples with the model's predictions on them and on noise.
-
-    Returns:
-        Dicts with `image` (HxWx3 uint8, as the model saw it), `mask`, `pred_real` and
-        `pred_noise` (HxW numpy arrays), for `plots.sample_grid`.
-    """
-    dataset = build_dataset(dcfg, "val", train=False)
-    infer = infer or build_inference(model, dcfg)
-    mean, std = dcfg.transform.mean, dcfg.transform.std
-    noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
-    mean_t = torch.tensor(list(mean)).view(-1, 1, 1)
-    std_t = torch.tensor(list(std)).view(-1, 1, 1)
-    samples = []
-    for index in range(min(count, len(dataset))):
-        image, mask = dataset[index]
-        batch = image.unsqueeze(0).to(device)
-        pred_real = predict_labels(model, batch, device, dtype, infer=infer)[0]
-        pred_noise = predict_labels(model, noise(batch), device, dtype, infer=infer)[0]
-        shown = ((image * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
-        samples.append({"image": shown.permute(1, 2, 0).numpy(), "mask": mask.numpy(),
-                        "pred_real": pred_real.cpu().numpy(), "pred_noise": pred_noise.cpu().numpy()})
-    return samples
-
-
-def write_sample_grid(model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
-                      dtype: torch.dtype | None, path: Path, title: str,
-                      infer: Inference | None = None) -> Path:
-    """`sample_predictions` drawn as an image / ground truth / real / noise grid."""
-    from segaudit.plots import sample_grid
-
-    samples = sample_predictions(model, dcfg, device, dtype, infer=infer)
-    return sample_grid(samples, list(dcfg.class_names), int(dcfg.ignore_index), path, title,
-                       colors=dcfg.get("class_colors"))
-
-
-@torch.inference_mode()
-def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = None) -> dict:
+def audit(cfg: DictConfig, target: str, command: str = "") -> dict:
     """`segaudit audit`: evaluate a checkpoint on real/noise/blank/shuffled inputs.
 
-    With `plots`, the sample grid (image / ground truth / prediction on real / on noise)
-    and the mIoU-by-input bars are written there.
+    Pictures of an audit are `segaudit.pictures.audit_pictures`' business.
 
     Returns:
         The audit's run record (`phase=audit`); its `audit` block holds each condition's
@@ -221,18 +181,6 @@ def audit(cfg: DictConfig, target: str, command: str = "", plots: Path | None = 
     folder, record = measurement_record(
         cfg, trained, "audit", command, results, device,
         None if cfg.run_id is None else str(cfg.run_id), audit=block)
-    if plots is not None:
-        record["plots"] = _audit_plots(model, dcfg, device, dtype, record, Path(plots), infer)
     record["timings"]["total_s"] = time.perf_counter() - t0
     runs.write_record(folder, record)
     return record
-
-
-def _audit_plots(model, dcfg, device, dtype, record: dict, out_dir: Path,
-                 infer: Inference) -> list[str]:
-    """The sample grid and the mIoU-by-input bars (with the prior line) of one audit."""
-    from segaudit.plots import miou_by_condition
-
-    grid = write_sample_grid(model, dcfg, device, dtype, out_dir / f"samples_{record['run_id']}.png",
-                             f"{record['model']}/{record['encoder']} ({record['run_id']})", infer)
-    return [str(p) for p in [grid, *miou_by_condition([record], out_dir)]]

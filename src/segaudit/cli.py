@@ -126,7 +126,7 @@ def report(
             return
         table = filter_table(load_table(cfg.paths.runs), where)
         if plots is not None:
-            from segaudit.plots import report_plots
+            from segaudit.pictures import report_plots
             from segaudit.runs import iter_records
 
             records = [r for r in iter_records(cfg.paths.runs) if r.get("run_id") in set(table.run_id)]
@@ -174,7 +174,12 @@ def prior(
     from segaudit.report import prior_panel
 
     with user_errors():
-        record = run_prior(compose(overrides or []), command=_command_line(), plots=plots)
+        cfg = compose(overrides or [])
+        record = run_prior(cfg, command=_command_line())
+        if plots is not None:
+            from segaudit.pictures import prior_pictures
+
+            prior_pictures(cfg, record, plots)
         out.print(prior_panel(record))
 
 
@@ -193,10 +198,13 @@ def audit(
     from segaudit.report import audit_panel
 
     with user_errors():
-        record = run_audit(compose(overrides or []), target, command=_command_line(), plots=plots)
+        cfg = compose(overrides or [])
+        record = run_audit(cfg, target, command=_command_line())
         out.print(audit_panel(record))
         if plots is not None:
-            err.print(f"wrote {len(record['plots'])} plot(s) to {plots}")
+            from segaudit.pictures import audit_pictures
+
+            err.print(f"wrote {len(audit_pictures(cfg, record, plots))} plot(s) to {plots}")
 
 
 @app.command(epilog="""[bold]Examples[/]\n

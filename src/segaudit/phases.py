@@ -20,6 +20,7 @@ from segaudit.data import list_samples, prepare_dataset
 from segaudit.data.check import preflight
 from segaudit.engine import console, train
 from segaudit.losses import IMPLEMENTED_TIERS
+from segaudit.pictures import diagnose_plots
 from segaudit.prior import run_prior
 
 HEALTHY, PIPELINE_FAULT, SPATIAL_SHORTCUT = "HEALTHY", "PIPELINE_FAULT", "SPATIAL_SHORTCUT"
@@ -157,7 +158,7 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
     say(f"[bold]diagnose {diagnose_id}[/]: {cfg.dataset.name} ({counts['train']} train / "
         f"{counts['val']} val), {cfg.choices.model}/{cfg.model.encoder}, {cfg.train.iters} iters")
     # b. Analytic prior.
-    prior = run_prior(cfg, command, plots=plots)
+    prior = run_prior(cfg, command)
     say(f"analytic prior: mIoU {prior['metrics']['miou']:.2f} "
         f"(global majority {prior['prior']['majority']['miou']:.2f})")
     steps = {"prior": prior["run_id"]}
@@ -206,19 +207,7 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
         gate={"preset": cfg.gate.name, "decision": decision, "why": why,
               "next_checks": NEXT_CHECKS if name == PIPELINE_FAULT else []},
     )
-    if plots is not None:
-        record["plots"] = prior.get("plots", []) + _diagnose_plots(cfg, record, Path(plots))
     runs.write_record(folder, record)
+    if plots is not None:
+        diagnose_plots(cfg, record, prior, Path(plots))
     return record
-
-
-def _diagnose_plots(cfg: DictConfig, record: dict, out_dir: Path) -> list[str]:
-    """Evidence bars, the baseline's sample grid and the learning curves of the steps."""
-    from segaudit.engine import amp_dtype, resolve_device
-    from segaudit.plots import diagnose_pictures, learning_curves
-
-    runs_root = Path(str(cfg.paths.runs)).expanduser()
-    device = resolve_device(str(cfg.device))
-    step_records = [runs.read_record(runs_root / run_id) for run_id in record["steps"].values()]
-    written = diagnose_pictures(runs_root, record, out_dir, device, amp_dtype(str(cfg.train.amp), device))
-    return [str(p) for p in written + learning_curves(step_records, out_dir)]

@@ -213,8 +213,11 @@ def analytic_prior(dcfg: DictConfig, workers: int | None = None) -> PriorResult:
                        n_val=len(val), seconds=time.perf_counter() - t0)
 
 
-def run_prior(cfg: DictConfig, command: str = "", plots: Path | None = None) -> dict:
-    """`segaudit prior`: compute the prior, record it as a run (`phase=prior`), return the record."""
+def run_prior(cfg: DictConfig, command: str = "") -> dict:
+    """`segaudit prior`: compute the prior, record it as a run (`phase=prior`), return the record.
+
+    The class counts are saved beside the record (`prior.pt`); `segaudit.pictures`
+    draws them."""
     cfg = cfg.copy()
     cfg.phase = "prior"
     cfg.dataset = prepare_dataset(cfg.dataset, cfg.paths.cache)
@@ -236,10 +239,5 @@ def run_prior(cfg: DictConfig, command: str = "", plots: Path | None = None) -> 
     record["timings"]["total_s"] = result.seconds
     torch.save({"counts": result.counts, "class_names": list(cfg.dataset.class_names)},
                folder / PRIOR_FILE)
-    if plots is not None:
-        from segaudit.plots import prior_heatmaps
-
-        record["plots"] = [str(p) for p in prior_heatmaps(result.frequencies,
-                                                          list(cfg.dataset.class_names), plots)]
     runs.write_record(folder, record)
     return record

@@ -1,0 +1,140 @@
+"""Pictures that need a model or a saved run: load, predict, then draw with `plots`.
+
+`plots` draws arrays and records and imports nothing of segaudit; `audit` and `prior`
+measure and draw nothing. This module sits above all three, so none of them imports
+another in a circle: the commands (and `diagnose`) call it after measuring.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from segaudit import runs
+from segaudit.audit import load_trained_model
+from segaudit.config import load_group_option
+from segaudit.data import build_dataset
+from segaudit.data.conditions import DeviceImages
+from segaudit.engine import amp_dtype, load_checkpoint, predict_labels, resolve_device
+from segaudit.inference import Inference, build_inference
+from segaudit.plots import (evidence_bars, learning_curves, miou_by_condition, prior_heatmaps,
+                            sample_grid)
+from segaudit.prior import PRIOR_FILE, frequencies
+
+
+@torch.inference_mode()
+def sample_predictions(model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
+                       dtype: torch.dtype | None, count: int = 4,
+                       infer: Inference | None = None) -> list[dict]:
+    """The first `count` val samples with the model's predictions on them and on noise.
+
+    Returns:
+        Dicts with `image` (HxWx3 uint8, as the model saw it), `mask`, `pred_real` and
+        `pred_noise` (HxW numpy arrays), for `plots.sample_grid`.
+    """
+    dataset = build_dataset(dcfg, "val", train=False)
+    infer = infer or build_inference(model, dcfg)
+    mean, std = dcfg.transform.mean, dcfg.transform.std
+    noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
+    mean_t = torch.tensor(list(mean)).view(-1, 1, 1)
+    std_t = torch.tensor(list(std)).view(-1, 1, 1)
+    samples = []
+    for index in range(min(count, len(dataset))):
+        image, mask = dataset[index]
+        batch = image.unsqueeze(0).to(device)
+        pred_real = predict_labels(model, batch, device, dtype, infer=infer)[0]
+        pred_noise = predict_labels(model, noise(batch), device, dtype, infer=infer)[0]
+        shown = ((image * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
+        samples.append({"image": shown.permute(1, 2, 0).numpy(), "mask": mask.numpy(),
+                        "pred_real": pred_real.cpu().numpy(), "pred_noise": pred_noise.cpu().numpy()})
+    return samples
+
+
+def write_sample_grid(model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
+                      dtype: torch.dtype | None, path: Path, title: str,
+                      infer: Inference | None = None) -> Path:
+    """`sample_predictions` drawn as an image / ground truth / real / noise grid."""
+    samples = sample_predictions(model, dcfg, device, dtype, infer=infer)
+    return sample_grid(samples, list(dcfg.class_names), int(dcfg.ignore_index), path, title,
+                       colors=dcfg.get("class_colors"))
+
+
+def _keep(cfg: DictConfig, record: dict, written: list[Path]) -> list[str]:
+    """Add the written paths to the run's record (replaced atomically) and return them."""
+    paths = [str(p) for p in written]
+    record["plots"] = record.get("plots", []) + paths
+    runs.write_record(Path(str(cfg.paths.runs)).expanduser() / record["run_id"], record)
+    return paths
+
+
+def audit_pictures(cfg: DictConfig, record: dict, out_dir: Path) -> list[str]:
+    """An audit's sample grid (image / truth / prediction on real / on noise, with the
+    audit's inference mode) and its mIoU-by-input bars with the prior line."""
+    device = resolve_device(str(cfg.device))
+    source = Path(record["audit"]["source"])
+    model, saved = load_trained_model(load_checkpoint(source), source)
+    model = model.to(device).eval()
+    infer = build_inference(model, saved.dataset, cfg.get("inference"))
+    grid = write_sample_grid(model, saved.dataset, device, amp_dtype(str(cfg.train.amp), device),
+                             Path(out_dir) / f"samples_{record['run_id']}.png",
+                             f"{record['model']}/{record['encoder']} ({record['run_id']})", infer)
+    return _keep(cfg, record, [grid, *miou_by_condition([record], Path(out_dir))])
+
+
+def prior_pictures(cfg: DictConfig, record: dict, out_dir: Path) -> list[str]:
+    """One heatmap per class (and an overview) from the counts a prior run saved."""
+    saved = torch.load(Path(str(cfg.paths.runs)).expanduser() / record["run_id"] / PRIOR_FILE,
+                       weights_only=True)
+    written = prior_heatmaps(frequencies(saved["counts"]), list(saved["class_names"]), Path(out_dir))
+    return _keep(cfg, record, written)
+
+
+def diagnose_pictures(runs_root: Path, record: dict, out_dir: Path, device: torch.device,
+                      dtype: torch.dtype | None = None) -> list[Path]:
+    """A diagnose's evidence bars and the sample grid of its baseline model (when the
+    baseline's checkpoint is still there)."""
+    written = evidence_bars(record, out_dir)
+    baseline = (record.get("steps") or {}).get("baseline")
+    ckpt_path = Path(runs_root).expanduser() / str(baseline) / runs.CHECKPOINT
+    if baseline and ckpt_path.is_file():
+        model, saved = load_trained_model(load_checkpoint(ckpt_path), ckpt_path)
+        written.append(write_sample_grid(model.to(device).eval(), saved.dataset, device, dtype,
+                                         Path(out_dir) / f"samples_{baseline}.png",
+                                         f"diagnose {record['run_id']}: baseline"))
+    return written
+
+
+def diagnose_plots(cfg: DictConfig, record: dict, prior_record: dict, out_dir: Path) -> list[str]:
+    """Everything `diagnose --plots` draws: the prior's heatmaps, the evidence bars, the
+    baseline's sample grid and the learning curves of the steps."""
+    out_dir = Path(out_dir)
+    heatmaps = prior_pictures(cfg, prior_record, out_dir)
+    runs_root = Path(str(cfg.paths.runs)).expanduser()
+    device = resolve_device(str(cfg.device))
+    step_records = [runs.read_record(runs_root / run_id) for run_id in record["steps"].values()]
+    written = diagnose_pictures(runs_root, record, out_dir, device, amp_dtype(str(cfg.train.amp), device))
+    return _keep(cfg, record, [*heatmaps, *written, *learning_curves(step_records, out_dir)])
+
+
+def report_plots(runs_root: Path, records: list[dict], out_dir: Path, device: str = "cpu") -> list[Path]:
+    """Every picture `segaudit report --plots` can draw for these runs.
+
+    Learning curves; mIoU by input condition; for each diagnose, its evidence bars and a
+    sample grid of its baseline model; for each prior run, the per-class heatmaps
+    (from the counts the prior run saved).
+    """
+    runs_root = Path(runs_root).expanduser()
+    out_dir = Path(out_dir)
+    written = learning_curves(records, out_dir) + miou_by_condition(records, out_dir)
+    torch_device = resolve_device(device)
+    for record in records:
+        if record.get("verdict") and record.get("evidence"):
+            written += diagnose_pictures(runs_root, record, out_dir, torch_device)
+        saved_prior = runs_root / record["run_id"] / PRIOR_FILE
+        if record.get("phase") == "prior" and saved_prior.is_file():
+            prior = torch.load(saved_prior, weights_only=True)
+            written += prior_heatmaps(frequencies(prior["counts"]), list(prior["class_names"]),
+                                      out_dir / f"prior_{record['run_id']}")
+    return written
