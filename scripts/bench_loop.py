@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 from segaudit.config import compose
 from segaudit.data import build_dataset, prepare_dataset
 from segaudit.data.sampler import StepBatchSampler
-from segaudit.engine import amp_dtype, resolve_device, seed_everything, train
+from segaudit.devices import amp_dtype, resolve_device
+from segaudit.engine import seed_everything, train
 from segaudit.models import build_model
 
 

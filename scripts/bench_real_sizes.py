@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from segaudit.config import compose
 from segaudit.data import build_dataset, prepare_dataset
 from segaudit.data.synthetic import write_cityscapes_layout
-from segaudit.engine import amp_dtype, predict_labels, resolve_device
+from segaudit.devices import amp_dtype, resolve_device
+from segaudit.evaluation import predict_labels
 from segaudit.inference import build_inference, window_origins
 from segaudit.metrics import ConfusionMatrix
 from segaudit.models import build_model

@@ -12,7 +12,8 @@ import torch
 
 from segaudit import losses
 from segaudit.config import compose
-from segaudit.engine import load_checkpoint, train
+from segaudit.checkpoints import load_checkpoint
+from segaudit.engine import train
 from segaudit.errors import ConfigError, TrainingFailed
 from segaudit.runs import CHECKPOINT, read_record
 

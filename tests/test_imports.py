@@ -64,7 +64,7 @@ def test_find_cycle_sees_a_hand_made_cycle():
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert "segaudit.pictures" in graph and "segaudit.audit" in graph["segaudit.pictures"]
+    assert "segaudit.plots" in graph["segaudit.pictures"]  # the walk sees imports at all
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 

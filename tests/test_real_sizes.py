@@ -24,8 +24,8 @@ from segaudit.data import transforms as transforms_module
 from segaudit.data.check import alignment_probe, check_dataset
 from segaudit.data.sampler import size_grouped_batches
 from segaudit.data.synthetic import write_cityscapes_layout
-from segaudit.engine import evaluate, predict_labels
-from segaudit.audit import load_for_eval
+from segaudit.checkpoints import load_for_eval
+from segaudit.evaluation import evaluate, predict_labels
 from segaudit.errors import ConfigError
 from segaudit.inference import Inference, inference_settings, model_stride, pad_to_multiple, window_origins
 from segaudit.metrics import ConfusionMatrix

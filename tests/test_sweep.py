@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from segaudit.cli import app
 from segaudit.config import compose
-from segaudit.engine import load_checkpoint, train
+from segaudit.checkpoints import load_checkpoint
+from segaudit.engine import train
 from segaudit.runs import load_table, write_record
 from segaudit.sweep import plan
 

@@ -219,7 +219,7 @@ def test_test_split_without_labelled_pixels_is_skipped(setup, tmp_path):
 
     from PIL import Image
 
-    from segaudit.audit import load_for_eval
+    from segaudit.checkpoints import load_for_eval
     from segaudit.validate import score_split
 
     common, runs, main, *_ = setup

@@ -8,78 +8,25 @@ scores with the analytic prior of the training labels.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from segaudit import runs
+from segaudit.checkpoints import TrainedModel, load_for_eval
 from segaudit.config import load_group_option
 from segaudit.data import build_dataset, eval_loader
 from segaudit.data.conditions import DeviceImages
-from segaudit.engine import (amp_dtype, device_label, load_checkpoint, package_versions,
-                             predict_labels, resolve_device)
-from segaudit.errors import ConfigError
+from segaudit.devices import amp_dtype, device_label, package_versions, resolve_device
+from segaudit.evaluation import predict_labels
 from segaudit.inference import build_inference, inference_record
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
-from segaudit.models import build_model
 from segaudit.prior import analytic_prior
 
 CONDITIONS = ("real", "noise", "blank", "shuffled")
-
-
-def resolve_checkpoint(runs_root: Path, target: str) -> tuple[Path, str | None]:
-    """A checkpoint path, or a run id under `runs_root`, to (checkpoint file, run id or None).
-
-    A diagnose id stands for the baseline model that diagnose trained.
-    """
-    path = Path(target).expanduser()
-    if path.is_file():
-        return path, None
-    run_dir = Path(runs_root).expanduser() / target
-    if (run_dir / runs.CHECKPOINT).is_file():
-        return run_dir / runs.CHECKPOINT, target
-    if (run_dir / runs.RECORD).is_file():
-        baseline = (runs.read_record(run_dir).get("steps") or {}).get("baseline")
-        if baseline and (run_dir.parent / baseline / runs.CHECKPOINT).is_file():
-            return run_dir.parent / baseline / runs.CHECKPOINT, baseline
-    raise ConfigError(f"{target}: neither a checkpoint file nor a run id with a checkpoint under {runs_root}")
-
-
-def load_trained_model(ckpt: dict, source: Path) -> tuple[torch.nn.Module, DictConfig]:
-    """Rebuild the model a checkpoint was trained with and load its weights."""
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ConfigError(f"{source}: not a segaudit checkpoint (needs 'model' and 'config')")
-    saved = OmegaConf.create(ckpt["config"])
-    model = build_model(saved.model, int(saved.dataset.num_classes), tiers=saved.loss.get("tiers", [0]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise ConfigError(f"{source}: weights do not fit {saved.choices.model}/{saved.model.encoder} "
-                          f"({str(err).splitlines()[0]})") from None
-    return model, saved
-
-
-@dataclass
-class TrainedModel:
-    """A checkpoint loaded for measuring: the model on its device, in eval mode."""
-
-    ckpt_path: Path
-    source_run: str | None  # the run it came from (None for a bare checkpoint file)
-    step: int
-    model: torch.nn.Module
-    saved: DictConfig  # the config it was trained with
-
-
-def load_for_eval(cfg: DictConfig, target: str, device: torch.device) -> TrainedModel:
-    """A run id (a diagnose id: its baseline) or checkpoint file, loaded onto `device`."""
-    ckpt_path, source_run = resolve_checkpoint(cfg.paths.runs, target)
-    ckpt = load_checkpoint(ckpt_path)
-    model, saved = load_trained_model(ckpt, ckpt_path)
-    return TrainedModel(ckpt_path, source_run, int(ckpt.get("step", 0)), model.to(device).eval(), saved)
 
 
 def measurement_record(cfg: DictConfig, trained: TrainedModel, phase: str, command: str,

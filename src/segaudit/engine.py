@@ -11,86 +11,36 @@ from __future__ import annotations
 import atexit
 import math
 import os
-import platform
 import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from segaudit import runs
+from segaudit.checkpoints import init_weights, load_checkpoint, save_checkpoint
 from segaudit.config import load_group_option, load_yaml, to_yaml
+from segaudit.console import console
 from segaudit.data import build_dataset, eval_loader, list_samples, prepare_dataset
 from segaudit.data.check import preflight
 from segaudit.data.conditions import DeviceImages
 from segaudit.data.sampler import StepBatchSampler
+from segaudit.devices import amp_dtype, autocast, device_label, package_versions, resolve_device
 from segaudit.errors import ConfigError, TrainingFailed
-from segaudit.inference import (Inference, build_inference, inference_record, inference_settings,
-                                model_stride, pad_to_multiple)
-from segaudit.metrics import ConfusionMatrix
+from segaudit.evaluation import evaluate
+from segaudit.inference import (build_inference, inference_record, inference_settings, model_stride,
+                                pad_to_multiple)
 from segaudit.models import build_model
-
-console = Console(stderr=True)
-
-
-# --------------------------------------------------------------------------- devices
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: '{name}' is not a torch device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name}: CUDA is not available on this machine")
-    return device
-
-
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; off on CPU unless asked for."""
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if setting == "bf16":
-        return torch.bfloat16
-    if setting in ("off", "none", "fp32"):
-        return None
-    raise ConfigError(f"train.amp: '{setting}' is not one of auto, bf16, off")
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def package_versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("segaudit", "torch", "torchvision", "segmentation-models-pytorch", "hydra-core",
-                "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 # --------------------------------------------------------------------------- DDP
@@ -173,83 +123,6 @@ def restore_rng(state: dict) -> None:
 
 def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-# --------------------------------------------------------------------------- checkpoints
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint safely (`weights_only=True`); a clear error if it is damaged."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: checkpoint not found") from None
-    except Exception as err:
-        raise ConfigError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]})") from None
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    runs.atomic_write(path, lambda fh: torch.save(state, fh), binary=True)
-
-
-def init_weights(model: nn.Module, path: Path) -> None:
-    """Start from a trained checkpoint's segmentation weights (heads of tiers 2/3 stay new)."""
-    state = load_checkpoint(path).get("model")
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path}: not a segaudit checkpoint (no 'model' weights)")
-    if any(k.startswith("net.") for k in state):  # saved from a tier-2/3 model: drop its heads
-        state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-    target = getattr(model, "net", model)
-    try:
-        target.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ConfigError(f"{path}: weights do not fit this model ({str(err).splitlines()[0]})") from None
-
-
-# --------------------------------------------------------------------------- evaluation
-def predict_labels(model: nn.Module, images: torch.Tensor, device: torch.device,
-                   dtype: torch.dtype | None, size=None, infer: Inference | None = None) -> torch.Tensor:
-    """Per-pixel class ids (N x H x W) of `model` on a batch, run the way `infer` says
-    (default: whole image, padded to the model's stride), at `size` (default: the input's)."""
-    infer = infer or Inference(multiple=model_stride(model))
-    with autocast(device, dtype):
-        logits = infer(model, images)
-    size = tuple(size or images.shape[-2:])
-    if tuple(logits.shape[-2:]) != size:
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear")
-    return logits.argmax(1)
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    num_classes: int,
-    ignore_index: int,
-    device: torch.device,
-    dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    images_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    infer: Inference | None = None,
-) -> dict:
-    """Dataset-level metrics of `model` over `loader` (see `segaudit.metrics`).
-
-    `images_fn` replaces each batch's images on the device (the noise/blank conditions);
-    `infer` says how the model sees each image (`segaudit.inference`; default whole).
-    """
-    was_training = model.training
-    model.eval()
-    metric = ConfusionMatrix(num_classes, ignore_index)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for images, target in loader:
-        images = images.to(device, non_blocking=True)
-        if images_fn is not None:
-            images = images_fn(images)
-        images = images.contiguous(memory_format=memory_format)
-        target = target.to(device, non_blocking=True)
-        metric.update(predict_labels(model, images, device, dtype, target.shape[-2:], infer), target)
-    if dist.is_available() and dist.is_initialized():
-        metric.all_reduce(device)
-    model.train(was_training)
-    return metric.compute()
 
 
 # --------------------------------------------------------------------------- the run

@@ -16,9 +16,10 @@ from omegaconf import DictConfig
 
 from segaudit import runs
 from segaudit.config import load_group_option
+from segaudit.console import console
 from segaudit.data import list_samples, prepare_dataset
 from segaudit.data.check import preflight
-from segaudit.engine import console, train
+from segaudit.engine import train
 from segaudit.losses import IMPLEMENTED_TIERS
 from segaudit.pictures import diagnose_plots
 from segaudit.prior import run_prior

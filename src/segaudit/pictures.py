@@ -13,14 +13,20 @@ import torch
 from omegaconf import DictConfig
 
 from segaudit import runs
-from segaudit.audit import load_trained_model
+from segaudit.checkpoints import load_checkpoint, load_trained_model
 from segaudit.config import load_group_option
 from segaudit.data import build_dataset
 from segaudit.data.conditions import DeviceImages
-from segaudit.engine import amp_dtype, load_checkpoint, predict_labels, resolve_device
+from segaudit.devices import amp_dtype, resolve_device
+from segaudit.evaluation import predict_labels
 from segaudit.inference import Inference, build_inference
-from segaudit.plots import (evidence_bars, learning_curves, miou_by_condition, prior_heatmaps,
-                            sample_grid)
+from segaudit.plots import (
+    evidence_bars,
+    learning_curves,
+    miou_by_condition,
+    prior_heatmaps,
+    sample_grid,
+)
 from segaudit.prior import PRIOR_FILE, frequencies
 
 

@@ -25,12 +25,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segaudit import runs
-from segaudit.audit import TrainedModel, load_for_eval, measurement_record
+from segaudit.audit import measurement_record
+from segaudit.checkpoints import TrainedModel, load_for_eval
 from segaudit.config import load_group_option
 from segaudit.data import build_dataset, eval_loader, prepare_dataset
 from segaudit.data.conditions import DeviceImages
-from segaudit.engine import amp_dtype, evaluate, predict_labels, resolve_device
+from segaudit.devices import amp_dtype, resolve_device
 from segaudit.errors import ConfigError, DataError
+from segaudit.evaluation import evaluate, predict_labels
 from segaudit.inference import Inference, build_inference, inference_record
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
 

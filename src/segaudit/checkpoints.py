@@ -1,0 +1,98 @@
+"""Checkpoints: safe loading (`weights_only=True`), atomic saving, starting weights, and
+the trained models that audit, validate and the pictures measure.
+
+A checkpoint holds model, optimizer, scheduler, step, RNG state and the resolved
+config; the model is rebuilt from that config and its weights loaded strictly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from segaudit import runs
+from segaudit.errors import ConfigError
+from segaudit.models import build_model
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint safely (`weights_only=True`); a clear error if it is damaged."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: checkpoint not found") from None
+    except Exception as err:
+        raise ConfigError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]})") from None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    runs.atomic_write(path, lambda fh: torch.save(state, fh), binary=True)
+
+
+def init_weights(model: nn.Module, path: Path) -> None:
+    """Start from a trained checkpoint's segmentation weights (heads of tiers 2/3 stay new)."""
+    state = load_checkpoint(path).get("model")
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: not a segaudit checkpoint (no 'model' weights)")
+    if any(k.startswith("net.") for k in state):  # saved from a tier-2/3 model: drop its heads
+        state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    target = getattr(model, "net", model)
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ConfigError(f"{path}: weights do not fit this model ({str(err).splitlines()[0]})") from None
+
+
+def resolve_checkpoint(runs_root: Path, target: str) -> tuple[Path, str | None]:
+    """A checkpoint path, or a run id under `runs_root`, to (checkpoint file, run id or None).
+
+    A diagnose id stands for the baseline model that diagnose trained.
+    """
+    path = Path(target).expanduser()
+    if path.is_file():
+        return path, None
+    run_dir = Path(runs_root).expanduser() / target
+    if (run_dir / runs.CHECKPOINT).is_file():
+        return run_dir / runs.CHECKPOINT, target
+    if (run_dir / runs.RECORD).is_file():
+        baseline = (runs.read_record(run_dir).get("steps") or {}).get("baseline")
+        if baseline and (run_dir.parent / baseline / runs.CHECKPOINT).is_file():
+            return run_dir.parent / baseline / runs.CHECKPOINT, baseline
+    raise ConfigError(f"{target}: neither a checkpoint file nor a run id with a checkpoint under {runs_root}")
+
+
+def load_trained_model(ckpt: dict, source: Path) -> tuple[torch.nn.Module, DictConfig]:
+    """Rebuild the model a checkpoint was trained with and load its weights."""
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ConfigError(f"{source}: not a segaudit checkpoint (needs 'model' and 'config')")
+    saved = OmegaConf.create(ckpt["config"])
+    model = build_model(saved.model, int(saved.dataset.num_classes), tiers=saved.loss.get("tiers", [0]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise ConfigError(f"{source}: weights do not fit {saved.choices.model}/{saved.model.encoder} "
+                          f"({str(err).splitlines()[0]})") from None
+    return model, saved
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint loaded for measuring: the model on its device, in eval mode."""
+
+    ckpt_path: Path
+    source_run: str | None  # the run it came from (None for a bare checkpoint file)
+    step: int
+    model: torch.nn.Module
+    saved: DictConfig  # the config it was trained with
+
+
+def load_for_eval(cfg: DictConfig, target: str, device: torch.device) -> TrainedModel:
+    """A run id (a diagnose id: its baseline) or checkpoint file, loaded onto `device`."""
+    ckpt_path, source_run = resolve_checkpoint(cfg.paths.runs, target)
+    ckpt = load_checkpoint(ckpt_path)
+    model, saved = load_trained_model(ckpt, ckpt_path)
+    return TrainedModel(ckpt_path, source_run, int(ckpt.get("step", 0)), model.to(device).eval(), saved)

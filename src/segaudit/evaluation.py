@@ -1,0 +1,62 @@
+"""Evaluation: per-pixel predictions of a model and dataset-level metrics over a loader."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from segaudit.devices import autocast
+from segaudit.inference import Inference, model_stride
+from segaudit.metrics import ConfusionMatrix
+
+
+def predict_labels(model: nn.Module, images: torch.Tensor, device: torch.device,
+                   dtype: torch.dtype | None, size=None, infer: Inference | None = None) -> torch.Tensor:
+    """Per-pixel class ids (N x H x W) of `model` on a batch, run the way `infer` says
+    (default: whole image, padded to the model's stride), at `size` (default: the input's)."""
+    infer = infer or Inference(multiple=model_stride(model))
+    with autocast(device, dtype):
+        logits = infer(model, images)
+    size = tuple(size or images.shape[-2:])
+    if tuple(logits.shape[-2:]) != size:
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear")
+    return logits.argmax(1)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    ignore_index: int,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    images_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    infer: Inference | None = None,
+) -> dict:
+    """Dataset-level metrics of `model` over `loader` (see `segaudit.metrics`).
+
+    `images_fn` replaces each batch's images on the device (the noise/blank conditions);
+    `infer` says how the model sees each image (`segaudit.inference`; default whole).
+    """
+    was_training = model.training
+    model.eval()
+    metric = ConfusionMatrix(num_classes, ignore_index)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for images, target in loader:
+        images = images.to(device, non_blocking=True)
+        if images_fn is not None:
+            images = images_fn(images)
+        images = images.contiguous(memory_format=memory_format)
+        target = target.to(device, non_blocking=True)
+        metric.update(predict_labels(model, images, device, dtype, target.shape[-2:], infer), target)
+    if dist.is_available() and dist.is_initialized():
+        metric.all_reduce(device)
+    model.train(was_training)
+    return metric.compute()
