@@ -100,16 +100,17 @@ def test_alignment_probe_catches_an_image_only_flip(synth_root, monkeypatch):
     assert any(p.path == "dataset.transform" for p in report.errors)
 
 
-def _damaged(data: bytes, rng: np.random.Generator) -> bytes:
+def _damaged(data: bytes, rng: np.random.Generator) -> tuple[bytes, bool]:
+    """A damaged copy of a file, and whether decoding it must fail."""
     kind = rng.integers(3)
     if kind == 0:
-        return data[: rng.integers(0, len(data))]  # truncated
+        return data[: rng.integers(0, len(data) // 2)], True  # truncated inside the pixel data
     if kind == 1:
-        return rng.bytes(int(rng.integers(0, 400)))  # random bytes
+        return rng.bytes(int(rng.integers(0, 400))), True  # random bytes: no image format
     flipped = bytearray(data)
     for position in rng.integers(0, len(data), size=5):
-        flipped[position] = int(rng.integers(256))  # corrupted in place
-    return bytes(flipped)
+        flipped[position] = int(rng.integers(256))  # corrupted in place: may still decode
+    return bytes(flipped), False
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -119,18 +120,27 @@ def test_fuzzed_files_end_in_clear_errors(tmp_path, fmt):
     Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(source, format=fmt)
     mask_source = tmp_path / "mask.png"
     Image.fromarray(rng.integers(0, 5, (24, 24), dtype=np.uint8)).save(mask_source)
+    refused = 0
     for case in range(60):
         broken = tmp_path / f"case{case}.{fmt.lower()}"
-        broken.write_bytes(_damaged(source.read_bytes(), rng))
+        data, image_must_fail = _damaged(source.read_bytes(), rng)
+        broken.write_bytes(data)
         broken_mask = tmp_path / f"case{case}_mask.png"
-        broken_mask.write_bytes(_damaged(mask_source.read_bytes(), rng))
-        for reader, path in ((read_image, broken), (read_mask, broken_mask)):
+        data, mask_must_fail = _damaged(mask_source.read_bytes(), rng)
+        broken_mask.write_bytes(data)
+        for reader, path, must_fail in ((read_image, broken, image_must_fail),
+                                        (read_mask, broken_mask, mask_must_fail)):
             try:
                 reader(path)
             except DataError as err:
                 assert str(path) in str(err) and "\n" not in str(err)
+                refused += 1
+            else:
+                assert not must_fail, f"{path}: a truncated or random file decoded"
         problems, _, _ = _read_pair(Sample("x", broken, broken_mask), 5, 255, None)
         assert all(isinstance(p, str) and "\n" not in m for p, m in problems)
+        assert bool(problems) >= (image_must_fail or mask_must_fail)  # reported when it must be
+    assert refused >= 60  # about two thirds of the 120 files cannot decode
 
 
 @pytest.mark.parametrize("args,expected", [

@@ -69,7 +69,7 @@ def test_report_formats(trained, tmp_path):
     csv = pd.read_csv(tmp_path / "runs.csv")
     parquet = pd.read_parquet(tmp_path / "runs.parquet")
     assert list(csv.run_id) == list(parquet.run_id) == ["one", "two"]
-    assert parquet.miou.tolist() == pytest.approx(rows[0:2] and [r["miou"] for r in rows])
+    assert parquet.miou.tolist() == pytest.approx([r["miou"] for r in rows[0:2]])
 
 
 @pytest.mark.parametrize("args,expected", [
