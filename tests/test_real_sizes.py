@@ -189,6 +189,9 @@ def test_inference_settings_errors_name_the_key():
     assert inference_settings(dcfg)["mode"] == "whole"
     slide = inference_settings(dcfg, compose(["inference.mode=slide"]).inference)
     assert slide["crop"] == (512, 1024) and slide["stride"] == (341, 683)
+    resized = compose(["dataset=cityscapes", "dataset.transform.resize=[512,1024]"]).dataset
+    assert inference_settings(resized) == {"mode": "resize", "crop": (512, 1024), "stride": (341, 683),
+                                           "size": (512, 1024)}  # trained at that scale, seen at it
     with pytest.raises(ConfigError, match="inference.mode: 'tiles'"):
         inference_settings(dcfg, compose(["inference.mode=tiles"]).inference)
     with pytest.raises(ConfigError, match="inference.mode=resize needs inference.size"):

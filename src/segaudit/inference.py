@@ -135,7 +135,8 @@ def window_origins(size: tuple[int, int], crop: tuple[int, int],
 
 def inference_settings(dcfg: DictConfig, overrides: DictConfig | None = None) -> dict:
     """The dataset's `eval` block with the non-null keys of `overrides` (the top-level
-    `inference` config) on top, checked.
+    `inference` config) on top, checked. `whole` on a dataset with a train-time
+    `transform.resize` becomes `resize` to that size.
 
     Raises:
         ConfigError: an unknown mode, or a mode without the sizes it needs.
@@ -145,6 +146,11 @@ def inference_settings(dcfg: DictConfig, overrides: DictConfig | None = None) ->
         for key, value in dict(source or {}).items():
             if value is not None:
                 settings[key] = value
+    train_resize = (dcfg.get("transform") or {}).get("resize")
+    if settings["mode"] == "whole" and train_resize is not None:
+        # A model trained on images resized to [H, W] sees that scale at evaluation too;
+        # its labels are still scored at their native size.
+        settings["mode"], settings["size"] = "resize", train_resize
     mode = str(settings["mode"])
     if mode not in MODES:
         raise ConfigError(f"inference.mode: '{mode}' is not one of {', '.join(MODES)}")
