@@ -155,4 +155,7 @@ def test_report_diagnose_and_scope_paste_formats(trained, tmp_path):
     assert set(scope["groupings"]["strategy"]["groups"][0]) == {"name", "count", "mean", "std"}
     assert [g["name"] for g in scope["groupings"]["strategy"]["groups"]] == ["first", "second"]
     csv = _run("report", "--scope", "--format", "csv", f"paths.runs={trained}")
-    assert csv.exit_code == 2 and "table, json or md" in csv.stderr
+    assert csv.exit_code == 2 and "choose one of table, json, md" in csv.stderr
+    kept = json.loads(_run("report", "--scope", "--where", "strategy=second", "--format", "json",
+                           f"paths.runs={trained}").stdout)  # --where picks the runs analysed
+    assert [g["name"] for g in kept["groupings"]["strategy"]["groups"]] == ["second"]

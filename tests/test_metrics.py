@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import accuracy_score, jaccard_score, recall_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from segaudit.metrics import ConfusionMatrix, confusion_matrix, summarize
+from segaudit.metrics import ConfusionMatrix, confusion_matrix, pair_counts, summarize
 
 K = 6
 
@@ -101,3 +101,16 @@ def test_agreement_counts_labelled_pixels_only():
     assert result["miou"] == pytest.approx(summarize(
         confusion_matrix(torch.cat([pred, reference]), torch.cat([target, target]), 3, 255))["miou"])
     assert math.isnan(AgreementMatrix(3, 255).compute()["agreement"])
+
+
+def test_streaming_matrix_reports_out_of_range_ids_at_compute():
+    metric = ConfusionMatrix(3, ignore_index=255)
+    metric.update(torch.tensor([0, 1, 2]), torch.tensor([0, 255, 2]))  # 255 is ignore: fine
+    metric.update(torch.tensor([0, 5]), torch.tensor([1, 1]))  # prediction 5 is no class
+    with pytest.raises(ValueError, match="1 labelled pixel"):
+        metric.compute()
+
+
+def test_pair_counts_bucket_ignore_and_invalid_pixels():
+    counts = pair_counts(torch.tensor([1, 0, 9, 2]), torch.tensor([1, 255, 0, -1]), 3, 255)
+    assert counts.tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2]  # (1,1), one ignore, two invalid

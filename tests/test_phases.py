@@ -9,12 +9,12 @@ from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from segaudit.cli import app
-from segaudit.config import CONF_DIR
+from segaudit.config import load_group_option
 from segaudit.phases import PIPELINE_FAULT, SPATIAL_SHORTCUT, HEALTHY, Evidence, decide, verdict
 from segaudit.runs import load_table
 
-DEFAULT = OmegaConf.load(CONF_DIR / "gate" / "default.yaml")
-SEED = OmegaConf.load(CONF_DIR / "gate" / "seed.yaml")
+DEFAULT = load_group_option("gate", "default")
+SEED = load_group_option("gate", "seed")  # the default gate's values with the seed's on top
 
 
 @pytest.mark.parametrize("ev,gate,expected", [

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from segaudit.report import (compare_rich, compare_table, cross_matrix_table, rich_table, scope_rich,
-                             validate_panel, verdict_panel)
+from segaudit.report import (compare_rich, cross_matrix_table, rich_table, scope_rich, validate_panel,
+                             verdict_panel)
 from segaudit.runs import COLUMNS
-from segaudit.scope import scope
+from segaudit.scope import compare_table, scope
 from segaudit.validate import Gate, generalization_gate
 
 
@@ -71,7 +71,8 @@ def _validate_record() -> dict:
 
 
 def _verdict_record() -> dict:
-    return {"run_id": "261124-022122-diagnose-8d95", "verdict": "SPATIAL_SHORTCUT",
+    return {"schema": 1, "run_id": "261124-022122-diagnose-8d95", "phase": "gate", "status": "completed",
+            "verdict": "SPATIAL_SHORTCUT",
             "reasons": ["noise-trained model 38.1 > 0.7 x real-trained 40.2"],
             "evidence": {"prior": 31.9, "majority": 12.0, "real": 40.2, "real_on_noise": 33.0,
                          "shuffled": 30.1, "noise_trained": 38.1, "tier1": 34.0, "notes": []},

@@ -6,12 +6,13 @@ import math
 import pandas as pd
 import pytest
 
-from segaudit.runs import COLUMNS, atomic_write, load_table, read_record, write_record
+from segaudit.errors import ConfigError
+from segaudit.runs import COLUMNS, atomic_write, load_table, new_run_dir, read_record, write_record
 
 
 def _record(run_id, started, miou, **extra):
     record = {
-        "run_id": run_id, "phase": "train", "diagnose_id": None, "dataset": "synthetic",
+        "schema": 1, "run_id": run_id, "phase": "train", "diagnose_id": None, "dataset": "synthetic",
         "model": "unet", "encoder": "resnet18", "loss": "ce", "train_condition": "real",
         "eval_condition": "real", "strategy": "baseline", "seed": 0, "status": "completed",
         "step": 10, "iters": 10, "started_at": started, "throughput_ips": 12.5,
@@ -47,10 +48,61 @@ def test_empty_or_missing_root(tmp_path):
 
 
 def test_nan_is_written_as_null(tmp_path):
-    write_record(tmp_path, {"miou": float("nan"), "iou": [1.0, float("inf")]})
+    record = _record("r", "2026-01-01T00:00:00+00:00", float("nan"))
+    record["metrics"]["iou"] = [1.0, float("inf")]
+    write_record(tmp_path, record)
     text = (tmp_path / "record.json").read_text()
-    assert json.loads(text)["iou"] == [1.0, None] and "NaN" not in text
-    assert read_record(tmp_path)["miou"] is None
+    assert json.loads(text)["metrics"]["iou"] == [1.0, None] and "NaN" not in text
+    assert read_record(tmp_path)["metrics"]["miou"] is None
+
+
+@pytest.mark.parametrize("content", [
+    b"null", b"[]", b'"text"', b"{}", b"\xff\xfe not utf-8",
+    json.dumps(_record("x", "2026-01-02T00:00:00+00:00", 40.0, metrics="oops")).encode(),
+    json.dumps(_record("x", "2026-01-02T00:00:00+00:00", 40.0, history={"a": 1})).encode(),
+    json.dumps(_record("x", "2026-01-02T00:00:00+00:00", 40.0, seed="zero")).encode(),
+    json.dumps(_record("x", "2026-01-02T00:00:00+00:00", "41")).encode(),
+])
+def test_a_malformed_record_is_skipped_with_one_warning(tmp_path, capsys, content):
+    _write(tmp_path, _record("good", "2026-01-01T00:00:00+00:00", 40.0))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "record.json").write_bytes(content)
+    table = load_table(tmp_path)
+    assert list(table.run_id) == ["good"]
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and "bad/record.json" in warnings[0]
+    with pytest.raises(ConfigError, match="bad/record.json"):
+        read_record(tmp_path / "bad")
+
+
+def test_missing_fields_show_as_missing_not_as_zero(tmp_path):
+    _write(tmp_path, {"schema": 1, "run_id": "bare", "phase": "train", "status": "failed"})
+    row = load_table(tmp_path).iloc[0]
+    assert row.seed is pd.NA and math.isnan(row.miou)
+    assert "0.00" not in rich_table_text(load_table(tmp_path))
+
+
+def rich_table_text(table) -> str:
+    from rich.console import Console
+
+    from segaudit.report import rich_table
+
+    console = Console(width=100, record=True)
+    console.print(rich_table(table))
+    return console.export_text()
+
+
+@pytest.mark.parametrize("run_id", ["../escaped", "/abs/olute", "a/b", ".", "..", ".hidden", "-x", ""])
+def test_run_id_must_be_one_safe_folder_name(tmp_path, run_id):
+    with pytest.raises(ConfigError, match="run_id="):
+        new_run_dir(tmp_path / "runs", "train", run_id)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "runs" / "a").exists()
+
+
+def test_a_taken_run_id_is_refused(tmp_path):
+    new_run_dir(tmp_path, "train", "same")
+    with pytest.raises(ConfigError, match="run_id=same: a run with that id exists"):
+        new_run_dir(tmp_path, "train", "same")
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -86,7 +138,7 @@ def test_table_is_a_real_dataframe(tmp_path):
 
 
 def test_compare_before_after(tmp_path):
-    from segaudit.report import compare_table
+    from segaudit.scope import compare_table
 
     day = iter(range(1, 30))
     def add(run_id, miou, **extra):

@@ -20,7 +20,7 @@ from segaudit.checkpoints import TrainedModel, load_for_eval
 from segaudit.config import load_group_option
 from segaudit.data import build_dataset, eval_loader
 from segaudit.data.conditions import DeviceImages
-from segaudit.devices import amp_dtype, device_label, package_versions, resolve_device
+from segaudit.devices import amp_dtype, device_label, resolve_device
 from segaudit.evaluation import predict_labels
 from segaudit.inference import build_inference, inference_record
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
@@ -45,16 +45,15 @@ def measurement_record(cfg: DictConfig, trained: TrainedModel, phase: str, comma
     run_cfg.dataset = saved.dataset
     run_cfg.seed = saved.seed
     run_cfg.strategy = source_record.get("strategy", saved.strategy)
-    folder = runs.new_run_dir(Path(str(cfg.paths.runs)), phase, run_id)
-    record = runs.new_record(
-        run_cfg, folder.name, command, model=saved.choices.model, encoder=saved.model.encoder,
+    run_cfg.run_id = run_id
+    return runs.open_run(
+        run_cfg, command, model=saved.choices.model, encoder=saved.model.encoder,
         loss=saved.choices.loss, train_condition=saved.train_condition.name,
         eval_condition="real", status="completed", step=trained.step,
         metrics=by_condition["real"], metrics_by_condition=by_condition,
         history=[{"step": 0, "condition": name, **m} for name, m in by_condition.items()],
-        versions=package_versions(), device=device_label(device), finished_at=runs.now(), **fields,
+        device=device_label(device), finished_at=runs.now(), **fields,
     )
-    return folder, record
 
 
 class _RealAndShuffled(Dataset):

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segaudit import runs
-from segaudit.errors import ConfigError
+from segaudit.errors import ConfigError, first_line
 from segaudit.models import build_model
 
 
@@ -26,7 +26,7 @@ def load_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{path}: checkpoint not found") from None
     except Exception as err:
-        raise ConfigError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: unreadable checkpoint ({first_line(err)})") from None
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -44,7 +44,7 @@ def init_weights(model: nn.Module, path: Path) -> None:
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ConfigError(f"{path}: weights do not fit this model ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: weights do not fit this model ({first_line(err)})") from None
 
 
 def resolve_checkpoint(runs_root: Path, target: str) -> tuple[Path, str | None]:
@@ -75,7 +75,7 @@ def load_trained_model(ckpt: dict, source: Path) -> tuple[torch.nn.Module, DictC
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
         raise ConfigError(f"{source}: weights do not fit {saved.choices.model}/{saved.model.encoder} "
-                          f"({str(err).splitlines()[0]})") from None
+                          f"({first_line(err)})") from None
     return model, saved
 
 

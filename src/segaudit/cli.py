@@ -109,56 +109,51 @@ def report(
 ) -> None:
     """Show the run table (every run under paths.runs)."""
     from segaudit.config import compose
-    from segaudit.report import (FORMATS, compare_rich, compare_table, evidence_frame, export_table,
-                                 filter_table, format_frame, format_table, rich_table, verdict_panel)
-    from segaudit.runs import load_table, read_gate_record
+    from segaudit.report import (check_format, compare_rich, evidence_frame, export_frame, filter_table,
+                                 format_frame, format_scope, rich_table, scope_rich, verdict_panel,
+                                 MARKDOWN_COLUMNS)
+    from segaudit.runs import iter_records, load_table, read_gate_record, runs_root
+    from segaudit.scope import compare_table, run_scope
 
     with user_errors():
-        if fmt not in FORMATS:
-            raise SegauditError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+        check_format(fmt)
         cfg = compose(overrides or [])
         if diagnose_id is not None:
-            gate_record = read_gate_record(cfg.paths.runs, diagnose_id)
-            if fmt == "table":
-                out.print(verdict_panel(gate_record))
-            else:
-                typer.echo(format_frame(evidence_frame(gate_record), fmt).rstrip("\n"))
+            gate_record = read_gate_record(runs_root(cfg), diagnose_id)
+            _show(verdict_panel(gate_record), lambda: format_frame(evidence_frame(gate_record), fmt), fmt)
             return
-        table = filter_table(load_table(cfg.paths.runs), where)
+        table = filter_table(load_table(runs_root(cfg)), where)
         if plots is not None:
             from segaudit.pictures import report_plots
-            from segaudit.runs import iter_records
 
-            records = [r for r in iter_records(cfg.paths.runs) if r.get("run_id") in set(table.run_id)]
-            written = report_plots(cfg.paths.runs, records, plots, str(cfg.device))
+            kept = set(table.run_id)
+            records = [r for r in iter_records(runs_root(cfg)) if r["run_id"] in kept]
+            written = report_plots(runs_root(cfg), records, plots, str(cfg.device))
             err.print(f"wrote {len(written)} plot(s) to {plots}")
         if scope_view:
-            from segaudit.report import format_scope, scope_rich
-            from segaudit.scope import run_scope
-
-            result = run_scope(cfg, None)
-            if fmt == "table":
-                out.print(scope_rich(result))
-            else:
-                typer.echo(format_scope(result, fmt).rstrip("\n"))
+            result = run_scope(cfg, table=table)
+            _show(scope_rich(result), lambda: format_scope(result, fmt), fmt)
             return
         if compare is not None:
             compared = compare_table(table, by=compare, baseline=baseline)
-            if fmt == "table":
-                out.print(compare_rich(compared, compare, baseline))
-            else:
-                typer.echo(format_frame(compared, fmt).rstrip("\n"))
+            _show(compare_rich(compared, compare, baseline), lambda: format_frame(compared, fmt), fmt)
             return
         if export is not None:
-            export_table(table, export)
+            export_frame(table, export)
             err.print(f"wrote {len(table)} runs to {export}")
-        if fmt == "table":
-            if table.empty:
-                err.print(f"no runs under {Path(str(cfg.paths.runs)).expanduser()}")
-            else:
-                out.print(rich_table(table, title=f"runs in {cfg.paths.runs}"))
-        else:
-            typer.echo(format_table(table, fmt).rstrip("\n"))
+        if fmt == "table" and table.empty:
+            err.print(f"no runs under {runs_root(cfg)}")
+            return
+        _show(rich_table(table, title=f"runs in {cfg.paths.runs}"),
+              lambda: format_frame(table, fmt, MARKDOWN_COLUMNS), fmt)
+
+
+def _show(rich_view, text_view, fmt: str) -> None:
+    """The rich view on a terminal (`--format table`), else the text `text_view()` returns."""
+    if fmt == "table":
+        out.print(rich_view)
+    else:
+        typer.echo(text_view().rstrip("\n"))
 
 
 @app.command(epilog="""[bold]Examples[/]\n
@@ -314,17 +309,13 @@ def scope(
 ) -> None:
     """Scope analysis: mIoU by strategy, model and dataset, and whether it is too uniform."""
     from segaudit.config import compose
-    from segaudit.report import format_scope, scope_rich
+    from segaudit.report import SCOPE_FORMATS, check_format, format_scope, scope_rich
     from segaudit.scope import run_scope
 
     with user_errors():
-        if fmt not in ("table", "json", "md"):
-            raise SegauditError(f"--format {fmt}: choose one of table, json, md")
+        check_format(fmt, SCOPE_FORMATS)
         result = run_scope(compose(overrides or []), table_file)
-        if fmt == "table":
-            out.print(scope_rich(result))
-        else:
-            typer.echo(format_scope(result, fmt).rstrip("\n"))
+        _show(scope_rich(result), lambda: format_scope(result, fmt), fmt)
     raise typer.Exit(1 if result["systematic"] else 0)
 
 

@@ -17,7 +17,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from segaudit.errors import ConfigError
+from segaudit.errors import ConfigError, first_line
 
 CONF_DIR = Path(__file__).parent / "conf"
 _ABSENT = object()
@@ -52,17 +52,7 @@ def _compose(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             return hydra_compose("config", overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(_first_message(err)) from None
-
-
-def _first_message(err: BaseException) -> str:
-    """The first non-empty line along an exception's cause chain."""
-    while err is not None:
-        lines = str(err).strip().splitlines()
-        if lines:
-            return lines[0]
-        err = err.__cause__ or err.__context__
-    return "invalid configuration"
+        raise ConfigError(first_line(err)) from None
 
 
 def _lookup(tree: Any, key: str) -> Any:
@@ -136,12 +126,18 @@ def _alias(text: str, groups: dict[str, list[str]]) -> str:
 
 
 def load_group_option(group: str, option: str) -> DictConfig:
-    """One option of a config group as a config node (e.g. `condition`, `noise`)."""
+    """One option of a config group as a config node (e.g. `condition`, `noise`), composed
+    by Hydra, so the option's own `defaults:` (a preset built on another, the shared
+    `conf/_dataset` blocks) apply as they do in `compose`."""
     path = CONF_DIR / group / f"{option}.yaml"
     if not path.is_file():
         choices = ", ".join(config_groups().get(group, []))
         raise ConfigError(f"unknown {group} '{option}' (choices: {choices})")
-    return OmegaConf.load(path)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return hydra_compose(config_name=f"{group}/{option}")[group]
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"{path}: {first_line(err)}") from None
 
 
 def compose(overrides: Iterable[str] = ()) -> DictConfig:

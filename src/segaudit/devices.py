@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import platform
 from contextlib import nullcontext
-from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
@@ -44,14 +43,3 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def package_versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("segaudit", "torch", "torchvision", "segmentation-models-pytorch", "hydra-core",
-                "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out

@@ -29,18 +29,18 @@ from torch.utils.data import DataLoader, Subset
 
 from segaudit import runs
 from segaudit.checkpoints import init_weights, load_checkpoint, save_checkpoint
-from segaudit.config import load_group_option, load_yaml, to_yaml
+from segaudit.config import load_group_option, load_yaml
 from segaudit.console import console
 from segaudit.data import build_dataset, eval_loader, list_samples, prepare_dataset
 from segaudit.data.check import preflight
 from segaudit.data.conditions import DeviceImages
 from segaudit.data.sampler import StepBatchSampler
-from segaudit.devices import amp_dtype, autocast, device_label, package_versions, resolve_device
-from segaudit.errors import ConfigError, TrainingFailed
+from segaudit.devices import amp_dtype, autocast, device_label, resolve_device
+from segaudit.errors import ConfigError, TrainingFailed, first_line
 from segaudit.evaluation import evaluate
-from segaudit.inference import (build_inference, inference_record, inference_settings, model_stride,
-                                pad_to_multiple)
-from segaudit.models import build_model
+from segaudit.inference import (Inference, build_inference, inference_record, inference_settings,
+                                model_stride, pad_to_multiple)
+from segaudit.models import build_model, freeze_encoder
 
 
 # --------------------------------------------------------------------------- DDP
@@ -132,26 +132,17 @@ class Run:
 
     dir: Path
     cfg: DictConfig
-    record: dict
+    record: runs.RunRecord
     checkpoint: dict | None
-
-
-def _new_record(cfg: DictConfig, run_id: str, command: str) -> dict:
-    return runs.new_record(
-        cfg, run_id, command, model=cfg.choices.model, encoder=cfg.model.encoder,
-        loss=cfg.choices.loss, tiers=list(cfg.loss.get("tiers", [0])),
-        train_condition=cfg.train_condition.name, eval_condition=cfg.eval_condition.name,
-        iters=cfg.train.iters, versions=package_versions(),
-    )
 
 
 def run_folder(cfg: DictConfig, command: str) -> Path:
     """Create a new run directory (config, first record), or find `cfg.resume`'s."""
-    runs_root = Path(str(cfg.paths.runs)).expanduser()
+    root = runs.runs_root(cfg)
     if cfg.resume:
-        folder = runs_root / str(cfg.resume)  # ids like 123 arrive as ints
+        folder = root / runs.check_run_id(str(cfg.resume))  # ids like 123 arrive as ints
         if not (folder / runs.CONFIG).is_file():
-            raise ConfigError(f"resume={cfg.resume}: no run with that id under {runs_root}")
+            raise ConfigError(f"resume={cfg.resume}: no run with that id under {root}")
         return folder
     cfg = cfg.copy()
     cfg.dataset = prepare_dataset(cfg.dataset, cfg.paths.cache)
@@ -160,12 +151,10 @@ def run_folder(cfg: DictConfig, command: str) -> Path:
         skipped = preflight(cfg.dataset, skip_bad=bool(cfg.data_check.skip_bad))
     for split in ("train", "val"):
         list_samples(cfg.dataset, split)
-    folder = runs.new_run_dir(runs_root, cfg.phase, None if cfg.run_id is None else str(cfg.run_id))
-    cfg.run_id = folder.name
-    (folder / runs.CONFIG).write_text(to_yaml(cfg))
-    record = _new_record(cfg, folder.name, command)
-    record["skipped"] = skipped
-    runs.write_record(folder, record)
+    folder, _ = runs.open_run(
+        cfg, command, model=cfg.choices.model, encoder=cfg.model.encoder, loss=cfg.choices.loss,
+        tiers=list(cfg.loss.get("tiers", [0])), train_condition=cfg.train_condition.name,
+        eval_condition=cfg.eval_condition.name, iters=cfg.train.iters, skipped=skipped)
     return folder
 
 
@@ -213,6 +202,24 @@ def _progress() -> Progress:
     )
 
 
+class RunLog:
+    """`train.log` of a run: timestamped lines, echoed to the console; silent off rank 0."""
+
+    def __init__(self, folder: Path, enabled: bool):
+        self.file = open(folder / runs.LOG, "a", buffering=1) if enabled else None
+
+    def __call__(self, message: str, echo: bool = True) -> None:
+        if self.file is None:
+            return
+        self.file.write(f"{runs.now()} {message}\n")
+        if echo:
+            console.print(message, style="dim", highlight=False, markup=False)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
 def train(cfg: DictConfig, command: str = "") -> dict:
     """Train one model as configured and return its run record.
 
@@ -226,190 +233,258 @@ def train(cfg: DictConfig, command: str = "") -> dict:
     ddp = init_distributed(str(cfg.device))
     folder = _share_run_dir(ddp, lambda: run_folder(cfg, command))
     run = reopen_run(folder)
-    cfg, record = run.cfg, run.record
+    record = run.record
     if record["status"] == "completed":
         if ddp.is_main:
             console.print(f"run {record['run_id']} is already completed")
         return record
-    log_file = open(run.dir / runs.LOG, "a", buffering=1) if ddp.is_main else None
-
-    def log(message: str, echo: bool = True) -> None:
-        if log_file is None:  # only rank 0 speaks
-            return
-        log_file.write(f"{runs.now()} {message}\n")
-        if echo:
-            console.print(message, style="dim", highlight=False, markup=False)
-
+    log = RunLog(run.dir, enabled=ddp.is_main)
     try:
-        return _train(cfg, run, record, log, ddp)
+        return _train(run, log, ddp)
     except (KeyboardInterrupt, Exception) as err:  # record why, then let the caller report it
-        record["status"] = "failed"
-        record["error"] = (
+        interrupted = isinstance(err, KeyboardInterrupt)
+        record.update(status="failed", finished_at=runs.now(), error=(
             f"interrupted (continue with: segaudit train resume={record['run_id']})"
-            if isinstance(err, KeyboardInterrupt) else str(err).splitlines()[0] if str(err) else repr(err)
-        )
-        record["finished_at"] = runs.now()
+            if interrupted else first_line(err)))
         if ddp.is_main:
             runs.write_record(run.dir, record)
         # The caller reports errors; only an interrupt needs its resume hint here.
-        log(f"run failed: {record['error']}", echo=isinstance(err, KeyboardInterrupt))
+        log(f"run failed: {record['error']}", echo=interrupted)
         raise
     finally:
-        if log_file is not None:
-            log_file.close()
+        log.close()
 
 
-def _train(cfg: DictConfig, run: Run, record: dict, log, ddp: Distributed) -> dict:
-    t_start = time.perf_counter()
-    device = resolve_device(str(cfg.device))
-    if ddp.active and device.type == "cuda":
-        device = torch.device("cuda", ddp.local_rank)
-        torch.cuda.set_device(device)
-    write_record = runs.write_record if ddp.is_main else (lambda *_: None)
-    dtype = amp_dtype(str(cfg.train.amp), device)
-    channels_last = device.type == "cuda" if cfg.train.channels_last == "auto" else bool(cfg.train.channels_last)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    seed_everything(cfg.seed)
+# --------------------------------------------------------------------------- loop parts
+@dataclass
+class TrainState:
+    """What one optimisation step touches, and what a checkpoint saves."""
 
-    # Model, loss, optimizer, schedule.
-    num_classes, ignore_index = int(cfg.dataset.num_classes), int(cfg.dataset.ignore_index)
-    model = build_model(cfg.model, num_classes, tiers=cfg.loss.get("tiers", [0]))
+    model: nn.Module  # the bare model: state_dict, gradient clipping
+    forward_model: nn.Module  # what the steps run: the model, DDP-wrapped and/or compiled
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: int = 0
+
+
+def build_state(cfg: DictConfig, run: Run, device: torch.device, memory_format: torch.memory_format,
+                log: RunLog) -> TrainState:
+    """Model (started from `train.init_from`, encoder frozen if asked), loss, optimizer and
+    poly schedule, at step 0; `restore` moves it to a checkpoint."""
+    model = build_model(cfg.model, int(cfg.dataset.num_classes), tiers=cfg.loss.get("tiers", [0]))
     if cfg.train.init_from and run.checkpoint is None:
         init_weights(model, Path(str(cfg.train.init_from)).expanduser())
         log(f"initialised from {cfg.train.init_from}")
     if cfg.train.freeze_encoder:
-        for param in model.encoder.parameters():
-            param.requires_grad_(False)
+        freeze_encoder(model)
     model = model.to(device, memory_format=memory_format)
-    loss_fn = instantiate(cfg.loss, ignore_index=ignore_index,
+    loss_fn = instantiate(cfg.loss, ignore_index=int(cfg.dataset.ignore_index),
                           image_std=list(cfg.dataset.transform.std)).to(device)
     optimizer = instantiate(cfg.optim, params=[p for p in model.parameters() if p.requires_grad])
-    iters = int(cfg.train.iters)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=iters,
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=int(cfg.train.iters),
                                                       power=float(cfg.train.poly_power))
-    step = 0
-    if run.checkpoint is not None:
-        model.load_state_dict(run.checkpoint["model"])
-        optimizer.load_state_dict(run.checkpoint["optimizer"])
-        scheduler.load_state_dict(run.checkpoint["scheduler"])
-        step = int(run.checkpoint["step"])
-        log(f"resumed {record['run_id']} at step {step}/{iters}")
-    # Entries logged after the checkpoint are replayed, so drop them.
-    record["history"] = [h for h in record["history"] if h["step"] <= step]
-    record["train_log"] = [h for h in record["train_log"] if h["step"] <= step]
-    forward_model = model
+    return TrainState(model, model, loss_fn, optimizer, scheduler)
+
+
+def restore(state: TrainState, checkpoint: dict, record: runs.RunRecord) -> None:
+    """Continue from a checkpoint: weights, optimizer, schedule and step. History logged
+    after that checkpoint is dropped, because those steps run again."""
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.scheduler.load_state_dict(checkpoint["scheduler"])
+    state.step = int(checkpoint["step"])
+    record["history"] = [h for h in record["history"] if h["step"] <= state.step]
+    record["train_log"] = [h for h in record["train_log"] if h["step"] <= state.step]
+
+
+def save_state(state: TrainState, cfg: DictConfig, path: Path) -> None:
+    """The full checkpoint: model, optimizer, scheduler, step, RNG state, resolved config."""
+    save_checkpoint(path, {
+        "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(), "step": state.step, "rng": capture_rng(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    })
+
+
+@dataclass
+class Evaluations:
+    """The validation loaders, one per condition (main condition first), and how the
+    model sees their images."""
+
+    loaders: list[tuple[DictConfig, DataLoader]]
+    infer: Inference
+    device: torch.device
+    dtype: torch.dtype | None
+    channels_last: bool
+    mean: list[float]
+    std: list[float]
+
+
+def evaluate_all(state: TrainState, evals: Evaluations, cfg: DictConfig, record: runs.RunRecord,
+                 log: RunLog) -> dict:
+    """Evaluate on every condition, append each result to the history, and return the
+    main (`eval_condition`) metrics."""
+    t0 = time.perf_counter()
+    results = {}
+    for condition, loader in evals.loaders:
+        images_fn = DeviceImages(condition, evals.mean, evals.std, evals.device, seeded=True)
+        result = evaluate(state.forward_model, loader, int(cfg.dataset.num_classes),
+                          int(cfg.dataset.ignore_index), evals.device, evals.dtype,
+                          evals.channels_last, images_fn, evals.infer)
+        results[condition.name] = result
+        record["history"].append({"step": state.step, "condition": condition.name, **result})
+        log(f"step {state.step} [{condition.name}]: mIoU {result['miou']:.2f}  "
+            f"mAcc {result['macc']:.2f}  aAcc {result['aacc']:.2f}")
+    record["timings"]["eval_s"] += time.perf_counter() - t0
+    record["metrics_by_condition"] = results
+    return results[cfg.eval_condition.name]
+
+
+class IntervalMeans:
+    """The loss and each loss term, summed on the device step by step and read once per
+    log interval: one host sync, which doubles as the NaN/inf check."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in {"loss": total.detach(), **terms}.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.steps += 1
+
+    def read(self, ddp: Distributed) -> dict[str, float]:
+        """Interval means (averaged over ranks, so that every rank stops together), then reset."""
+        stacked = torch.stack([v.float() for v in self.sums.values()]) / self.steps
+        if ddp.active:
+            dist.all_reduce(stacked)
+            stacked /= ddp.world_size
+        means = dict(zip(self.sums, stacked.tolist()))
+        self.sums, self.steps = {}, 0
+        return means
+
+
+def log_interval(means: dict[str, float], steps: int, elapsed: float, batch_images: int,
+                 state: TrainState, record: runs.RunRecord) -> float:
+    """Append one `train_log` entry (interval-mean loss and terms, lr, images/s) and return
+    the images/s; a non-finite loss stops the run."""
+    if not math.isfinite(means["loss"]):
+        raise TrainingFailed(f"loss became {means['loss']} by step {state.step}; stopped (lower "
+                             f"optim.lr, set train.grad_clip, or check the labels)")
+    ips = steps * batch_images / max(elapsed, 1e-9)
+    record["train_log"].append({"step": state.step, "loss": means["loss"],
+                                "lr": state.scheduler.get_last_lr()[0], "ips": ips,
+                                **{k: v for k, v in means.items() if k != "loss"}})
+    return ips
+
+
+def _device_setup(cfg: DictConfig, ddp: Distributed) -> tuple[torch.device, torch.dtype | None, bool]:
+    """This rank's device (its own GPU under torchrun), the autocast dtype, channels_last."""
+    device = resolve_device(str(cfg.device))
+    if ddp.active and device.type == "cuda":
+        device = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    setting = cfg.train.channels_last
+    channels_last = device.type == "cuda" if setting == "auto" else bool(setting)
+    return device, amp_dtype(str(cfg.train.amp), device), channels_last
+
+
+def _wrap_for_steps(model: nn.Module, cfg: DictConfig, ddp: Distributed, device: torch.device) -> nn.Module:
+    """The model as the training steps run it: DDP-wrapped under torchrun, compiled if asked."""
     if ddp.active:
-        forward_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.train.compile:
-        forward_model = torch.compile(forward_model)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if cfg.train.compile else model
+
+
+# --------------------------------------------------------------------------- the loop
+# About 80 lines on purpose: the loop reads top to bottom like nanoGPT's train.py (setup,
+# restore, then steps with logging, evaluation and checkpoints at their boundaries).
+def _train(run: Run, log: RunLog, ddp: Distributed) -> runs.RunRecord:
+    cfg, record = run.cfg, run.record
+    t_start = time.perf_counter()
+    device, dtype, channels_last = _device_setup(cfg, ddp)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    write_record = runs.write_record if ddp.is_main else (lambda *_: None)
+    seed_everything(cfg.seed)
+
+    state = build_state(cfg, run, device, memory_format, log)
+    if run.checkpoint is not None:
+        restore(state, run.checkpoint, record)
+        log(f"resumed {record['run_id']} at step {state.step}/{cfg.train.iters}")
+    state.forward_model = _wrap_for_steps(state.model, cfg, ddp, device)
 
     pin = device.type == "cuda"
-    multiple = model_stride(model)  # crops of any size: pad to the stride, labels with ignore
-    infer = build_inference(model, cfg.dataset, cfg.get("inference"))
-    loader = train_loader(cfg, step, pin, ddp)
-    evaluations = [(c, val_loader(cfg, c, pin, ddp)) for c in eval_conditions(cfg)]
-    mean, std = cfg.dataset.transform.mean, cfg.dataset.transform.std
+    multiple = model_stride(state.model)  # crops of any size: pad to the stride, labels with ignore
+    ignore_index = int(cfg.dataset.ignore_index)
+    mean, std = list(cfg.dataset.transform.mean), list(cfg.dataset.transform.std)
+    evals = Evaluations([(c, val_loader(cfg, c, pin, ddp)) for c in eval_conditions(cfg)],
+                        build_inference(state.model, cfg.dataset, cfg.get("inference")),
+                        device, dtype, channels_last, mean, std)
+    loader = train_loader(cfg, state.step, pin, ddp)
     train_images = DeviceImages(cfg.train_condition, mean, std, device, seeded=False)
-    record.update(status="running", error=None, step=step, device=device_label(device),
-                  world_size=ddp.world_size, inference=inference_record(infer))
+    record.update(status="running", error=None, step=state.step, device=device_label(device),
+                  world_size=ddp.world_size, inference=inference_record(evals.infer))
     write_record(run.dir, record)
 
-    def checkpoint_now() -> None:
-        if not ddp.is_main:
-            return
-        save_checkpoint(run.dir / runs.CHECKPOINT, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "step": step, "rng": capture_rng(),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        })
-
-    def evaluate_now() -> dict:
-        """Evaluate on every condition; returns the main (eval_condition) metrics."""
-        t0 = time.perf_counter()
-        results = {}
-        for condition, loader_ in evaluations:
-            images_fn = DeviceImages(condition, mean, std, device, seeded=True)
-            result = evaluate(forward_model, loader_, num_classes, ignore_index, device, dtype,
-                              channels_last, images_fn, infer)
-            results[condition.name] = result
-            record["history"].append({"step": step, "condition": condition.name, **result})
-            log(f"step {step} [{condition.name}]: mIoU {result['miou']:.2f}  "
-                f"mAcc {result['macc']:.2f}  aAcc {result['aacc']:.2f}")
-        record["timings"]["eval_s"] += time.perf_counter() - t0
-        record["metrics_by_condition"] = results
-        return results[cfg.eval_condition.name]
-
+    iters = int(cfg.train.iters)
     eval_steps = {int(s) for s in cfg.train.eval_at if 0 < int(s) < iters} | {iters}
     log_every, ckpt_every = max(1, int(cfg.train.log_every)), max(1, int(cfg.train.ckpt_every))
-    model.train()
+    state.model.train()
     data = iter(loader)  # creating the iterator draws from the RNG: restore after it
     if run.checkpoint is not None:
         restore_rng(run.checkpoint["rng"])
-    loss_sum = torch.zeros((), device=device)
-    interval_steps, interval_t0, train_s = 0, time.perf_counter(), 0.0
+    interval, train_s = IntervalMeans(), 0.0
     with _progress() if cfg.train.progress and ddp.is_main else nullcontext() as progress:
-        task = progress.add_task(str(record["run_id"]), total=iters, completed=step, loss="-", ips="-") if progress else None
-        while step < iters:
+        task = progress.add_task(str(record["run_id"]), total=iters, completed=state.step,
+                                 loss="-", ips="-") if progress else None
+        while state.step < iters:
             images, target = next(data)
             images = train_images(images.to(device, non_blocking=True))
             images = pad_to_multiple(images, multiple).contiguous(memory_format=memory_format)
             target = pad_to_multiple(target.to(device, non_blocking=True), multiple, ignore_index)
             with autocast(device, dtype):
-                out = loss_fn(forward_model, images, target)
-            optimizer.zero_grad(set_to_none=True)
+                out = state.loss_fn(state.forward_model, images, target)
+            state.optimizer.zero_grad(set_to_none=True)
             out.total.backward()
             if cfg.train.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), float(cfg.train.grad_clip))
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_sum += out.total.detach()
-            interval_steps += 1
+                nn.utils.clip_grad_norm_(state.model.parameters(), float(cfg.train.grad_clip))
+            state.optimizer.step()
+            state.scheduler.step()
+            state.step += 1
+            interval.add(out.total, out.terms)
 
-            boundary = step % log_every == 0 or step % ckpt_every == 0 or step in eval_steps
-            if not boundary:
+            step = state.step
+            if not (step % log_every == 0 or step % ckpt_every == 0 or step in eval_steps):
                 continue
-            # One host sync per interval: the loss readout doubles as the NaN/inf check,
-            # averaged over ranks so that every rank stops together.
-            if ddp.active:
-                dist.all_reduce(loss_sum)
-                loss_sum /= ddp.world_size
-            mean_loss = float(loss_sum) / interval_steps
-            elapsed = time.perf_counter() - interval_t0
+            steps_done, elapsed = interval.steps, time.perf_counter() - interval.t0
+            ips = log_interval(interval.read(ddp), steps_done, elapsed,
+                               images.shape[0] * ddp.world_size, state, record)
             train_s += elapsed
-            ips = interval_steps * images.shape[0] * ddp.world_size / max(elapsed, 1e-9)
-            if not math.isfinite(mean_loss):
-                raise TrainingFailed(
-                    f"loss became {mean_loss} by step {step}; stopped (lower optim.lr, "
-                    f"set train.grad_clip, or check the labels)"
-                )
-            terms = {k: float(v) for k, v in out.terms.items()}
-            record["train_log"].append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                                        "ips": ips, **terms})
             if progress:
-                progress.update(task, completed=step, loss=f"{mean_loss:.3f}", ips=f"{ips:.0f}")
+                progress.update(task, completed=step, loss=f"{record['train_log'][-1]['loss']:.3f}",
+                                ips=f"{ips:.0f}")
             if step in eval_steps:
-                record["metrics"] = evaluate_now()
+                record["metrics"] = evaluate_all(state, evals, cfg, record, log)
             if step % ckpt_every == 0 or step == iters:
-                checkpoint_now()
+                if ddp.is_main:
+                    save_state(state, cfg, run.dir / runs.CHECKPOINT)
                 record["step"] = step
                 record["timings"]["train_s"] += train_s
                 train_s = 0.0
                 write_record(run.dir, record)
-            loss_sum.zero_()
-            interval_steps, interval_t0 = 0, time.perf_counter()
+            interval.t0 = time.perf_counter()
 
-    timings = record["timings"]
-    timings["total_s"] += time.perf_counter() - t_start
-    record.update(status="completed", step=step, finished_at=runs.now(),
+    record["timings"]["total_s"] += time.perf_counter() - t_start
+    record.update(status="completed", step=state.step, finished_at=runs.now(),
                   throughput_ips=_throughput(record["train_log"]))
     write_record(run.dir, record)
     if ddp.active:
         dist.barrier()
-    log(f"completed {record['run_id']}: mIoU {record['metrics']['miou']:.2f} after {step} iterations")
+    log(f"completed {record['run_id']}: mIoU {record['metrics']['miou']:.2f} after {state.step} iterations")
     return record
 
 

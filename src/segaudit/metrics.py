@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 
 
 def confusion_matrix(
@@ -38,17 +39,32 @@ def confusion_matrix(
         raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
     if pred.is_floating_point() or target.is_floating_point():
         raise ValueError("pred and target must hold integer class ids")
+    counts = pair_counts(pred, target, num_classes, ignore_index)
+    if int(counts[-1]):  # one read-back per call (ConfusionMatrix.update defers even this)
+        _raise_out_of_range(pred, target, num_classes, ignore_index)
+    return counts[:-2].reshape(num_classes, num_classes)
+
+
+def pair_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                ignore_index: int) -> torch.Tensor:
+    """(ground truth, prediction) pair counts as a flat K*K+2 int64 vector on the inputs'
+    device, without any host sync: entry K*K counts ignore pixels, entry K*K+1 labelled
+    pixels whose target or prediction lies outside [0, K) (an error, reported later)."""
+    k = num_classes
+    t, p = target.reshape(-1).long(), pred.reshape(-1).long()
+    in_range = (t >= 0) & (t < k) & (p >= 0) & (p < k)
+    index = torch.where(t == ignore_index, k * k, torch.where(in_range, t * k + p, k * k + 1))
+    # index_add_ rather than bincount: CUDA's bincount reads max() back to size its output.
+    return torch.zeros(k * k + 2, dtype=torch.long, device=index.device).index_add_(
+        0, index, torch.ones_like(index))
+
+
+def _raise_out_of_range(pred, target, num_classes: int, ignore_index: int) -> None:
     valid = target != ignore_index
-    t = target[valid].long()
-    p = pred[valid].long()
-    if t.numel():
-        for name, values in (("target", t), ("pred", p)):
-            lo, hi = int(values.min()), int(values.max())
-            if lo < 0 or hi >= num_classes:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"{name} holds class id {bad}, outside [0, {num_classes})")
-    counts = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes)
+    for name, values in (("target", target[valid]), ("pred", pred[valid])):
+        bad = values[(values < 0) | (values >= num_classes)]
+        if bad.numel():
+            raise ValueError(f"{name} holds class id {int(bad[0])}, outside [0, {num_classes})")
 
 
 def summarize(cm: torch.Tensor) -> dict:
@@ -85,31 +101,47 @@ def _nanmean(values: torch.Tensor) -> float:
 class ConfusionMatrix:
     """Streaming accumulator: `update()` per batch, `compute()` at the end.
 
-    The matrix lives on the device of the first update, so evaluation needs no host
-    sync until `compute()`; `all_reduce()` sums it across DDP ranks.
+    The counts live on the device of the first update and `update()` never reads them
+    back, so evaluation on a GPU runs without a host sync until `compute()` (which is
+    also where class ids outside [0, K) are reported); `all_reduce()` sums across ranks.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.cm: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None  # flat, see `pair_counts`
+
+    @property
+    def cm(self) -> torch.Tensor | None:
+        """The K x K matrix so far (rows ground truth, columns prediction)."""
+        k = self.num_classes
+        return None if self.counts is None else self.counts[:k * k].reshape(k, k)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        batch = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
-        self.cm = batch if self.cm is None else self.cm + batch
+        if pred.shape != target.shape:
+            raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+        batch = pair_counts(pred, target, self.num_classes, self.ignore_index)
+        self.counts = batch if self.counts is None else self.counts + batch
 
     def all_reduce(self, device: torch.device | str = "cpu") -> None:
-        """Sum the matrix over DDP ranks (a rank that saw no data contributes zeros)."""
-        import torch.distributed as dist
-
-        if self.cm is None:
-            self.cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=device)
+        """Sum the counts over DDP ranks (a rank that saw no data contributes zeros)."""
+        if self.counts is None:
+            self.counts = torch.zeros(self.num_classes ** 2 + 2, dtype=torch.long, device=device)
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.cm)
+            dist.all_reduce(self.counts)
 
     def compute(self) -> dict:
-        if self.cm is None:
+        """Summary metrics (see `summarize`).
+
+        Raises:
+            ValueError: some labelled pixel had a target or prediction outside [0, K).
+        """
+        if self.counts is None:
             return summarize(torch.zeros(self.num_classes, self.num_classes, dtype=torch.long))
+        bad = int(self.counts[-1])
+        if bad:
+            raise ValueError(f"{bad} labelled pixel(s) had a class id outside [0, {self.num_classes}) "
+                             f"in the target or the prediction")
         return summarize(self.cm)
 
 
@@ -126,7 +158,7 @@ class AgreementMatrix(ConfusionMatrix):
     def update(self, pred: torch.Tensor, target: torch.Tensor, reference: torch.Tensor) -> None:
         super().update(pred, target)
         valid = target != self.ignore_index
-        self.agree = self.agree + (pred == reference)[valid].sum()
+        self.agree = self.agree + ((pred == reference) & valid).sum()  # no boolean indexing: no sync
         self.labelled = self.labelled + valid.sum()
 
     def compute(self) -> dict:

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from segaudit.errors import ConfigError
+from segaudit.errors import ConfigError, first_line
 
 # Weight names smp knows how to fetch from a hub (needs a network).
 _HUB_WEIGHTS = {"imagenet", "ssl", "swsl", "instagram", "advprop", "noisy-student",
@@ -126,5 +126,17 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
     try:
         model.encoder.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(f"{path}: weights do not fit encoder ({first})") from None
+        raise ConfigError(f"{path}: weights do not fit encoder ({first_line(err)})") from None
+
+
+def freeze_encoder(model: nn.Module) -> None:
+    """Keep the encoder fixed: no gradients, and its normalisation statistics frozen.
+
+    smp's own `freeze_encoder()` stops the parameters and the BatchNorm running stats and
+    makes `model.train()` skip the encoder from then on. The whole encoder goes to eval
+    mode here as well, so dropout and drop-path in it (SegFormer's MiT) stay off: a frozen
+    encoder is a fixed feature extractor, in training and in evaluation alike.
+    """
+    net = getattr(model, "net", model)  # SegmentationWithAux wraps the smp model
+    net.freeze_encoder()
+    net.encoder.eval()

@@ -197,12 +197,10 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
     decision, why = decide(ev, cfg.gate)
     for note in ev.notes:
         say(f"[yellow]note:[/] {note}")
-    folder = runs.new_run_dir(Path(str(cfg.paths.runs)), "gate", diagnose_id)
     gcfg = cfg.copy()
-    gcfg.phase = "gate"
-    gcfg.strategy = "diagnose"
-    record = runs.new_record(
-        gcfg, folder.name, command, model=cfg.choices.model, encoder=cfg.model.encoder,
+    gcfg.phase, gcfg.strategy, gcfg.run_id = "gate", "diagnose", diagnose_id
+    folder, record = runs.open_run(
+        gcfg, command, model=cfg.choices.model, encoder=cfg.model.encoder,
         status="completed", metrics=baseline["metrics"], finished_at=runs.now(),
         verdict=name, reasons=reasons, evidence=asdict(ev), steps=steps,
         gate={"preset": cfg.gate.name, "decision": decision, "why": why,

@@ -67,15 +67,15 @@ def write_sample_grid(model: torch.nn.Module, dcfg: DictConfig, device: torch.de
                        colors=dcfg.get("class_colors"))
 
 
-def _keep(cfg: DictConfig, record: dict, written: list[Path]) -> list[str]:
+def _keep(cfg: DictConfig, record: runs.RunRecord, written: list[Path]) -> list[str]:
     """Add the written paths to the run's record (replaced atomically) and return them."""
     paths = [str(p) for p in written]
     record["plots"] = record.get("plots", []) + paths
-    runs.write_record(Path(str(cfg.paths.runs)).expanduser() / record["run_id"], record)
+    runs.write_record(runs.runs_root(cfg) / record["run_id"], record)
     return paths
 
 
-def audit_pictures(cfg: DictConfig, record: dict, out_dir: Path) -> list[str]:
+def audit_pictures(cfg: DictConfig, record: runs.RunRecord, out_dir: Path) -> list[str]:
     """An audit's sample grid (image / truth / prediction on real / on noise, with the
     audit's inference mode) and its mIoU-by-input bars with the prior line."""
     device = resolve_device(str(cfg.device))
@@ -89,15 +89,15 @@ def audit_pictures(cfg: DictConfig, record: dict, out_dir: Path) -> list[str]:
     return _keep(cfg, record, [grid, *miou_by_condition([record], Path(out_dir))])
 
 
-def prior_pictures(cfg: DictConfig, record: dict, out_dir: Path) -> list[str]:
+def prior_pictures(cfg: DictConfig, record: runs.RunRecord, out_dir: Path) -> list[str]:
     """One heatmap per class (and an overview) from the counts a prior run saved."""
-    saved = torch.load(Path(str(cfg.paths.runs)).expanduser() / record["run_id"] / PRIOR_FILE,
+    saved = torch.load(runs.runs_root(cfg) / record["run_id"] / PRIOR_FILE,
                        weights_only=True)
     written = prior_heatmaps(frequencies(saved["counts"]), list(saved["class_names"]), Path(out_dir))
     return _keep(cfg, record, written)
 
 
-def diagnose_pictures(runs_root: Path, record: dict, out_dir: Path, device: torch.device,
+def diagnose_pictures(runs_root: Path, record: runs.RunRecord, out_dir: Path, device: torch.device,
                       dtype: torch.dtype | None = None) -> list[Path]:
     """A diagnose's evidence bars and the sample grid of its baseline model (when the
     baseline's checkpoint is still there)."""
@@ -112,19 +112,19 @@ def diagnose_pictures(runs_root: Path, record: dict, out_dir: Path, device: torc
     return written
 
 
-def diagnose_plots(cfg: DictConfig, record: dict, prior_record: dict, out_dir: Path) -> list[str]:
+def diagnose_plots(cfg: DictConfig, record: runs.RunRecord, prior_record: runs.RunRecord, out_dir: Path) -> list[str]:
     """Everything `diagnose --plots` draws: the prior's heatmaps, the evidence bars, the
     baseline's sample grid and the learning curves of the steps."""
     out_dir = Path(out_dir)
     heatmaps = prior_pictures(cfg, prior_record, out_dir)
-    runs_root = Path(str(cfg.paths.runs)).expanduser()
+    runs_root = runs.runs_root(cfg)
     device = resolve_device(str(cfg.device))
     step_records = [runs.read_record(runs_root / run_id) for run_id in record["steps"].values()]
     written = diagnose_pictures(runs_root, record, out_dir, device, amp_dtype(str(cfg.train.amp), device))
     return _keep(cfg, record, [*heatmaps, *written, *learning_curves(step_records, out_dir)])
 
 
-def report_plots(runs_root: Path, records: list[dict], out_dir: Path, device: str = "cpu") -> list[Path]:
+def report_plots(runs_root: Path, records: list[runs.RunRecord], out_dir: Path, device: str = "cpu") -> list[Path]:
     """Every picture `segaudit report --plots` can draw for these runs.
 
     Learning curves; mIoU by input condition; for each diagnose, its evidence bars and a

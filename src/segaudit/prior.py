@@ -222,10 +222,8 @@ def run_prior(cfg: DictConfig, command: str = "") -> dict:
     cfg.phase = "prior"
     cfg.dataset = prepare_dataset(cfg.dataset, cfg.paths.cache)
     result = analytic_prior(cfg.dataset)  # data errors surface before a run directory exists
-    folder = runs.new_run_dir(Path(str(cfg.paths.runs)), "prior",
-                              None if cfg.run_id is None else str(cfg.run_id))
-    record = runs.new_record(
-        cfg, folder.name, command, model="analytic_prior", strategy="analytic_prior",
+    folder, record = runs.open_run(
+        cfg, command, model="analytic_prior", strategy="analytic_prior",
         train_condition="labels", eval_condition="labels", status="completed",
         metrics=result.per_pixel, history=[{"step": 0, "condition": "labels", **result.per_pixel}],
         prior={"size": list(result.size), "n_train": result.n_train, "n_val": result.n_val,

@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from segaudit.errors import ConfigError
-from segaudit.runs import NOT_TRAINING, json_safe
+from segaudit.runs import RunRecord, json_safe
+from segaudit.scope import COMPARE_COLUMNS
 
 FORMATS = ("table", "json", "csv", "md")
 # What the terminal table shows (the full table goes to --format/--export).
@@ -66,7 +67,7 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _conditions(record: dict) -> str:
+def _conditions(record: RunRecord) -> str:
     train, evaluate = record.get("train_condition"), record.get("eval_condition")
     if _cell(train) == "-" and _cell(evaluate) == "-":
         return "-"
@@ -133,40 +134,43 @@ def _fit_widths(columns: list[tuple[str, str]], rows: list[list[str]], budget: i
     return widths
 
 
-def format_table(table: pd.DataFrame, fmt: str) -> str:
-    """The table as `json` (array of run objects with history), `csv` or `md` text."""
-    if fmt == "json":
-        return json.dumps(json_safe(table.to_dict(orient="records")), indent=1)
-    flat = table.assign(history=table["history"].map(lambda h: json.dumps(json_safe(h))))
-    if fmt == "csv":
-        return flat.to_csv(index=False)
-    if fmt == "md":
-        shown = flat[MARKDOWN_COLUMNS]
-        return shown.to_markdown(index=False, floatfmt=".2f")
-    raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+def check_format(fmt: str, allowed: tuple[str, ...] = FORMATS) -> str:
+    """`fmt` if it is one of `allowed`, else a `ConfigError` listing them."""
+    if fmt not in allowed:
+        raise ConfigError(f"--format {fmt}: choose one of {', '.join(allowed)}")
+    return fmt
 
 
-def format_frame(frame: pd.DataFrame, fmt: str) -> str:
-    """Any derived table (no history column) as json, csv or md text."""
+def _flat(frame: pd.DataFrame) -> pd.DataFrame:
+    """List and dict cells (a run's `history`) as JSON text, for CSV, Markdown and parquet."""
+    nested = [c for c in frame.columns
+              if frame[c].map(lambda v: isinstance(v, (list, dict))).any()]
+    return frame.assign(**{c: frame[c].map(lambda v: json.dumps(json_safe(v))) for c in nested})
+
+
+def format_frame(frame: pd.DataFrame, fmt: str, md_columns: list[str] | None = None) -> str:
+    """Any table (the run table, a comparison, a diagnose's evidence) as `json` (an array
+    of row objects, nested values kept), `csv` or `md` text (`md_columns` picks the
+    Markdown columns: the run table's full width does not read well there)."""
     if fmt == "json":
         return json.dumps(json_safe(frame.to_dict(orient="records")), indent=1)
     if fmt == "csv":
-        return frame.to_csv(index=False)
+        return _flat(frame).to_csv(index=False)
     if fmt == "md":
-        return frame.to_markdown(index=False, floatfmt=".2f")
-    raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+        return _flat(frame[md_columns] if md_columns else frame).to_markdown(index=False, floatfmt=".2f")
+    check_format(fmt, ("json", "csv", "md"))
+    return ""
 
 
-def export_table(table: pd.DataFrame, path: Path) -> None:
-    """Write the full table to `.csv` or `.parquet` (history kept as JSON text)."""
-    flat = table.assign(history=table["history"].map(lambda h: json.dumps(json_safe(h))))
+def export_frame(frame: pd.DataFrame, path: Path) -> None:
+    """Write a table to `.csv` or `.parquet` (nested values as JSON text)."""
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        flat.to_csv(path, index=False)
-    elif suffix == ".parquet":
-        flat.to_parquet(path, index=False)
-    else:
+    if suffix not in (".csv", ".parquet"):
         raise ConfigError(f"--export {path}: use a .csv or .parquet file name")
+    if not path.parent.expanduser().is_dir():
+        raise ConfigError(f"--export {path}: folder {path.parent} does not exist")
+    flat = _flat(frame)
+    flat.to_csv(path, index=False) if suffix == ".csv" else flat.to_parquet(path, index=False)
 
 
 # --------------------------------------------------------------------------- panels
@@ -183,7 +187,7 @@ def _evidence_table(rows: list[tuple[str, float | None, str]]) -> Table:
     return table
 
 
-def verdict_panel(record: dict) -> Panel:
+def verdict_panel(record: RunRecord) -> Panel:
     """The diagnose verdict, the decision gate and the evidence table, as one panel."""
     ev, gate = record["evidence"], record["gate"]
     rows = _evidence_rows(record)
@@ -205,7 +209,7 @@ def verdict_panel(record: dict) -> Panel:
                  expand=False)
 
 
-def _evidence_rows(record: dict) -> list[tuple[str, float | None, str | None]]:
+def _evidence_rows(record: RunRecord) -> list[tuple[str, float | None, str | None]]:
     ev, steps = record["evidence"], record["steps"]
     return [
         ("analytic prior (labels only, no image)", ev["prior"], steps.get("prior")),
@@ -218,14 +222,14 @@ def _evidence_rows(record: dict) -> list[tuple[str, float | None, str | None]]:
     ]
 
 
-def evidence_frame(record: dict) -> pd.DataFrame:
+def evidence_frame(record: RunRecord) -> pd.DataFrame:
     """A diagnose's evidence as a table (for `report --diagnose ID --format json|csv|md`),
     with the verdict and decision on every row."""
     frame = pd.DataFrame(_evidence_rows(record), columns=["step", "miou", "run_id"])
     return frame.assign(verdict=record["verdict"], decision=record["gate"]["decision"])
 
 
-def prior_panel(record: dict) -> Panel:
+def prior_panel(record: RunRecord) -> Panel:
     """The analytic prior's scores, with per-class IoU."""
     prior = record["prior"]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
@@ -244,7 +248,7 @@ def prior_panel(record: dict) -> Panel:
     return Panel(Group(*lines), title=f"analytic prior {record['run_id']}", expand=False)
 
 
-def audit_panel(record: dict) -> Panel:
+def audit_panel(record: RunRecord) -> Panel:
     """An audit's mIoU per input condition against the prior."""
     block = record["audit"]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
@@ -266,7 +270,7 @@ def audit_panel(record: dict) -> Panel:
 _RESULT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "SKIP": "dim"}
 
 
-def validate_panel(record: dict) -> Panel:
+def validate_panel(record: RunRecord) -> Panel:
     """One validated model: each gate with its measured value, threshold and PASS/FAIL/SKIP."""
     block = record["validate"]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
@@ -351,38 +355,6 @@ def check_panel(report, class_names: list[str]) -> Panel:
 
 
 # --------------------------------------------------------------------------- before / after
-COMPARE_COLUMNS = ["model", "dataset", "group", "runs", "miou", "noise_miou", "prior", "content_gain",
-                   "delta"]
-
-
-def compare_table(table: pd.DataFrame, by: str = "strategy", baseline: str = "baseline") -> pd.DataFrame:
-    """Before/after: completed runs trained and evaluated on real images, grouped by
-    (model, dataset, `by`), with mean mIoU on real and on noise input, the dataset's
-    analytic prior (its latest `prior` run), content gain (mIoU - prior) and the delta
-    against the `baseline` group of the same model and dataset.
-
-    Raises:
-        ConfigError: `by` is not a column of the run table.
-    """
-    if by not in table.columns:
-        raise ConfigError(f"--compare {by}: unknown column (columns: {', '.join(table.columns)})")
-    done = table[table.status == "completed"]
-    trained = done[~done.phase.isin(NOT_TRAINING)
-                   & (done.train_condition == "real") & (done.eval_condition == "real")]
-    if trained.empty:
-        return pd.DataFrame(columns=COMPARE_COLUMNS)
-    priors = done[done.phase == "prior"].groupby("dataset")["miou"].last()
-    grouped = (trained.assign(group=trained[by].astype(str))
-               .groupby(["model", "dataset", "group"], as_index=False)
-               .agg(runs=("run_id", "count"), miou=("miou", "mean"), noise_miou=("noise_miou", "mean")))
-    grouped["prior"] = grouped["dataset"].map(priors).astype(float)
-    grouped["content_gain"] = grouped["miou"] - grouped["prior"]
-    base = grouped[grouped.group == baseline].set_index(["model", "dataset"])["miou"]
-    keys = pd.MultiIndex.from_frame(grouped[["model", "dataset"]])
-    grouped["delta"] = grouped["miou"].to_numpy() - base.reindex(keys).to_numpy()
-    return grouped[COMPARE_COLUMNS]
-
-
 def compare_rich(compared: pd.DataFrame, by: str, baseline: str) -> Table:
     out = Table(title=f"before / after by {by} (delta against {by}={baseline})", title_justify="left",
                 box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
@@ -428,13 +400,13 @@ def scope_rich(result: dict) -> Group:
     return Group(*parts)
 
 
+SCOPE_FORMATS = ("table", "json", "md")
+
+
 def format_scope(result: dict, fmt: str) -> str:
     """The scope analysis as `json` (the full result) or `md` text."""
-    if fmt == "json":
-        return json.dumps(json_safe(result), indent=1)
-    if fmt == "md":
-        return scope_markdown(result)
-    raise ConfigError(f"--format {fmt}: the scope analysis comes as table, json or md")
+    check_format(fmt, SCOPE_FORMATS)
+    return json.dumps(json_safe(result), indent=1) if fmt == "json" else scope_markdown(result)
 
 
 def scope_markdown(result: dict) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from segaudit.errors import ConfigError
-from segaudit.runs import NOT_TRAINING, load_table
+from segaudit.errors import ConfigError, first_line
+from segaudit.runs import NOT_TRAINING, load_table, runs_root
 
 GROUPINGS = ("strategy", "model", "dataset")
 REQUIRED = ("strategy", "model", "dataset", "miou")
@@ -30,7 +30,7 @@ def read_results(path: Path) -> pd.DataFrame:
     try:
         table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
     except Exception as err:  # noqa: BLE001 - pandas raises many types for bad files
-        raise ConfigError(f"--table {path}: cannot read ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"--table {path}: cannot read ({first_line(err)})") from None
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise ConfigError(f"--table {path}: missing column(s) {', '.join(missing)} "
@@ -75,13 +75,51 @@ def scope(table: pd.DataFrame, thresholds: DictConfig) -> dict:
     return out
 
 
-def run_scope(cfg: DictConfig, table_file: Path | None) -> dict:
-    """`segaudit scope`: over an imported results file, or the completed runs of the table."""
+def training_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """The completed runs of a run table that trained a model (no prior, audit, ...)."""
+    return table[(table.status == "completed") & ~table.phase.isin(NOT_TRAINING)]
+
+
+def run_scope(cfg: DictConfig, table_file: Path | None = None, table: pd.DataFrame | None = None) -> dict:
+    """`segaudit scope`: over an imported results file, the given run table (`report
+    --scope` passes the runs its `--where` kept), or the completed runs under `paths.runs`."""
     if table_file is not None:
         table = read_results(table_file)
     else:
-        table = load_table(cfg.paths.runs)
-        table = table[(table.status == "completed") & ~table.phase.isin(NOT_TRAINING)]
+        table = training_runs(load_table(runs_root(cfg)) if table is None else table)
     if table.empty:
         raise ConfigError("scope: no runs with an mIoU to analyse (give --table FILE or train some)")
     return scope(table, cfg.gate.scope)
+
+
+# --------------------------------------------------------------------------- before / after
+COMPARE_COLUMNS = ["model", "dataset", "group", "runs", "miou", "noise_miou", "prior", "content_gain",
+                   "delta"]
+
+
+def compare_table(table: pd.DataFrame, by: str = "strategy", baseline: str = "baseline") -> pd.DataFrame:
+    """Before/after: completed runs trained and evaluated on real images, grouped by
+    (model, dataset, `by`), with mean mIoU on real and on noise input, the dataset's
+    analytic prior (its latest `prior` run), content gain (mIoU - prior) and the delta
+    against the `baseline` group of the same model and dataset.
+
+    Raises:
+        ConfigError: `by` is not a column of the run table.
+    """
+    if by not in table.columns:
+        raise ConfigError(f"--compare {by}: unknown column (columns: {', '.join(table.columns)})")
+    done = table[table.status == "completed"]
+    trained = done[~done.phase.isin(NOT_TRAINING)
+                   & (done.train_condition == "real") & (done.eval_condition == "real")]
+    if trained.empty:
+        return pd.DataFrame(columns=COMPARE_COLUMNS)
+    priors = done[done.phase == "prior"].groupby("dataset")["miou"].last()
+    grouped = (trained.assign(group=trained[by].astype(str))
+               .groupby(["model", "dataset", "group"], as_index=False)
+               .agg(runs=("run_id", "count"), miou=("miou", "mean"), noise_miou=("noise_miou", "mean")))
+    grouped["prior"] = grouped["dataset"].map(priors).astype(float)
+    grouped["content_gain"] = grouped["miou"] - grouped["prior"]
+    base = grouped[grouped.group == baseline].set_index(["model", "dataset"])["miou"]
+    keys = pd.MultiIndex.from_frame(grouped[["model", "dataset"]])
+    grouped["delta"] = grouped["miou"].to_numpy() - base.reindex(keys).to_numpy()
+    return grouped[COMPARE_COLUMNS]

@@ -22,7 +22,9 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from segaudit import runs
-from segaudit.errors import ConfigError
+from segaudit.config import compose, config_groups
+from segaudit.engine import train
+from segaudit.errors import ConfigError, SegauditError, TrainingFailed
 
 TIER_LOSS = {0: "ce", 1: "tier1", 2: "tier2", 3: "tier3"}
 GATE_TIER = {"2A": 1, "2B": 2}
@@ -43,7 +45,7 @@ class SweepRun:
         """The run's recorded status, or None when it has not started."""
         try:
             return runs.read_record(self.runs_root.expanduser() / self.run_id)["status"]
-        except (OSError, ValueError, KeyError):
+        except ConfigError:  # no record yet, or one a kill left unusable: run it (again)
             return None
 
 
@@ -80,9 +82,6 @@ def plan(tier: int, models: list[str], datasets: list[str], seeds: list[int], ex
 
 def run_one(run: SweepRun) -> dict:
     """Train (or resume, or skip) one sweep run in this process; every launcher ends here."""
-    from segaudit.config import compose
-    from segaudit.engine import train
-
     if run.status() == "completed":
         return {"run_id": run.run_id, "status": "skipped"}
     if (run.runs_root.expanduser() / run.run_id / runs.CONFIG).is_file():
@@ -157,8 +156,6 @@ def launch(planned: list[SweepRun], launcher: DictConfig, jobs: int) -> list[dic
 
 
 def _guarded(run: SweepRun) -> dict:
-    from segaudit.errors import SegauditError, TrainingFailed
-
     try:
         return run_one(run)
     except (SegauditError, TrainingFailed) as err:
@@ -177,9 +174,7 @@ def retrain(cfg: DictConfig, extra: list[str], tier: int | None, from_gate: str 
             strategy: str | None = None, init_from: str | None = None,
             freeze_encoder: bool = False) -> list[dict]:
     """`segaudit retrain`: plan the sweep, run what is not done yet, return one result per run."""
-    from segaudit.config import config_groups
-
-    runs_root = str(Path(str(cfg.paths.runs)).expanduser().resolve())
+    runs_root = str(runs.runs_root(cfg).resolve())
     if from_gate is not None:
         tier = tier_from_gate(Path(runs_root), from_gate)
     if tier is None:

@@ -15,7 +15,7 @@ from segaudit.data.labels import label_lut, names_from_json
 from segaudit.data.sampler import size_grouped_batches
 from segaudit.data.synthetic import SynthSpec, ensure_synthetic
 from segaudit.data.transforms import build_transform
-from segaudit.errors import DataError
+from segaudit.errors import DataError, first_line
 
 __all__ = ["FolderDataset", "build_dataset", "eval_loader", "list_samples", "prepare_dataset"]
 
@@ -51,7 +51,7 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
             try:
                 meta = yaml.safe_load(meta_file.read_text()) or {}
             except yaml.YAMLError as err:
-                raise DataError(f"{meta_file}: not valid YAML ({str(err).splitlines()[0]})") from None
+                raise DataError(f"{meta_file}: not valid YAML ({first_line(err)})") from None
             for key in _META_KEYS:
                 if dcfg.get(key) is None and meta.get(key) is not None:
                     dcfg[key] = meta[key]

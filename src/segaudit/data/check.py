@@ -22,10 +22,11 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 from torchvision import tv_tensors
 
+from segaudit.data import prepare_dataset
 from segaudit.data.folder import Sample, list_by_stem, pairing_hint, short_list
 from segaudit.data.labels import label_lut
 from segaudit.data.transforms import build_transform
-from segaudit.errors import DataError
+from segaudit.errors import DataError, first_line
 
 ALIGNMENT_MIN = 99.9  # percent of probe pixels whose image still encodes their label
 
@@ -94,14 +95,14 @@ def _read_pair(sample: Sample, num_classes: int, ignore_index: int,
             im.load()  # a truncated file fails here, not at open
             image_size = im.size
     except Exception as err:  # PIL raises many types for broken files
-        problems.append((str(sample.image), f"unreadable image ({_short(err)})"))
+        problems.append((str(sample.image), f"unreadable image ({first_line(err)})"))
     try:
         with Image.open(sample.mask) as im:
             im.load()
             mode, palette = im.mode, im.palette
             mask = np.array(im)
     except Exception as err:
-        problems.append((str(sample.mask), f"unreadable mask ({_short(err)})"))
+        problems.append((str(sample.mask), f"unreadable mask ({first_line(err)})"))
         return problems, None, image_size
     if mask.ndim != 2:
         hint = "" if palette is None else " (palette present but image is not mode P)"
@@ -123,11 +124,6 @@ def _read_pair(sample: Sample, num_classes: int, ignore_index: int,
         problems.append((str(sample.mask), f"label values {bad[:8]} outside [0, {num_classes}) "
                                            f"and not ignore ({ignore_index})"))
     return problems, histogram, image_size
-
-
-def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _examples(stems: dict, suffix: str, kind: str) -> str:
@@ -284,8 +280,6 @@ def _probe_size(dcfg: DictConfig) -> tuple[int, int]:
 
 def run_check(cfg: DictConfig, splits=("train", "val"), probe: bool = True) -> tuple[CheckReport, DictConfig]:
     """`segaudit data check`: prepare the configured dataset and check it."""
-    from segaudit.data import prepare_dataset
-
     dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
     return check_dataset(dcfg, splits=splits, probe=probe), dcfg
 

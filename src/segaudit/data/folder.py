@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from segaudit.errors import DataError
+from segaudit.errors import DataError, first_line
 
 MAX_LISTED = 8
 
@@ -109,18 +109,13 @@ def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: 
     return [Sample(stem, images[stem], masks[stem]) for stem in sorted(paired)]
 
 
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file to HxWx3 uint8 RGB."""
     try:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
     except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged files
-        raise DataError(f"{path}: cannot decode image ({_first_line(err)})") from None
+        raise DataError(f"{path}: cannot decode image ({first_line(err)})") from None
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -129,7 +124,7 @@ def read_mask(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             arr = np.array(im)
     except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged files
-        raise DataError(f"{path}: cannot decode mask ({_first_line(err)})") from None
+        raise DataError(f"{path}: cannot decode mask ({first_line(err)})") from None
     if arr.ndim != 2:
         raise DataError(f"{path}: mask has {arr.shape[-1]} channels; expected one channel of class ids")
     if arr.dtype != np.uint8:
@@ -205,7 +200,7 @@ class FolderDataset(Dataset):
                 with Image.open(sample.mask) as im:
                     sizes.append((im.height, im.width))
             except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged files
-                raise DataError(f"{sample.mask}: cannot read mask ({_first_line(err)})") from None
+                raise DataError(f"{sample.mask}: cannot read mask ({first_line(err)})") from None
         return sizes
 
     def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
