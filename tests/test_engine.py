@@ -38,7 +38,8 @@ def test_record_and_checkpoint_contents(tiny, runs_root):
     assert {"model", "optimizer", "scheduler", "step", "rng", "config"} <= set(ckpt)
     assert ckpt["step"] == 4 and ckpt["config"]["run_id"] == record["run_id"]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "train.log").read_text()
-    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temp files left
+    hidden = [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+    assert hidden == [".lock"]  # the (released) lock file; no temp files left
 
 
 def test_interrupted_run_resumes_to_the_same_result(tiny, runs_root, monkeypatch):

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segaudit import runs
+from segaudit.config import check_targets
 from segaudit.errors import ConfigError, first_line
 from segaudit.models import build_model
 
@@ -69,7 +70,11 @@ def load_trained_model(ckpt: dict, source: Path) -> tuple[torch.nn.Module, DictC
     """Rebuild the model a checkpoint was trained with and load its weights."""
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ConfigError(f"{source}: not a segaudit checkpoint (needs 'model' and 'config')")
-    saved = OmegaConf.create(ckpt["config"])
+    try:
+        saved = OmegaConf.create(ckpt["config"])
+    except Exception as err:  # noqa: BLE001 - OmegaConf raises several types for bad input
+        raise ConfigError(f"{source}: unreadable config in checkpoint ({first_line(err)})") from None
+    check_targets(saved, f"{source} (its saved config)")
     model = build_model(saved.model, int(saved.dataset.num_classes), tiers=saved.loss.get("tiers", [0]))
     try:
         model.load_state_dict(ckpt["model"])

@@ -14,7 +14,8 @@ from hydra import initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from segaudit.errors import ConfigError, first_line
@@ -174,6 +175,59 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
         del cfg["hydra"]
         cfg.choices = choices
     return cfg
+
+
+# --------------------------------------------------------------------------- what may be built
+# Every object segaudit builds from a config goes through `safe_instantiate`, and every
+# `_target_` in that config must be one of these. A config can come from a file a stranger
+# wrote (a checkpoint's config, a run folder's config.yaml on resume, a dataset's files),
+# and Hydra would otherwise call any importable function it names, nested targets included.
+SMP_ARCHITECTURES = ("DPT", "DeepLabV3", "DeepLabV3Plus", "FPN", "Linknet", "MAnet", "PAN", "PSPNet",
+                     "Segformer", "UPerNet", "Unet", "UnetPlusPlus")
+SAFE_TARGETS = frozenset({
+    *(f"segmentation_models_pytorch.{name}" for name in SMP_ARCHITECTURES),
+    "torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW",
+    "segaudit.losses.TieredLoss",
+    "segaudit.data.labels.cityscapes_label_map",
+})
+
+
+def unsafe_targets(node: Any) -> list[str]:
+    """Every `_target_` in `node` (resolved, at any depth) that is not in `SAFE_TARGETS`."""
+    if isinstance(node, DictConfig | ListConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    found = []
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and target not in SAFE_TARGETS:
+            found.append(str(target))
+        for value in node.values():
+            found += unsafe_targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += unsafe_targets(value)
+    return found
+
+
+def check_targets(node: Any, source: str) -> None:
+    """Refuse a config that names anything outside `SAFE_TARGETS` to build.
+
+    Raises:
+        ConfigError: one line naming `source` and the first unknown target.
+    """
+    try:
+        bad = unsafe_targets(node)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{source}: unreadable config ({first_line(err)})") from None
+    if bad:
+        raise ConfigError(f"{source}: refusing to build {bad[0]!r}: segaudit only builds its own "
+                          f"models, losses, optimizers and label maps (see config.SAFE_TARGETS)")
+
+
+def safe_instantiate(node: DictConfig, source: str, **kwargs: Any) -> Any:
+    """Hydra `instantiate` after `check_targets`: the only way segaudit builds from a config."""
+    check_targets(node, source)
+    return instantiate(node, **kwargs)
 
 
 def to_yaml(cfg: DictConfig) -> str:

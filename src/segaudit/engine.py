@@ -12,15 +12,16 @@ import atexit
 import math
 import os
 import random
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from segaudit import runs
 from segaudit.checkpoints import init_weights, load_checkpoint, save_checkpoint
-from segaudit.config import load_group_option, load_yaml
+from segaudit.config import check_targets, load_group_option, load_yaml, safe_instantiate
 from segaudit.console import console
 from segaudit.data import build_dataset, eval_loader, list_samples, prepare_dataset
 from segaudit.data.check import preflight
@@ -161,6 +162,7 @@ def run_folder(cfg: DictConfig, command: str) -> Path:
 def reopen_run(folder: Path) -> Run:
     """An existing run directory with its saved config, record and checkpoint (if any)."""
     saved = load_yaml(folder / runs.CONFIG)
+    check_targets(saved, str(folder / runs.CONFIG))  # a run folder is a file anyone could edit
     record = runs.read_record(folder)
     ckpt_path = folder / runs.CHECKPOINT
     checkpoint = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
@@ -232,12 +234,41 @@ def train(cfg: DictConfig, command: str = "") -> dict:
     inference_settings(cfg.dataset, cfg.get("inference"))
     ddp = init_distributed(str(cfg.device))
     folder = _share_run_dir(ddp, lambda: run_folder(cfg, command))
-    run = reopen_run(folder)
-    record = run.record
-    if record["status"] == "completed":
+    # Rank 0 holds the run's lock while it trains: a second `resume=` of the same run is
+    # refused instead of writing beside it. The kernel drops the lock when the process
+    # dies, so a crash never leaves a stale one.
+    with runs.run_lock(folder) if ddp.is_main else nullcontext(), sigterm_as_interrupt():
         if ddp.is_main:
-            console.print(f"run {record['run_id']} is already completed")
-        return record
+            runs.remove_stale_temp_files(folder)  # a kill mid-write leaves these behind
+        run = reopen_run(folder)
+        if run.record["status"] == "completed":
+            if ddp.is_main:
+                console.print(f"run {run.record['run_id']} is already completed")
+            return run.record
+        return _train_recording_failure(run, ddp)
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what `kill`, SLURM and torchrun send) stops a run the way Ctrl-C does: the
+    record says how to resume. Only the main thread can own signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train_recording_failure(run: Run, ddp: Distributed) -> runs.RunRecord:
+    """`_train`, with any way out but success written to the record before it propagates."""
+    record = run.record
     log = RunLog(run.dir, enabled=ddp.is_main)
     try:
         return _train(run, log, ddp)
@@ -279,9 +310,9 @@ def build_state(cfg: DictConfig, run: Run, device: torch.device, memory_format: 
     if cfg.train.freeze_encoder:
         freeze_encoder(model)
     model = model.to(device, memory_format=memory_format)
-    loss_fn = instantiate(cfg.loss, ignore_index=int(cfg.dataset.ignore_index),
+    loss_fn = safe_instantiate(cfg.loss, "loss", ignore_index=int(cfg.dataset.ignore_index),
                           image_std=list(cfg.dataset.transform.std)).to(device)
-    optimizer = instantiate(cfg.optim, params=[p for p in model.parameters() if p.requires_grad])
+    optimizer = safe_instantiate(cfg.optim, "optim", params=[p for p in model.parameters() if p.requires_grad])
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=int(cfg.train.iters),
                                                       power=float(cfg.train.poly_power))
     return TrainState(model, model, loss_fn, optimizer, scheduler)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from segaudit.config import check_targets, safe_instantiate
 from segaudit.errors import ConfigError, first_line
 
 # Weight names smp knows how to fetch from a hub (needs a network).
@@ -93,15 +93,15 @@ def build_model(mcfg: DictConfig, num_classes: int, tiers=(0,)) -> nn.Module:
     `state_dict` file (`.pth`/`.pt`, loaded with `weights_only=True`).
 
     Raises:
-        ConfigError: unknown encoder, or an encoder weights file that is missing or
-            does not fit the encoder.
+        ConfigError: a `_target_` segaudit does not build (`config.SAFE_TARGETS`), an
+            unknown encoder, or an encoder weights file that is missing or does not fit.
     """
     weights = mcfg.get("encoder_weights")
     hub_weights = weights if weights in _HUB_WEIGHTS else None
+    check_targets(mcfg.net, "model.net")  # before the try: a refusal is not a bad encoder
     try:
-        model = instantiate(
-            mcfg.net, encoder_name=mcfg.encoder, encoder_weights=hub_weights, classes=num_classes
-        )
+        model = safe_instantiate(mcfg.net, "model.net", encoder_name=mcfg.encoder,
+                                 encoder_weights=hub_weights, classes=num_classes)
     except Exception as err:  # smp raises KeyError/ValueError/RuntimeError for bad encoders
         cause = err.__cause__ or err
         raise ConfigError(f"model.encoder={mcfg.encoder}: cannot build model ({cause})") from None

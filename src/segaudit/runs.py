@@ -10,6 +10,7 @@ need no shared database.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import re
 import secrets
 import sys
 import tempfile
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Iterator, Required, TypedDict
@@ -32,6 +34,7 @@ RECORD = "record.json"
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
+LOCK = ".lock"
 
 # Columns of the run table, in display order; `history` holds per-evaluation metrics.
 COLUMNS = [
@@ -383,6 +386,35 @@ def new_run_dir(root: Path, phase: str, run_id: str | None = None) -> Path:
         except PermissionError:
             raise ConfigError(f"paths.runs={root}: not writable") from None
     raise ConfigError(f"paths.runs={root}: cannot create a run directory")
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive `fcntl` lock on a run directory (its `.lock` file) while inside.
+
+    Raises:
+        ConfigError: another process holds it (is training this run right now).
+    """
+    handle = open(Path(folder) / LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"run {Path(folder).name} is being trained by another process right now; "
+                          f"wait for it, or stop it first") from None
+    try:
+        yield
+    finally:
+        handle.close()  # closing drops the lock; so does the process dying
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temp files a kill during `atomic_write` left in a run directory (call it
+    while holding `run_lock`, so no live writer owns them). Returns what was removed."""
+    stale = [p for name in (CHECKPOINT, RECORD) for p in Path(folder).glob(f".{name}.*")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def iter_records(root: Path) -> Iterator[RunRecord]:

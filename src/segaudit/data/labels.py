@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from segaudit.config import safe_instantiate
 from segaudit.errors import DataError
 
 
@@ -33,7 +33,7 @@ def resolve_label_map(value) -> dict[int, int] | None:
     if value is None:
         return None
     if isinstance(value, DictConfig) and "_target_" in value:
-        value = instantiate(value)
+        value = safe_instantiate(value, "dataset.label_map")
     elif isinstance(value, DictConfig):
         value = OmegaConf.to_container(value)
     try:
