@@ -18,9 +18,10 @@ from torch.utils.data import Dataset
 from segaudit import runs
 from segaudit.checkpoints import TrainedModel, load_for_eval
 from segaudit.config import load_group_option
-from segaudit.data import build_dataset, eval_loader
+from segaudit.data import build_dataset, eval_loader, prepare_dataset
 from segaudit.data.conditions import DeviceImages
 from segaudit.devices import amp_dtype, device_label, resolve_device
+from segaudit.errors import ConfigError
 from segaudit.evaluation import predict_labels
 from segaudit.inference import build_inference, inference_record
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
@@ -31,7 +32,7 @@ CONDITIONS = ("real", "noise", "blank", "shuffled")
 
 def measurement_record(cfg: DictConfig, trained: TrainedModel, phase: str, command: str,
                        by_condition: dict, device: torch.device, run_id: str | None = None,
-                       **fields) -> tuple[Path, dict]:
+                       dataset: DictConfig | None = None, **fields) -> tuple[Path, dict]:
     """A new run directory and a completed record for measurements of a trained model.
 
     The record carries the model's identity (model, encoder, loss, seed, dataset and the
@@ -42,7 +43,7 @@ def measurement_record(cfg: DictConfig, trained: TrainedModel, phase: str, comma
     source_record = runs.read_record(trained.ckpt_path.parent) if trained.source_run else {}
     run_cfg = cfg.copy()
     run_cfg.phase = phase
-    run_cfg.dataset = saved.dataset
+    run_cfg.dataset = saved.dataset if dataset is None else dataset
     run_cfg.seed = saved.seed
     run_cfg.strategy = source_record.get("strategy", saved.strategy)
     run_cfg.run_id = run_id
@@ -75,8 +76,11 @@ class _RealAndShuffled(Dataset):
 
 
 @torch.inference_mode()
-def audit(cfg: DictConfig, target: str, command: str = "") -> dict:
+def audit(cfg: DictConfig, target: str, command: str = "", on_given_dataset: bool = False) -> dict:
     """`segaudit audit`: evaluate a checkpoint on real/noise/blank/shuffled inputs.
+
+    The val split of the dataset the model was trained on, or with `on_given_dataset`
+    the config's dataset (`dataset=...` overrides), whose class count must be the model's.
 
     Pictures of an audit are `segaudit.pictures.audit_pictures`' business.
 
@@ -90,6 +94,11 @@ def audit(cfg: DictConfig, target: str, command: str = "") -> dict:
     dtype = amp_dtype(str(cfg.train.amp), device)
     trained = load_for_eval(cfg, target, device)
     model, dcfg = trained.model, trained.saved.dataset
+    if on_given_dataset:
+        dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
+        if int(dcfg.num_classes) != int(trained.saved.dataset.num_classes):
+            raise ConfigError(f"dataset={dcfg.name} has {dcfg.num_classes} classes, the model predicts "
+                              f"{trained.saved.dataset.num_classes} (give a dataset.label_map)")
     num_classes, ignore_index = int(dcfg.num_classes), int(dcfg.ignore_index)
     triples = _RealAndShuffled(
         build_dataset(dcfg, "val", train=False),
@@ -126,7 +135,7 @@ def audit(cfg: DictConfig, target: str, command: str = "") -> dict:
     }
     folder, record = measurement_record(
         cfg, trained, "audit", command, results, device,
-        None if cfg.run_id is None else str(cfg.run_id), audit=block)
+        None if cfg.run_id is None else str(cfg.run_id), dataset=dcfg, audit=block)
     record["timings"]["total_s"] = time.perf_counter() - t0
     runs.write_record(folder, record)
     return record

@@ -27,6 +27,11 @@ def load_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{path}: checkpoint not found") from None
     except Exception as err:
+        if "Weights only load failed" in str(err):
+            raise ConfigError(
+                f"{path}: holds pickled Python objects (a whole model saved with torch.save(model), "
+                f"or a custom class), which segaudit never unpickles because loading them runs "
+                f"code; save model.state_dict() instead") from None
         raise ConfigError(f"{path}: unreadable checkpoint ({first_line(err)})") from None
 
 

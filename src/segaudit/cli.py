@@ -74,12 +74,13 @@ def train(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Train on the pairs that pass the data check."),
 ) -> None:
     """Train one model and evaluate it; the run lands in the run table."""
-    from segaudit.config import compose
+    from segaudit.config import check_resume_overrides, compose
     from segaudit.engine import train as train_run
     from segaudit.report import rich_table
     from segaudit.runs import load_table
 
     with user_errors():
+        check_resume_overrides(overrides or [])
         cfg = compose([*(overrides or []), *(["data_check.skip_bad=true"] if skip_bad else [])])
         record = train_run(cfg, command=_command_line())
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
@@ -110,8 +111,8 @@ def report(
     """Show the run table (every run under paths.runs)."""
     from segaudit.config import compose
     from segaudit.report import (check_format, compare_rich, evidence_frame, export_frame, filter_table,
-                                 format_frame, format_scope, rich_table, scope_rich, verdict_panel,
-                                 MARKDOWN_COLUMNS)
+                                 format_frame, format_scope, no_runs_line, rich_table, scope_rich,
+                                 verdict_panel, MARKDOWN_COLUMNS)
     from segaudit.runs import iter_records, load_table, read_gate_record, runs_root
     from segaudit.scope import compare_table, run_scope
 
@@ -142,7 +143,7 @@ def report(
             export_frame(table, export)
             err.print(f"wrote {len(table)} runs to {export}")
         if fmt == "table" and table.empty:
-            err.print(f"no runs under {runs_root(cfg)}")
+            err.print(no_runs_line(runs_root(cfg), where), soft_wrap=True, highlight=False)
             return
         _show(rich_table(table, title=f"runs in {cfg.paths.runs}"),
               lambda: format_frame(table, fmt, MARKDOWN_COLUMNS), fmt)
@@ -189,12 +190,13 @@ def audit(
 ) -> None:
     """Evaluate a trained model on real, noise, blank and shuffled inputs."""
     from segaudit.audit import audit as run_audit
-    from segaudit.config import compose
+    from segaudit.config import compose, override_keys
     from segaudit.report import audit_panel
 
     with user_errors():
         cfg = compose(overrides or [])
-        record = run_audit(cfg, target, command=_command_line())
+        record = run_audit(cfg, target, command=_command_line(),
+                           on_given_dataset="dataset" in override_keys(overrides or []))
         out.print(audit_panel(record))
         if plots is not None:
             from segaudit.pictures import audit_pictures
@@ -213,14 +215,15 @@ def validate(
     cross: List[str] = typer.Option([], "--cross", help="Also evaluate on PRESET[=ROOT] or FILE.yaml[=ROOT] (repeatable)."),
 ) -> None:
     """Phase 3: the validation gates (noise, robustness, generalization, cross-dataset)."""
-    from segaudit.config import compose
+    from segaudit.config import compose, override_keys
     from segaudit.report import cross_matrix_table, validate_panel
     from segaudit.validate import validate as run_validate
 
     with user_errors():
         runs_or_files = [t for t in targets if "=" not in t]
         overrides = [t for t in targets if "=" in t]
-        result = run_validate(compose(overrides), runs_or_files, cross, command=_command_line())
+        result = run_validate(compose(overrides), runs_or_files, cross, command=_command_line(),
+                              dataset_given="dataset" in override_keys(overrides))
         for record in result["records"]:
             out.print(validate_panel(record))
         matrix = cross_matrix_table(result["matrix"])
@@ -334,7 +337,7 @@ def data_check(
     from segaudit.report import check_panel
 
     with user_errors():
-        report, dcfg = run_check(compose(overrides or []), tuple(splits.split(",")), probe)
+        report, dcfg = run_check(compose(overrides or []), tuple(s for s in splits.split(",") if s), probe)
         for problem in report.problems:
             err.print(problem.line(), highlight=False, markup=False, soft_wrap=True)
         out.print(check_panel(report, list(dcfg.class_names)))

@@ -33,6 +33,18 @@ def config_groups() -> dict[str, list[str]]:
     }
 
 
+def _parse_hint(text: str, err: HydraException) -> str:
+    """What to do about an override Hydra cannot parse (its own detail can be a bare `^`)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        return ("not key=value; if it is the rest of the previous value (a path with spaces), "
+                "quote the whole override: 'dataset.root=/my data'")
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and not ln.startswith("See ")]
+    detail = next((ln for ln in reversed(lines) if ln.strip("^ ")), "invalid syntax")
+    quoted = value.replace("'", "\\'")
+    return f"{detail}; quote a value with spaces or ( ) {{ }} [ ] ' , in it: \"{key}='{quoted}'\""
+
+
 def _parse(overrides: list[str]) -> list[Override]:
     parser = OverridesParser.create()
     parsed = []
@@ -40,9 +52,7 @@ def _parse(overrides: list[str]) -> list[Override]:
         try:
             parsed.extend(parser.parse_overrides([text]))
         except HydraException as err:
-            lines = [ln for ln in str(err).strip().splitlines() if ln and not ln.startswith("See ")]
-            detail = lines[-1] if lines else "invalid syntax"
-            raise ConfigError(f"cannot parse override '{text}': {detail}") from None
+            raise ConfigError(f"cannot parse override '{text}': {_parse_hint(text, err)}") from None
         if parsed[-1].is_sweep_override():
             raise ConfigError(f"'{text}': sweeps are not supported here (use segaudit retrain)")
     return parsed
@@ -124,6 +134,37 @@ def _alias(text: str, groups: dict[str, list[str]]) -> str:
             )
         return f"{MOUNTED[key]}@{key}={value}"
     return text
+
+
+def override_keys(overrides: Iterable[str]) -> list[str]:
+    """The top-level key each override sets: `dataset.root=X` -> `dataset`,
+    `+train.x=1` -> `train`, `condition@train_condition=noise` -> `train_condition`."""
+    keys = []
+    for text in overrides:
+        key = text.partition("=")[0].lstrip("+~")
+        keys.append(key.split("@")[-1].split(".")[0])
+    return keys
+
+
+# What `resume=` may change: where the run lives and how this machine runs it, never
+# what the run computes.
+RESUME_MAY_SET = ("resume", "paths", "device", "train.progress", "train.num_workers")
+
+
+def check_resume_overrides(overrides: Iterable[str]) -> None:
+    """Refuse overrides that a resumed run would ignore (it continues with its saved config).
+
+    Raises:
+        ConfigError: naming the first such override.
+    """
+    overrides = list(overrides)
+    if "resume" not in override_keys(overrides):
+        return
+    for text in overrides:
+        key = text.partition("=")[0].lstrip("+~")
+        if not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUME_MAY_SET):
+            raise ConfigError(f"{text}: a resumed run continues with its saved config and would "
+                              f"ignore this; start a new run to change it")
 
 
 def load_group_option(group: str, option: str) -> DictConfig:

@@ -41,7 +41,7 @@ from segaudit.errors import ConfigError, TrainingFailed, first_line
 from segaudit.evaluation import evaluate
 from segaudit.inference import (Inference, build_inference, inference_record, inference_settings,
                                 model_stride, pad_to_multiple)
-from segaudit.models import build_model, freeze_encoder
+from segaudit.models import build_model, check_encoder, freeze_encoder
 
 
 # --------------------------------------------------------------------------- DDP
@@ -222,6 +222,42 @@ class RunLog:
             self.file.close()
 
 
+def _whole(value, key: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{key}={value}: expected a whole number >= {least}")
+    return value
+
+
+def _positive(value, key: str, allow_zero: bool = False) -> None:
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value >= 0 if allow_zero else value > 0))
+    if not ok:
+        raise ConfigError(f"{key}={value}: expected a finite number {'>=' if allow_zero else '>'} 0")
+
+
+def check_train_settings(cfg: DictConfig) -> None:
+    """Refuse training settings no run can use (one line naming the key), before anything
+    is written. A resumed run keeps its saved settings, so only new runs are checked."""
+    if cfg.resume:
+        return
+    train_cfg = cfg.train
+    iters = _whole(train_cfg.iters, "train.iters", 1)
+    for key in ("batch_size", "eval_batch_size", "log_every", "ckpt_every"):
+        _whole(train_cfg[key], f"train.{key}", 1)
+    _whole(train_cfg.num_workers, "train.num_workers", 0)
+    _positive(train_cfg.poly_power, "train.poly_power", allow_zero=True)
+    if train_cfg.grad_clip is not None:
+        _positive(train_cfg.grad_clip, "train.grad_clip")
+    if "lr" in cfg.optim:
+        _positive(cfg.optim.lr, "optim.lr")
+    check_encoder(cfg.model.encoder)
+    outside = [s for s in train_cfg.eval_at if isinstance(s, bool) or not isinstance(s, int)
+               or not 0 < s <= iters]
+    if outside:
+        raise ConfigError(f"train.eval_at: step {outside[0]} is not within this run's 1..{iters} "
+                          f"(the final step is always evaluated)")
+
+
 def train(cfg: DictConfig, command: str = "") -> dict:
     """Train one model as configured and return its run record.
 
@@ -229,7 +265,8 @@ def train(cfg: DictConfig, command: str = "") -> dict:
     and ends at the same final step. A non-finite loss marks the record `failed` and
     raises `TrainingFailed`.
     """
-    resolve_device(str(cfg.device))  # fail on bad settings before a run directory exists
+    check_train_settings(cfg)  # fail on bad settings before a run directory exists
+    resolve_device(str(cfg.device))
     amp_dtype(str(cfg.train.amp), torch.device("cpu"))
     inference_settings(cfg.dataset, cfg.get("inference"))
     ddp = init_distributed(str(cfg.device))

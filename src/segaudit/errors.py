@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours some libraries put in messages
+
 
 class SegauditError(Exception):
     """Bad input from the user (config, data, checkpoint); never a bug in segaudit."""
@@ -28,7 +32,7 @@ def first_line(error: BaseException) -> str:
     message is empty): what a one-line report shows of a third-party exception."""
     err: BaseException | None = error
     while err is not None:
-        lines = str(err).strip().splitlines()
+        lines = _ANSI.sub("", str(err)).strip().splitlines()
         if lines:
             return lines[0]
         err = err.__cause__ or err.__context__

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
+import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -82,6 +84,18 @@ class SegmentationWithAux(nn.Module):
         return logits, aux
 
 
+def check_encoder(name: str) -> None:
+    """Refuse an encoder smp does not know, naming close matches (smp's own error lists all
+    of them in one 1,400-character line). `tu-*` names go to timm and are checked there."""
+    if str(name).startswith("tu-"):
+        return
+    known = smp.encoders.get_encoder_names()
+    if name not in known:
+        close = difflib.get_close_matches(str(name), known, n=4, cutoff=0.6)
+        hint = f"close matches: {', '.join(close)}" if close else "see smp.encoders.get_encoder_names()"
+        raise ConfigError(f"model.encoder={name}: unknown encoder ({hint}; timm models as tu-NAME)")
+
+
 def build_model(mcfg: DictConfig, num_classes: int, tiers=(0,)) -> nn.Module:
     """Instantiate `mcfg.net` with the chosen encoder and load encoder weights.
 
@@ -99,12 +113,13 @@ def build_model(mcfg: DictConfig, num_classes: int, tiers=(0,)) -> nn.Module:
     weights = mcfg.get("encoder_weights")
     hub_weights = weights if weights in _HUB_WEIGHTS else None
     check_targets(mcfg.net, "model.net")  # before the try: a refusal is not a bad encoder
+    check_encoder(mcfg.encoder)
     try:
         model = safe_instantiate(mcfg.net, "model.net", encoder_name=mcfg.encoder,
                                  encoder_weights=hub_weights, classes=num_classes)
     except Exception as err:  # smp raises KeyError/ValueError/RuntimeError for bad encoders
-        cause = err.__cause__ or err
-        raise ConfigError(f"model.encoder={mcfg.encoder}: cannot build model ({cause})") from None
+        raise ConfigError(f"model={mcfg.net._target_.rsplit('.', 1)[-1]} with encoder "
+                          f"{mcfg.encoder}: cannot build it ({first_line(err)[:200]})") from None
     if weights is not None and hub_weights is None:
         load_encoder_weights(model, Path(str(weights)).expanduser())
     tiers = set(tiers or ())

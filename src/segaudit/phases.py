@@ -19,7 +19,7 @@ from segaudit.config import load_group_option
 from segaudit.console import console
 from segaudit.data import list_samples, prepare_dataset
 from segaudit.data.check import preflight
-from segaudit.engine import train
+from segaudit.engine import check_train_settings, train
 from segaudit.losses import IMPLEMENTED_TIERS
 from segaudit.pictures import diagnose_plots
 from segaudit.prior import run_prior
@@ -51,6 +51,15 @@ class Evidence:
     notes: list[str] = field(default_factory=list)
 
 
+def _no_better_than(real: float, reference: float, name: str, margin: float) -> str:
+    """Why a real-trained mIoU counts as no better than a reference that never saw content."""
+    if real >= reference - margin:
+        return f"real-trained mIoU {real:.1f} is within {margin:g} points of the {name} {reference:.1f}"
+    return (f"real-trained mIoU {real:.1f} is {reference - real:.1f} points below the {name} "
+            f"{reference:.1f}: usually train and val labels disagree (layout, label ids), the "
+            f"train-time augmentation breaks a fixed layout, or training did not converge")
+
+
 def verdict(ev: Evidence, gate: DictConfig) -> tuple[str, list[str]]:
     """PIPELINE_FAULT, SPATIAL_SHORTCUT or HEALTHY, with the reasons that decided it.
 
@@ -60,12 +69,9 @@ def verdict(ev: Evidence, gate: DictConfig) -> tuple[str, list[str]]:
     """
     margin = float(gate.fault_margin)
     faults = []
-    if ev.real - ev.prior <= margin:
-        faults.append(f"real-trained mIoU {ev.real:.1f} is within {margin:g} points of the "
-                      f"analytic prior {ev.prior:.1f}")
-    if ev.shuffled is not None and ev.real - ev.shuffled <= margin:
-        faults.append(f"real-trained mIoU {ev.real:.1f} is within {margin:g} points of the "
-                      f"shuffled-pairing model {ev.shuffled:.1f}")
+    for reference, name in ((ev.prior, "analytic prior"), (ev.shuffled, "shuffled-pairing model")):
+        if reference is not None and ev.real - reference <= margin:
+            faults.append(_no_better_than(ev.real, reference, name, margin))
     if faults:
         return PIPELINE_FAULT, faults
     shortcuts = []
@@ -142,6 +148,9 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
     are written there as PNGs.
     """
     cfg = cfg.copy()
+    check_train_settings(cfg)  # every refusal comes before the first step writes anything
+    if cfg.run_id is not None:
+        runs.check_new_run_id(runs.runs_root(cfg), str(cfg.run_id))
     diagnose_id = str(cfg.run_id) if cfg.run_id is not None else (
         f"{dt.datetime.now(dt.timezone.utc):%y%m%d-%H%M%S}-diagnose-{secrets.token_hex(2)}")
     cfg.diagnose_id = diagnose_id

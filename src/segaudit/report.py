@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from segaudit.errors import ConfigError
-from segaudit.runs import RunRecord, json_safe
+from segaudit.runs import RECORD, RunRecord, json_safe
 from segaudit.scope import COMPARE_COLUMNS
 
 FORMATS = ("table", "json", "csv", "md")
@@ -57,6 +57,14 @@ def filter_table(table: pd.DataFrame, where: list[str]) -> pd.DataFrame:
                 raise ConfigError(f"--where {cond!r}: {key} is numeric") from None
         table = table[column.astype(str) == value]
     return table
+
+
+def no_runs_line(root: Path, where: list[str]) -> str:
+    """Why the run table is empty: no runs under `root` at all, or none that `--where` kept."""
+    if where and any(Path(root).glob(f"*/{RECORD}")):
+        kept_by = " ".join(f"--where {w}" for w in where)
+        return f"no runs match {kept_by} (runs under {root} exist; `segaudit report` lists them)"
+    return f"no runs under {root}"
 
 
 def _cell(value) -> str:

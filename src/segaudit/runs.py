@@ -64,11 +64,20 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
     """Write `path` through `write(fileobj)` into a temp file, fsync, then rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp makes the file 0600 and the rename keeps that: give it the mode any
+        # other new file gets here (0666 less the umask), so shared run folders stay readable.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb" if binary else "w") as fh:
             write(fh)
             fh.flush()
@@ -350,9 +359,22 @@ def check_run_id(run_id: str) -> str:
     """`run_id` if it is one safe folder name (letters, digits, `._+-`, not starting with a
     dot or dash, at most 128 characters); otherwise a `ConfigError`."""
     if not _SAFE_ID.fullmatch(run_id):
-        raise ConfigError(f"run_id={run_id}: use one folder name of letters, digits and ._+- "
+        raise ConfigError(f"run_id={run_id!r}: use one folder name of letters, digits and ._+- "
                           f"(no slashes, not starting with . or -)")
     return run_id
+
+
+def check_new_run_id(root: Path, run_id: str) -> str:
+    """`run_id` if it is a safe folder name not yet taken under `root` (a `ConfigError` if not)."""
+    check_run_id(run_id)
+    if (Path(root).expanduser() / run_id).exists():
+        raise _taken(root, run_id)
+    return run_id
+
+
+def _taken(root: Path, run_id: str) -> ConfigError:
+    return ConfigError(f"run_id={run_id}: a run with that id exists under {root} "
+                       f"(choose another id, or resume={run_id} to continue it)")
 
 
 def new_run_dir(root: Path, phase: str, run_id: str | None = None) -> Path:
@@ -381,8 +403,7 @@ def new_run_dir(root: Path, phase: str, run_id: str | None = None) -> Path:
             return root / name
         except FileExistsError:
             if run_id:
-                raise ConfigError(f"run_id={run_id}: a run with that id exists under {root} "
-                                  f"(choose another id, or resume={run_id} to continue it)") from None
+                raise _taken(root, run_id) from None
         except PermissionError:
             raise ConfigError(f"paths.runs={root}: not writable") from None
     raise ConfigError(f"paths.runs={root}: cannot create a run directory")

@@ -113,6 +113,10 @@ def compare_table(table: pd.DataFrame, by: str = "strategy", baseline: str = "ba
                    & (done.train_condition == "real") & (done.eval_condition == "real")]
     if trained.empty:
         return pd.DataFrame(columns=COMPARE_COLUMNS)
+    groups = sorted(trained[by].astype(str).unique())
+    if baseline not in groups:
+        raise ConfigError(f"--baseline {baseline}: no {by} group of that name among the compared "
+                          f"runs ({', '.join(groups)})")
     priors = done[done.phase == "prior"].groupby("dataset")["miou"].last()
     grouped = (trained.assign(group=trained[by].astype(str))
                .groupby(["model", "dataset", "group"], as_index=False)

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from segaudit import runs
 from segaudit.config import compose, config_groups
-from segaudit.engine import train
+from segaudit.engine import check_train_settings, train
 from segaudit.errors import ConfigError, SegauditError, TrainingFailed
 
 TIER_LOSS = {0: "ce", 1: "tier1", 2: "tier2", 3: "tier3"}
@@ -184,6 +184,7 @@ def retrain(cfg: DictConfig, extra: list[str], tier: int | None, from_gate: str 
         unknown = [n for n in names if n not in groups[group]]
         if unknown:
             raise ConfigError(f"unknown {group} '{unknown[0]}' (choices: {', '.join(groups[group])})")
+    check_train_settings(cfg)  # a bad setting fails once here, not once per planned run
     if init_from is not None and not Path(init_from).expanduser().is_file():
         raise ConfigError(f"--init-from {init_from}: checkpoint not found")
     extra = [o for o in extra if not o.startswith(("paths.runs=", "launcher=", "launcher."))]

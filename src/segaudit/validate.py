@@ -283,8 +283,22 @@ def _for_model(dcfg: DictConfig, trained_on: DictConfig) -> DictConfig:
 
 
 # --------------------------------------------------------------------------- the command
+def _refuse_other_dataset(cfg: DictConfig, loaded: list[TrainedModel]) -> None:
+    """A `dataset.root` on the command line that is not the models' own is refused; the
+    training overrides repeated without a root (the usual habit) are fine."""
+    if OmegaConf.is_missing(cfg.dataset, "root") or cfg.dataset.root is None:
+        return
+    given = prepare_dataset(cfg.dataset, cfg.paths.cache)
+    for item in loaded:
+        own = item.saved.dataset
+        if (given.name, str(given.root)) != (own.name, str(own.root)):
+            raise ConfigError(f"dataset={given.name} ({given.root}): validate measures "
+                              f"{item.source_run or item.ckpt_path} on the dataset it was trained on "
+                              f"({own.name}); give other datasets with --cross PRESET=ROOT")
+
+
 def validate(cfg: DictConfig, targets: list[str], cross: list[str] | None = None,
-             command: str = "") -> dict:
+             command: str = "", dataset_given: bool = False) -> dict:
     """`segaudit validate`: run the phase-3 gates on each checkpoint, record each as a run.
 
     Args:
@@ -293,6 +307,8 @@ def validate(cfg: DictConfig, targets: list[str], cross: list[str] | None = None
             checkpoint files; a model named twice is validated once.
         cross: extra evaluation datasets for the cross-dataset matrix (`PRESET[=ROOT]` or
             `FILE.yaml[=ROOT]`).
+        dataset_given: the command line set `dataset...`; each model is measured on the
+            dataset it was trained on, so another one is refused (it belongs in `cross`).
 
     Returns:
         {"records": one `phase=validate` record per target, "matrix": the cross-dataset
@@ -313,6 +329,8 @@ def validate(cfg: DictConfig, targets: list[str], cross: list[str] | None = None
         if item.ckpt_path.resolve() not in seen:
             seen.add(item.ckpt_path.resolve())
             loaded.append(item)
+    if dataset_given:
+        _refuse_other_dataset(cfg, loaded)
     extra = [cross_dataset_config(spec, cfg) for spec in cross or []]
 
     datasets = _label_datasets([item.saved.dataset for item in loaded] + extra)

@@ -48,10 +48,7 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
         _prefer_train_id_masks(dcfg, root)
         meta_file = root / "dataset.yaml"
         if meta_file.is_file():
-            try:
-                meta = yaml.safe_load(meta_file.read_text()) or {}
-            except yaml.YAMLError as err:
-                raise DataError(f"{meta_file}: not valid YAML ({first_line(err)})") from None
+            meta = _read_meta(meta_file)
             for key in _META_KEYS:
                 if dcfg.get(key) is None and meta.get(key) is not None:
                     dcfg[key] = meta[key]
@@ -64,6 +61,7 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
             dcfg.num_classes = len(dcfg.class_names)
         if dcfg.get("num_classes") is None:
             raise DataError(f"dataset.num_classes is not set and {meta_file} does not give it")
+        _check_classes(dcfg, meta_file)
         if dcfg.get("class_names") is None and dcfg.get("class_names_json"):
             dcfg.class_names = names_from_json(root / dcfg.class_names_json, int(dcfg.num_classes))
         if dcfg.get("class_names") is None:
@@ -76,6 +74,33 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
         _resolve_auto(dcfg)
     label_lut(dcfg)  # a broken label map fails here, before any run starts
     return dcfg
+
+
+def _read_meta(path: Path) -> dict:
+    """`ROOT/dataset.yaml` as a mapping; a one-line DataError for anything else."""
+    try:
+        meta = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as err:
+        raise DataError(f"{path}: not valid YAML ({first_line(err)})") from None
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected keys such as num_classes, class_names, ignore_index; "
+                        f"found a {type(meta).__name__}")
+    return meta
+
+
+def _check_classes(dcfg: DictConfig, meta_file: Path) -> None:
+    """num_classes a whole number >= 1 and class_names a list of text, wherever they came from."""
+    where = f"dataset.num_classes (or {meta_file})"
+    value = dcfg.num_classes
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"{where}: {value!r} is not a whole number >= 1")
+    names = dcfg.get("class_names")
+    if names is not None and (not OmegaConf.is_list(names) or not all(isinstance(n, str) for n in names)):
+        raise DataError(f"dataset.class_names (or {meta_file}): expected a list of names, got {names!r}")
 
 
 def _prefer_train_id_masks(dcfg: DictConfig, root: Path) -> None:

@@ -281,6 +281,11 @@ def _probe_size(dcfg: DictConfig) -> tuple[int, int]:
 def run_check(cfg: DictConfig, splits=("train", "val"), probe: bool = True) -> tuple[CheckReport, DictConfig]:
     """`segaudit data check`: prepare the configured dataset and check it."""
     dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
+    known = [k for k in dcfg.layout if k not in ("image_suffix", "mask_suffix")]
+    unknown = [s for s in splits if s not in known]
+    if unknown or not splits:
+        raise DataError(f"--splits {','.join(splits)}: dataset={dcfg.name} has no split "
+                        f"'{unknown[0] if unknown else ''}' (its splits: {', '.join(known)})")
     return check_dataset(dcfg, splits=splits, probe=probe), dcfg
 
 
