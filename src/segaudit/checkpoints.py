@@ -7,7 +7,7 @@ config; the model is rebuilt from that config and its weights loaded strictly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -16,8 +16,11 @@ from torch import nn
 
 from segaudit import runs
 from segaudit.config import check_targets
+from segaudit.data import build_dataset, prepare_dataset
 from segaudit.errors import ConfigError, first_line
 from segaudit.models import build_model
+from segaudit.sources import (CardAdapter, card_from_mapping, check_output_channels, is_smp_dir,
+                              is_torchscript, load_external, read_card)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -101,8 +104,41 @@ class TrainedModel:
 
 
 def load_for_eval(cfg: DictConfig, target: str, device: torch.device) -> TrainedModel:
-    """A run id (a diagnose id: its baseline) or checkpoint file, loaded onto `device`."""
-    ckpt_path, source_run = resolve_checkpoint(cfg.paths.runs, target)
+    """A run id (a diagnose id: its baseline), a segaudit checkpoint, or an external model
+    (`segaudit.sources`: an smp folder, weights with `source.factory`, TorchScript or
+    `.pt2` with `source.trust`), loaded onto `device` in eval mode."""
+    path = Path(target).expanduser()
+    if cfg.source.factory or is_external(path):
+        return load_external_for_eval(cfg, path, device)
+    ckpt_path, source_run = resolve_checkpoint(runs.runs_root(cfg), target)
     ckpt = load_checkpoint(ckpt_path)
+    if isinstance(ckpt, dict) and "config" not in ckpt:  # weights alone: say what they need
+        load_external(ckpt_path, None, bool(cfg.source.trust))
     model, saved = load_trained_model(ckpt, ckpt_path)
     return TrainedModel(ckpt_path, source_run, int(ckpt.get("step", 0)), model.to(device).eval(), saved)
+
+
+def is_external(path: Path) -> bool:
+    """A path that is not a segaudit checkpoint by its form alone."""
+    return is_smp_dir(path) or path.suffix in (".pt2", ".safetensors") or (
+        path.is_file() and is_torchscript(path))
+
+
+def load_external_for_eval(cfg: DictConfig, path: Path, device: torch.device) -> TrainedModel:
+    """An external model measured on the config's dataset, its input and output adapted by
+    its card (sidecar file, then `card.*` overrides; unstated fields: the dataset's)."""
+    if not path.exists():
+        raise ConfigError(f"{path}: no such model file or folder")
+    dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
+    model, kind = load_external(path, cfg.source.factory, bool(cfg.source.trust))
+    card = read_card(path).merged(card_from_mapping(cfg.get("card"), "card"))
+    adapted = CardAdapter(model, card, list(dcfg.transform.mean), list(dcfg.transform.std))
+    adapted = adapted.to(device).eval()
+    first_image, _ = build_dataset(dcfg, "val", train=False)[0]
+    check_output_channels(adapted, int(dcfg.num_classes), str(path), device, tuple(first_image.shape[-2:]))
+    identity = OmegaConf.create({
+        "dataset": OmegaConf.to_container(dcfg, resolve=True), "seed": cfg.seed,
+        "strategy": cfg.strategy, "choices": {"model": f"external-{kind}", "loss": None},
+        "model": {"encoder": path.name}, "train_condition": {"name": None},
+        "card": asdict(card)})
+    return TrainedModel(path, None, 0, adapted, identity)

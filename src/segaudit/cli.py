@@ -31,6 +31,13 @@ out = Console(width=None if sys.stdout.isatty() else 100)
 err = Console(stderr=True)
 
 OVERRIDES_HELP = "Hydra overrides, e.g. model=pspnet train.iters=300 paths.runs=DIR"
+FACTORY_HELP = "package.module:function that builds the model the weights file is for."
+TRUST_HELP = "Load TorchScript / torch.export (.pt2) models, which run their own code when loaded."
+
+
+def _source_overrides(factory: str | None, trust_model: bool) -> list[str]:
+    """The external-model flags as the config keys they set (`source.*`)."""
+    return ([f"source.factory='{factory}'"] if factory else []) + (["source.trust=true"] if trust_model else [])
 
 
 @contextmanager
@@ -184,9 +191,12 @@ def prior(
   segaudit audit path/to/checkpoint.pt device=cuda\n
   segaudit audit RUN_ID --plots out/               [dim]# image / truth / real / noise grid[/]""")
 def audit(
-    target: str = typer.Argument(..., help="A run id under paths.runs, or a checkpoint file."),
+    target: str = typer.Argument(..., help="A run id, a checkpoint, an smp save_pretrained folder, "
+                                           "weights with --factory, TorchScript/.pt2 with --trust-model."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write the sample grid and mIoU-by-input PNGs here."),
+    factory: Optional[str] = typer.Option(None, "--factory", help=FACTORY_HELP),
+    trust_model: bool = typer.Option(False, "--trust-model", help=TRUST_HELP),
 ) -> None:
     """Evaluate a trained model on real, noise, blank and shuffled inputs."""
     from segaudit.audit import audit as run_audit
@@ -194,7 +204,7 @@ def audit(
     from segaudit.report import audit_panel
 
     with user_errors():
-        cfg = compose(overrides or [])
+        cfg = compose([*(overrides or []), *_source_overrides(factory, trust_model)])
         record = run_audit(cfg, target, command=_command_line(),
                            on_given_dataset="dataset" in override_keys(overrides or []))
         out.print(audit_panel(record))
@@ -213,6 +223,8 @@ Exit code: 0 every gate passed (or was skipped), 1 a gate failed, 2 bad input.""
 def validate(
     targets: List[str] = typer.Argument(..., help="Run ids (a diagnose id: its baseline) or checkpoint files, then overrides."),
     cross: List[str] = typer.Option([], "--cross", help="Also evaluate on PRESET[=ROOT] or FILE.yaml[=ROOT] (repeatable)."),
+    factory: Optional[str] = typer.Option(None, "--factory", help=FACTORY_HELP),
+    trust_model: bool = typer.Option(False, "--trust-model", help=TRUST_HELP),
 ) -> None:
     """Phase 3: the validation gates (noise, robustness, generalization, cross-dataset)."""
     from segaudit.config import compose, override_keys
@@ -222,7 +234,8 @@ def validate(
     with user_errors():
         runs_or_files = [t for t in targets if "=" not in t]
         overrides = [t for t in targets if "=" in t]
-        result = run_validate(compose(overrides), runs_or_files, cross, command=_command_line(),
+        result = run_validate(compose([*overrides, *_source_overrides(factory, trust_model)]),
+                              runs_or_files, cross, command=_command_line(),
                               dataset_given="dataset" in override_keys(overrides))
         for record in result["records"]:
             out.print(validate_panel(record))

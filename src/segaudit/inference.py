@@ -36,6 +36,7 @@ def model_stride(model: nn.Module) -> int:
     inner = getattr(model, "module", model)  # DistributedDataParallel / compiled wrappers
     inner = getattr(inner, "_orig_mod", inner)
     inner = getattr(inner, "net", inner)  # SegmentationWithAux
+    inner = getattr(inner, "model", inner) if not hasattr(inner, "encoder") else inner  # CardAdapter
     encoder = getattr(inner, "encoder", None)
     stride = getattr(encoder, "output_stride", None)
     return int(stride) if isinstance(stride, int) and stride > 0 else DEFAULT_STRIDE

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from segaudit import runs
-from segaudit.checkpoints import load_checkpoint, load_trained_model
+from segaudit.checkpoints import load_checkpoint, load_for_eval, load_trained_model
 from segaudit.config import load_group_option
 from segaudit.data import build_dataset
 from segaudit.data.conditions import DeviceImages
@@ -79,9 +79,8 @@ def audit_pictures(cfg: DictConfig, record: runs.RunRecord, out_dir: Path) -> li
     """An audit's sample grid (image / truth / prediction on real / on noise, with the
     audit's inference mode) and its mIoU-by-input bars with the prior line."""
     device = resolve_device(str(cfg.device))
-    source = Path(record["audit"]["source"])
-    model, saved = load_trained_model(load_checkpoint(source), source)
-    model = model.to(device).eval()
+    trained = load_for_eval(cfg, record["audit"]["source"], device)  # external sources too
+    model, saved = trained.model, trained.saved
     infer = build_inference(model, saved.dataset, cfg.get("inference"))
     grid = write_sample_grid(model, saved.dataset, device, amp_dtype(str(cfg.train.amp), device),
                              Path(out_dir) / f"samples_{record['run_id']}.png",

@@ -1,0 +1,281 @@
+"""Models segaudit did not train: safe loading of other formats and their model cards.
+
+A source is a path. What it holds decides how it loads:
+
+- a segmentation-models-pytorch `save_pretrained` directory (`config.json` with an smp
+  `_model_class`, `model.safetensors`): rebuilt from the smp class, weights from safetensors;
+- a weights file (`.safetensors`, or a state_dict read with `weights_only=True`) together
+  with `--factory package.module:function`, the user's own code that builds the model;
+- a TorchScript archive or a `torch.export` `.pt2` program: loading these runs code, so
+  only with `--trust-model`.
+
+Nothing here unpickles Python objects. The model card (`ModelCard`) says how the model
+wants its input and which output holds the logits; `CardAdapter` turns segaudit's
+normalised RGB batches into that input and the output back into logits at input size.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import zipfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file as load_safetensors
+from torch import nn
+
+from segaudit.config import SMP_ARCHITECTURES
+from segaudit.errors import ConfigError, first_line
+
+CARD_SUFFIX = ".card.yaml"  # sidecar next to a model file; `card.yaml` inside a directory
+_PREFIXES = ("module.", "model.", "_orig_mod.")  # DDP, Lightning-style and compiled wrappers
+
+
+# --------------------------------------------------------------------------- the card
+@dataclass
+class ModelCard:
+    """A model's input and output conventions. None means: not stated (the format's value,
+    else the dataset's)."""
+
+    mean: list[float] | None = None  # in the units of `input_range`
+    std: list[float] | None = None
+    input_range: float | None = None  # 1: floats in 0..1, 255: 0..255
+    channels: str | None = None  # rgb | bgr
+    output: str | int | None = None  # dict key ('out', 'logits') or tuple index
+    upsample: bool | None = None  # resize a smaller output to the input size
+
+    def merged(self, other: ModelCard) -> ModelCard:
+        """This card with `other`'s stated fields on top."""
+        return ModelCard(**{f.name: getattr(other, f.name) if getattr(other, f.name) is not None
+                            else getattr(self, f.name) for f in fields(self)})
+
+
+def card_from_mapping(values: Any, source: str) -> ModelCard:
+    """A card from a YAML mapping or config node; a one-line error for unknown or bad fields."""
+    if values is None:
+        return ModelCard()
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=True)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: a model card is a mapping of {', '.join(f.name for f in fields(ModelCard))}")
+    known = {f.name for f in fields(ModelCard)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown card field '{unknown[0]}' (fields: {', '.join(sorted(known))})")
+    card = ModelCard(**values)
+    if card.channels is not None and card.channels not in ("rgb", "bgr"):
+        raise ConfigError(f"{source}: channels={card.channels}: choose rgb or bgr")
+    if card.input_range is not None and card.input_range not in (1, 255):
+        raise ConfigError(f"{source}: input_range={card.input_range}: choose 1 or 255")
+    for name in ("mean", "std"):
+        value = getattr(card, name)
+        if value is not None and (not isinstance(value, list) or len(value) != 3):
+            raise ConfigError(f"{source}: {name} must list 3 numbers, one per channel")
+    return card
+
+
+def read_card(source: Path) -> ModelCard:
+    """The sidecar card of a source: `MODEL.card.yaml` beside a file, `card.yaml` in a folder."""
+    path = source / "card.yaml" if source.is_dir() else source.with_name(source.name + CARD_SUFFIX)
+    if not path.is_file():
+        return ModelCard()
+    try:
+        return card_from_mapping(yaml.safe_load(path.read_text()), str(path))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({first_line(err)})") from None
+
+
+class CardAdapter(nn.Module):
+    """Runs an external model on segaudit's batches (RGB, normalised with the dataset's
+    mean/std) the way its card says, and returns logits at the input's size."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, data_mean: list[float], data_std: list[float]):
+        super().__init__()
+        self.model = model
+        self.card = card
+        scale = float(card.input_range or 1)
+        mean = card.mean if card.mean is not None else [m * scale for m in data_mean]
+        std = card.std if card.std is not None else [s * scale for s in data_std]
+        self.register_buffer("data_mean", torch.tensor(data_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("data_std", torch.tensor(data_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.scale = scale
+
+    def train(self, mode: bool = True) -> CardAdapter:
+        """External models are only measured: the wrapped model stays in eval mode (set once
+        in `load_external`; exported `.pt2` programs refuse `train()`/`eval()` calls)."""
+        self.training = mode
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images * self.data_std + self.data_mean  # back to RGB in 0..1
+        if self.card.channels == "bgr":
+            x = x.flip(1)
+        x = (x * self.scale - self.mean) / self.std
+        logits = select_output(self.model(x), self.card.output)
+        if self.card.upsample is not False and logits.shape[-2:] != images.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        return logits
+
+
+def select_output(out: Any, key: str | int | None) -> torch.Tensor:
+    """The logits in whatever a model returns: a tensor, a dict (`key`, else torchvision's
+    `out` or Hugging Face's `logits`), a tuple (`key`, else its first item)."""
+    if isinstance(out, torch.Tensor) and key is None:
+        return out
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        for name in ([key] if key is not None else ["out", "logits"]):
+            if name in out:
+                return out[name]
+        raise ConfigError(f"model output has keys {', '.join(map(str, out.keys()))}; set card.output")
+    if isinstance(out, (tuple, list)):
+        return out[int(key or 0)]
+    raise ConfigError(f"model returned {type(out).__name__}; set card.output to pick the logits")
+
+
+# --------------------------------------------------------------------------- loading
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip with a `code/` folder; a `torch.save` file has none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def is_smp_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def load_smp_dir(path: Path) -> nn.Module:
+    """An smp `save_pretrained` folder: the class from `_model_class` (one of smp's own
+    architectures), its keyword arguments from `config.json`, weights from safetensors."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path / 'config.json'}: unreadable ({first_line(err)})") from None
+    name = config.pop("_model_class", None) if isinstance(config, dict) else None
+    if name not in SMP_ARCHITECTURES:
+        raise ConfigError(f"{path / 'config.json'}: _model_class={name!r} is not a "
+                          f"segmentation-models-pytorch architecture ({', '.join(SMP_ARCHITECTURES)})")
+    config["encoder_weights"] = None  # the weights come from the folder, never from a download
+    try:
+        model = getattr(smp, name)(**config)
+    except Exception as err:  # noqa: BLE001 - smp raises many types for bad arguments
+        raise ConfigError(f"{path / 'config.json'}: cannot build {name} ({first_line(err)[:200]})") from None
+    load_weights(model, path / "model.safetensors")
+    return model
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Weights from `.safetensors` or a `torch.save`d state_dict (never unpickling objects)."""
+    if path.suffix == ".safetensors":
+        try:
+            return load_safetensors(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise ConfigError(f"{path}: unreadable safetensors ({first_line(err)})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for foreign pickles
+        raise ConfigError(f"{path}: not a plain state_dict ({first_line(err)[:160]}); segaudit never "
+                          f"unpickles objects: save model.state_dict() or safetensors") from None
+    for wrapper in ("state_dict", "model"):  # Lightning checkpoints, segaudit-style dicts
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load weights strictly, after stripping wrapper prefixes the model does not use."""
+    state = read_state_dict(path)
+    expected = set(model.state_dict())
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state) and not expected & set(state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = [f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                 for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise ConfigError(f"{path}: weights do not fit the model: {'; '.join(parts)}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ConfigError(f"{path}: weights do not fit the model ({first_line(err)[:200]})") from None
+
+
+def call_factory(spec: str) -> nn.Module:
+    """`package.module:function`, called with no arguments, must return an `nn.Module`."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--factory {spec}: expected package.module:function")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"--factory {spec}: cannot import it ({first_line(err)})") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--factory {spec}: returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def load_external(path: Path, factory: str | None, trust: bool) -> tuple[nn.Module, str]:
+    """The model a source path holds and the name of its format (see the module docstring).
+
+    Raises:
+        ConfigError: an unknown or unreadable format, code-carrying formats without
+            `trust`, a state_dict without a factory, or weights that do not fit.
+    """
+    if factory is not None:
+        model = call_factory(factory)
+        load_weights(model, path)
+        return model.eval(), "factory"
+    if is_smp_dir(path):
+        return load_smp_dir(path).eval(), "smp"
+    if path.suffix == ".pt2" or is_torchscript(path):
+        kind = "torch.export program" if path.suffix == ".pt2" else "TorchScript archive"
+        if not trust:
+            raise ConfigError(f"{path}: a {kind} runs its own code when loaded; pass --trust-model "
+                              f"if you trust where it came from")
+        try:
+            loaded = torch.export.load(str(path)).module() if path.suffix == ".pt2" else torch.jit.load(
+                str(path), map_location="cpu")
+        except Exception as err:  # noqa: BLE001 - either loader raises many types
+            raise ConfigError(f"{path}: cannot load the {kind} ({first_line(err)[:200]})") from None
+        if path.suffix != ".pt2":
+            loaded.eval()  # a .pt2 program keeps the mode it was exported in
+        return loaded, "pt2" if path.suffix == ".pt2" else "torchscript"
+    if path.is_file() and path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        read_state_dict(path)  # a clear error for pickled objects first
+        raise ConfigError(f"{path}: weights without a model; give --factory package.module:function "
+                          f"that builds it")
+    raise ConfigError(f"{path}: not a model segaudit can load (a run id, a segaudit checkpoint, an smp "
+                      f"save_pretrained folder, weights with --factory, or TorchScript/.pt2 with "
+                      f"--trust-model)")
+
+
+def check_output_channels(model: nn.Module, num_classes: int, source: str, device: torch.device,
+                          size: tuple[int, int]) -> None:
+    """One forward pass on a blank image of the dataset's size (exported programs may be
+    fixed to it): the model must give one channel per dataset class."""
+    with torch.inference_mode():
+        try:
+            logits = model(torch.zeros(1, 3, *size, device=device))
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever the foreign model raises
+            raise ConfigError(f"{source}: the model fails on a {size[0]}x{size[1]} image "
+                              f"({first_line(err)[:200]})") from None
+    if logits.ndim != 4 or logits.shape[1] != num_classes:
+        raise ConfigError(f"{source}: the model outputs {tuple(logits.shape)}, expected "
+                          f"(N, {num_classes}, H, W) for the dataset's {num_classes} classes")
