@@ -179,3 +179,59 @@ def smp_five_weights(base: Path) -> Path:
     save_file({k: v.contiguous() for k, v in
                smp.Unet("resnet18", encoder_weights=None, classes=5).state_dict().items()}, path)
     return path
+
+
+def test_onnx_audits_like_the_original_and_its_metadata_fills_the_card(native):
+    import onnx
+
+    path = native["base"] / "model.onnx"
+    batch, height, width = Dim("batch", min=1, max=64), Dim("h", min=32, max=2048), Dim("w", min=32, max=2048)
+    torch.onnx.export(native["model"], (torch.zeros(2, 3, 32, 32),), str(path), dynamo=True,
+                      dynamic_shapes=({0: batch, 2: height, 3: width},))
+    record = _audit(native, path)
+    _same(record["audit"]["miou"], native["miou"], 0.1)
+    assert record["model"] == "external-onnx"
+    # The same graph stamped "expects BGR": the metadata is read, and a card override wins.
+    stamped = onnx.load(str(path))
+    onnx.helper.set_model_props(stamped, {"channels": '"bgr"'})
+    onnx.save(stamped, str(native["base"] / "bgr-meta.onnx"))
+    misread = _audit(native, native["base"] / "bgr-meta.onnx")
+    assert misread["audit"]["miou"]["real"] != pytest.approx(native["miou"]["real"], abs=0.5)
+    fixed = _audit(native, native["base"] / "bgr-meta.onnx", "card.channels=rgb")
+    _same(fixed["audit"]["miou"], native["miou"], 0.1)
+
+
+TORCHVISION_FACTORY = """
+from torchvision.models.segmentation import deeplabv3_resnet50
+
+
+def build():
+    return deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=8, aux_loss=False)
+"""
+
+
+def test_a_torchvision_model_through_its_out_dict(native, monkeypatch, synth_root):
+    import numpy as np
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+    from segaudit.data import build_dataset, prepare_dataset
+
+    (native["base"] / "pkg" / "segaudit_test_tv.py").write_text(textwrap.dedent(TORCHVISION_FACTORY))
+    monkeypatch.syspath_prepend(str(native["base"] / "pkg"))
+    import segaudit_test_tv
+
+    torch.manual_seed(0)
+    model = segaudit_test_tv.build().eval()
+    weights = native["base"] / "tv.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    record = _audit(native, weights, "--factory", "segaudit_test_tv:build")
+    # By hand: the same model on each normalised val image, its `out` argmax, sklearn's counts.
+    dcfg = prepare_dataset(compose(native["tiny"]).dataset, native["base"] / "cache")
+    counts = np.zeros((8, 8), dtype=np.int64)
+    with torch.inference_mode():
+        for image, mask in build_dataset(dcfg, "val", train=False):
+            pred = model(image[None])["out"].argmax(1)[0].numpy().ravel()
+            keep = mask.numpy().ravel() != 255
+            counts += sk_confusion_matrix(mask.numpy().ravel()[keep], pred[keep], labels=list(range(8)))
+    tp, union = np.diag(counts), counts.sum(0) + counts.sum(1) - np.diag(counts)
+    by_hand = 100 * np.mean(tp[union > 0] / union[union > 0])
+    assert record["audit"]["miou"]["real"] == pytest.approx(by_hand, abs=0.01)

@@ -19,8 +19,8 @@ from segaudit.config import check_targets
 from segaudit.data import build_dataset, prepare_dataset
 from segaudit.errors import ConfigError, first_line
 from segaudit.models import build_model
-from segaudit.sources import (CardAdapter, card_from_mapping, check_output_channels, is_smp_dir,
-                              is_torchscript, load_external, read_card)
+from segaudit.sources import (CardAdapter, ModelCard, OnnxModel, card_from_mapping, check_output_channels,
+                              is_smp_dir, is_torchscript, load_external, read_card)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -120,7 +120,7 @@ def load_for_eval(cfg: DictConfig, target: str, device: torch.device) -> Trained
 
 def is_external(path: Path) -> bool:
     """A path that is not a segaudit checkpoint by its form alone."""
-    return is_smp_dir(path) or path.suffix in (".pt2", ".safetensors") or (
+    return is_smp_dir(path) or path.suffix in (".pt2", ".safetensors", ".onnx") or (
         path.is_file() and is_torchscript(path))
 
 
@@ -131,7 +131,8 @@ def load_external_for_eval(cfg: DictConfig, path: Path, device: torch.device) ->
         raise ConfigError(f"{path}: no such model file or folder")
     dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
     model, kind = load_external(path, cfg.source.factory, bool(cfg.source.trust))
-    card = read_card(path).merged(card_from_mapping(cfg.get("card"), "card"))
+    stated = model.card(path) if isinstance(model, OnnxModel) else ModelCard()  # the format's own
+    card = stated.merged(read_card(path)).merged(card_from_mapping(cfg.get("card"), "card"))
     adapted = CardAdapter(model, card, list(dcfg.transform.mean), list(dcfg.transform.std))
     adapted = adapted.to(device).eval()
     first_image, _ = build_dataset(dcfg, "val", train=False)[0]

@@ -6,6 +6,8 @@ A source is a path. What it holds decides how it loads:
   `_model_class`, `model.safetensors`): rebuilt from the smp class, weights from safetensors;
 - a weights file (`.safetensors`, or a state_dict read with `weights_only=True`) together
   with `--factory package.module:function`, the user's own code that builds the model;
+- an ONNX file, run by onnxruntime (CUDA provider when there is a GPU); the graph's
+  metadata may carry card fields (`mean`, `std`, `channels`, `input_range` as JSON text);
 - a TorchScript archive or a `torch.export` `.pt2` program: loading these runs code, so
   only with `--trust-model`.
 
@@ -143,6 +145,39 @@ def select_output(out: Any, key: str | int | None) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- loading
+class OnnxModel(nn.Module):
+    """An ONNX graph as a module: torch batches in, torch logits out (float32)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        import onnxruntime  # imported here: a few hundred ms that only ONNX sources pay
+
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if p in onnxruntime.get_available_providers()]
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own error types
+            raise ConfigError(f"{path}: not a usable ONNX model ({first_line(err)[:200]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def card(self, path: Path) -> ModelCard:
+        """Card fields the graph's metadata states (JSON values under the card's names)."""
+        meta = self.session.get_modelmeta().custom_metadata_map
+        values = {}
+        for field in ("mean", "std", "channels", "input_range", "output"):
+            if field in meta:
+                try:
+                    values[field] = json.loads(meta[field])
+                except json.JSONDecodeError:
+                    values[field] = meta[field]
+        return card_from_mapping(values, f"{path} (metadata)")
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.session.run(None, {self.input_name: images.detach().float().cpu().numpy()})
+        return tuple(torch.from_numpy(o).to(images.device) for o in outputs)
+
+
 def is_torchscript(path: Path) -> bool:
     """A TorchScript archive is a zip with a `code/` folder; a `torch.save` file has none."""
     try:
@@ -242,6 +277,8 @@ def load_external(path: Path, factory: str | None, trust: bool) -> tuple[nn.Modu
         return model.eval(), "factory"
     if is_smp_dir(path):
         return load_smp_dir(path).eval(), "smp"
+    if path.suffix == ".onnx" and path.is_file():
+        return OnnxModel(path), "onnx"
     if path.suffix == ".pt2" or is_torchscript(path):
         kind = "torch.export program" if path.suffix == ".pt2" else "TorchScript archive"
         if not trust:
@@ -260,8 +297,8 @@ def load_external(path: Path, factory: str | None, trust: bool) -> tuple[nn.Modu
         raise ConfigError(f"{path}: weights without a model; give --factory package.module:function "
                           f"that builds it")
     raise ConfigError(f"{path}: not a model segaudit can load (a run id, a segaudit checkpoint, an smp "
-                      f"save_pretrained folder, weights with --factory, or TorchScript/.pt2 with "
-                      f"--trust-model)")
+                      f"save_pretrained folder, ONNX, weights with --factory, or TorchScript/.pt2 "
+                      f"with --trust-model)")
 
 
 def check_output_channels(model: nn.Module, num_classes: int, source: str, device: torch.device,
