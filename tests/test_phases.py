@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from segaudit.cli import app
