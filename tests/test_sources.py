@@ -235,3 +235,33 @@ def test_a_torchvision_model_through_its_out_dict(native, monkeypatch, synth_roo
     tp, union = np.diag(counts), counts.sum(0) + counts.sum(1) - np.diag(counts)
     by_hand = 100 * np.mean(tp[union > 0] / union[union > 0])
     assert record["audit"]["miou"]["real"] == pytest.approx(by_hand, abs=0.01)
+
+
+@pytest.mark.slow
+def test_an_smp_folder_audits_cityscapes_at_1024x2048_like_its_factory_copy(tmp_path, monkeypatch):
+    """A user's own smp model on Cityscapes-sized data: the folder and the same weights
+    through a factory give the same audit at full size (whole-image inference)."""
+    import segmentation_models_pytorch as smp
+
+    from segaudit.data.synthetic import write_cityscapes_layout
+
+    root = write_cityscapes_layout(tmp_path / "cs", {"train": 2, "val": 2})
+    torch.manual_seed(0)
+    model = smp.Unet("resnet18", encoder_weights=None, classes=19).eval()
+    model.save_pretrained(tmp_path / "folder")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "segaudit_test_cs19.py").write_text(
+        "import segmentation_models_pytorch as smp\n"
+        "def build():\n    return smp.Unet('resnet18', encoder_weights=None, classes=19)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    common = ["dataset=cityscapes", f"dataset.root={root}", "train.eval_batch_size=1",
+              f"paths.runs={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}"]
+    audits = {}
+    for name, args in (("folder", [str(tmp_path / "folder")]),
+                       ("factory", [str(tmp_path / "w.safetensors"), "--factory", "segaudit_test_cs19:build"])):
+        done = runner.invoke(app, ["audit", *args, *common, f"run_id={name}"])
+        assert done.exit_code == 0, done.output
+        audits[name] = json.loads((tmp_path / "runs" / name / "record.json").read_text())
+    assert audits["folder"]["audit"]["inference"]["mode"] == "whole"
+    _same(audits["factory"]["audit"]["miou"], audits["folder"]["audit"]["miou"], 0.01)

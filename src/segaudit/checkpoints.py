@@ -11,12 +11,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segaudit import runs
 from segaudit.config import check_targets
-from segaudit.data import build_dataset, prepare_dataset
+from segaudit.data import list_samples, prepare_dataset
 from segaudit.errors import ConfigError, first_line
 from segaudit.models import build_model
 from segaudit.sources import (CardAdapter, ModelCard, OnnxModel, card_from_mapping, check_output_channels,
@@ -135,8 +136,10 @@ def load_external_for_eval(cfg: DictConfig, path: Path, device: torch.device) ->
     card = stated.merged(read_card(path)).merged(card_from_mapping(cfg.get("card"), "card"))
     adapted = CardAdapter(model, card, list(dcfg.transform.mean), list(dcfg.transform.std))
     adapted = adapted.to(device).eval()
-    first_image, _ = build_dataset(dcfg, "val", train=False)[0]
-    check_output_channels(adapted, int(dcfg.num_classes), str(path), device, tuple(first_image.shape[-2:]))
+    first = list_samples(dcfg, "val")[0]
+    with Image.open(first.mask) as header:  # the size from the header: nothing is decoded twice
+        size = (header.height, header.width)
+    check_output_channels(adapted, int(dcfg.num_classes), str(path), device, size)
     identity = OmegaConf.create({
         "dataset": OmegaConf.to_container(dcfg, resolve=True), "seed": cfg.seed,
         "strategy": cfg.strategy, "choices": {"model": f"external-{kind}", "loss": None},
