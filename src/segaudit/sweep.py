@@ -104,7 +104,7 @@ def _run_subprocess(run: SweepRun, threads: int) -> dict:
 
 
 def _submitit(todo: list[SweepRun], launcher: DictConfig) -> list[dict]:
-    import submitit
+    import submitit  # only the slurm launcher needs it: local sweeps start without it
 
     executor = submitit.AutoExecutor(folder=str(launcher.folder), cluster=launcher.cluster)
     params = {"timeout_min": int(launcher.timeout_min), "cpus_per_task": int(launcher.cpus_per_task),
