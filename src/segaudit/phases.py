@@ -138,6 +138,14 @@ def _step_cfg(cfg: DictConfig, strategy: str, train_on: str, eval_on: str, **ext
     return step
 
 
+def _refuse_early(cfg: DictConfig) -> None:
+    """Every refusal comes before the first step writes anything: bad training settings,
+    and a diagnose id that is unsafe or taken (it names the gate record written last)."""
+    check_train_settings(cfg)
+    if cfg.run_id is not None:
+        runs.check_new_run_id(runs.runs_root(cfg), str(cfg.run_id))
+
+
 def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> dict:
     """Run phase 1 and return the gate record (verdict, decision, evidence, step run ids).
 
@@ -148,9 +156,7 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
     are written there as PNGs.
     """
     cfg = cfg.copy()
-    check_train_settings(cfg)  # every refusal comes before the first step writes anything
-    if cfg.run_id is not None:
-        runs.check_new_run_id(runs.runs_root(cfg), str(cfg.run_id))
+    _refuse_early(cfg)
     diagnose_id = str(cfg.run_id) if cfg.run_id is not None else (
         f"{dt.datetime.now(dt.timezone.utc):%y%m%d-%H%M%S}-diagnose-{secrets.token_hex(2)}")
     cfg.diagnose_id = diagnose_id
