@@ -177,8 +177,10 @@ def export_frame(frame: pd.DataFrame, path: Path) -> None:
         raise ConfigError(f"--export {path}: use a .csv or .parquet file name")
     if not path.parent.expanduser().is_dir():
         raise ConfigError(f"--export {path}: folder {path.parent} does not exist")
-    flat = _flat(frame)
-    flat.to_csv(path, index=False) if suffix == ".csv" else flat.to_parquet(path, index=False)
+    if suffix == ".csv":
+        _flat(frame).to_csv(path, index=False)
+    else:
+        _flat(frame).to_parquet(path, index=False)
 
 
 # --------------------------------------------------------------------------- panels
