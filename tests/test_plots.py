@@ -58,7 +58,7 @@ def test_palette_has_an_ignore_colour():
 def test_audit_and_diagnose_plots(tiny, runs_root, tmp_path):
     train(compose(tiny + ["run_id=model", "eval_also=[noise]"]))
     audited = runner.invoke(app, ["audit", "model", *tiny, "--plots", str(tmp_path / "audit")])
-    assert audited.exit_code == 0, audited.output
+    assert audited.exit_code in (0, 1), audited.output  # 1: red flags of a barely trained model
     assert sorted(map(_kind, (tmp_path / "audit").glob("*.png"))) == ["miou_by_condition", "samples"]
     grid = _not_blank(next((tmp_path / "audit").glob("samples_*.png")))
     assert grid.shape[0] > grid.shape[1] * 0.8  # four sample rows under the column titles

@@ -254,7 +254,7 @@ def test_train_on_200x300_jpeg_and_on_three_val_sizes(tmp_path):
         assert record["status"] == "completed" and record["inference"]["mode"] == "whole"
         assert np.isfinite(record["metrics"]["aacc"])
     audit = runner.invoke(app, ["audit", "mixed", f"paths.runs={runs}", "run_id=mixed-audit"])
-    assert audit.exit_code == 0, audit.output
+    assert audit.exit_code in (0, 1), audit.output  # 1: red flags of a 3-iteration model
     audited = json.loads((runs / "mixed-audit" / "record.json").read_text())
     trained = json.loads((runs / "mixed" / "record.json").read_text())
     assert audited["audit"]["miou"]["real"] == pytest.approx(trained["metrics"]["miou"], nan_ok=True)

@@ -26,6 +26,8 @@ from segaudit.evaluation import predict_labels
 from segaudit.inference import build_inference, inference_record
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
 from segaudit.prior import analytic_prior
+from segaudit.probe import probe_card
+from segaudit.sources import CardAdapter
 
 CONDITIONS = ("real", "noise", "blank", "shuffled")
 
@@ -48,7 +50,8 @@ def measurement_record(cfg: DictConfig, trained: TrainedModel, phase: str, comma
     run_cfg.strategy = source_record.get("strategy", saved.strategy)
     run_cfg.run_id = run_id
     return runs.open_run(
-        run_cfg, command, model=saved.choices.model, encoder=saved.model.encoder,
+        run_cfg, command, encoder=saved.model.encoder,
+        model=(phase == "audit" and cfg.audit.get("model_label")) or saved.choices.model,
         loss=saved.choices.loss, train_condition=saved.train_condition.name,
         eval_condition="real", status="completed", step=trained.step,
         metrics=by_condition["real"], metrics_by_condition=by_condition,
@@ -57,7 +60,7 @@ def measurement_record(cfg: DictConfig, trained: TrainedModel, phase: str, comma
     )
 
 
-class _RealAndShuffled(Dataset):
+class RealAndShuffled(Dataset):
     """(real image, deranged image, mask) triples: both conditions in one pass."""
 
     def __init__(self, real: Dataset, shuffled: Dataset):
@@ -75,32 +78,83 @@ class _RealAndShuffled(Dataset):
         return image, other, mask
 
 
-@torch.inference_mode()
 def audit(cfg: DictConfig, target: str, command: str = "", on_given_dataset: bool = False) -> dict:
-    """`segaudit audit`: evaluate a checkpoint on real/noise/blank/shuffled inputs.
+    """`segaudit audit`: evaluate a model on real/noise/blank/shuffled inputs.
 
+    `target` is a run id, a segaudit checkpoint or an external model (`segaudit.sources`).
     The val split of the dataset the model was trained on, or with `on_given_dataset`
-    the config's dataset (`dataset=...` overrides), whose class count must be the model's.
+    the config's dataset (`dataset=...` overrides), whose class count must be the model's;
+    an external model is always measured on the config's dataset.
 
     Pictures of an audit are `segaudit.pictures.audit_pictures`' business.
 
     Returns:
         The audit's run record (`phase=audit`); its `audit` block holds each condition's
-        metrics, the analytic prior's mIoU, the content gain (real - prior) and the pixel
-        agreement between predictions on real and on noise input.
+        metrics, the analytic prior's mIoU, the content gain (real - prior), the pixel
+        agreement between predictions on real and on noise input, the red flags, and for
+        an external model that scores near the prior the preprocessing probe's suggestion.
     """
     t0 = time.perf_counter()
     device = resolve_device(str(cfg.device))
-    dtype = amp_dtype(str(cfg.train.amp), device)
     trained = load_for_eval(cfg, target, device)
-    model, dcfg = trained.model, trained.saved.dataset
-    if on_given_dataset:
-        dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
-        if int(dcfg.num_classes) != int(trained.saved.dataset.num_classes):
-            raise ConfigError(f"dataset={dcfg.name} has {dcfg.num_classes} classes, the model predicts "
-                              f"{trained.saved.dataset.num_classes} (give a dataset.label_map)")
+    dcfg = _given_dataset(cfg, trained) if on_given_dataset else trained.saved.dataset
+    return audit_trained(cfg, trained, dcfg, device, command, t0)
+
+
+def _given_dataset(cfg: DictConfig, trained: TrainedModel) -> DictConfig:
+    dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
+    if int(dcfg.num_classes) != int(trained.saved.dataset.num_classes):
+        raise ConfigError(f"dataset={dcfg.name} has {dcfg.num_classes} classes, the model predicts "
+                          f"{trained.saved.dataset.num_classes} (give a dataset.label_map)")
+    return dcfg
+
+
+def audit_trained(cfg: DictConfig, trained: TrainedModel, dcfg: DictConfig, device: torch.device,
+                  command: str = "", t0: float | None = None) -> dict:
+    """The audit of a model already loaded on `device` (`audit`, and `segaudit.audit_model`)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    results = measure_conditions(cfg, trained.model, dcfg, device)
+    inference = inference_record(build_inference(trained.model, dcfg, cfg.get("inference")))
+    return finish_audit(cfg, trained, dcfg, device, results, inference, command, t0)
+
+
+def finish_audit(cfg: DictConfig, trained: TrainedModel, dcfg: DictConfig, device: torch.device,
+                 results: dict[str, dict], inference: dict, command: str, t0: float) -> dict:
+    """The audit record of measured conditions: prior, content gain, red flags, the finding
+    against a reported mIoU, and the card probe for a card-wrapped model near the prior."""
+    prior = analytic_prior(dcfg)
+    miou = {name: results[name]["miou"] for name in CONDITIONS}
+    block = {
+        "source": str(trained.ckpt_path), "source_run": trained.source_run,
+        "miou": miou, "prior_miou": prior.per_pixel["miou"], "majority_miou": prior.majority["miou"],
+        "content_gain": miou["real"] - prior.per_pixel["miou"], "inference": inference,
+        "agreement_real_noise": results["noise"]["agreement"], "metrics": results,
+        "red_flags": red_flags(miou, prior.per_pixel["miou"], cfg.gate),
+        "reported_miou": cfg.audit.reported_miou,
+        "finding": reported_finding(miou["real"], prior.per_pixel["miou"], cfg.audit.reported_miou,
+                                    float(cfg.gate.fault_margin)),
+        "probe": None,
+    }
+    near_prior = miou["real"] - block["prior_miou"] <= float(cfg.audit.probe_below_prior_plus)
+    if isinstance(trained.model, CardAdapter) and cfg.audit.probe and near_prior:
+        block["probe"] = probe_card(cfg, trained.model, dcfg, device, miou["real"])
+    folder, record = measurement_record(
+        cfg, trained, "audit", command, results, device,
+        None if cfg.run_id is None else str(cfg.run_id), dataset=dcfg, audit=block)
+    record["timings"]["total_s"] = time.perf_counter() - t0
+    runs.write_record(folder, record)
+    return record
+
+
+@torch.inference_mode()
+def measure_conditions(cfg: DictConfig, model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
+                       max_batches: int | None = None) -> dict[str, dict]:
+    """Metrics of `model` on each audit condition, in one pass over the val split (the first
+    `max_batches` batches when given): real, noise (with its agreement with the real
+    predictions), blank and shuffled."""
+    dtype = amp_dtype(str(cfg.train.amp), device)
     num_classes, ignore_index = int(dcfg.num_classes), int(dcfg.ignore_index)
-    triples = _RealAndShuffled(
+    triples = RealAndShuffled(
         build_dataset(dcfg, "val", train=False),
         build_dataset(dcfg, "val", train=False, condition=load_group_option("condition", "shuffled")),
     )
@@ -114,28 +168,51 @@ def audit(cfg: DictConfig, target: str, command: str = "", on_given_dataset: boo
                "noise": AgreementMatrix(num_classes, ignore_index),  # noise vs real predictions
                "blank": ConfusionMatrix(num_classes, ignore_index),
                "shuffled": ConfusionMatrix(num_classes, ignore_index)}
-    for images, others, target_ in loader:
-        images, others = images.to(device), others.to(device)
-        target_ = target_.to(device)
+    for index, (images, others, target) in enumerate(loader):
+        if max_batches is not None and index >= max_batches:
+            break
+        images, others, target = images.to(device), others.to(device), target.to(device)
         real = predict(images)
-        metrics["real"].update(real, target_)
-        metrics["noise"].update(predict(noise(images)), target_, real)
-        metrics["blank"].update(predict(blank(images)), target_)
-        metrics["shuffled"].update(predict(others), target_)
-    results = {name: m.compute() for name, m in metrics.items()}
-    prior = analytic_prior(dcfg)
-    block = {
-        "source": str(trained.ckpt_path), "source_run": trained.source_run,
-        "miou": {name: results[name]["miou"] for name in CONDITIONS},
-        "prior_miou": prior.per_pixel["miou"], "majority_miou": prior.majority["miou"],
-        "content_gain": results["real"]["miou"] - prior.per_pixel["miou"],
-        "inference": inference_record(infer),
-        "agreement_real_noise": results["noise"]["agreement"],
-        "metrics": results,
-    }
-    folder, record = measurement_record(
-        cfg, trained, "audit", command, results, device,
-        None if cfg.run_id is None else str(cfg.run_id), dataset=dcfg, audit=block)
-    record["timings"]["total_s"] = time.perf_counter() - t0
-    runs.write_record(folder, record)
-    return record
+        metrics["real"].update(real, target)
+        metrics["noise"].update(predict(noise(images)), target, real)
+        metrics["blank"].update(predict(blank(images)), target)
+        metrics["shuffled"].update(predict(others), target)
+    return {name: m.compute() for name, m in metrics.items()}
+
+
+# --------------------------------------------------------------------------- verdict
+def red_flags(miou: dict[str, float], prior: float, gate: DictConfig) -> list[str]:
+    """The investigation's alarms for one model (`gate.red_flags`): it keeps most of its
+    score on noise input, or it scores no better than the prior or than mismatched images."""
+    flags = []
+    rules = gate.red_flags
+    real = miou["real"]
+    if rules.noise_ratio is not None and miou["noise"] > float(rules.noise_ratio) * real:
+        flags.append(f"noise input scores {miou['noise']:.1f}, more than {rules.noise_ratio:g} x its "
+                     f"real-image {real:.1f}: it predicts where classes usually are, not what it sees")
+    for reference, name, margin in ((prior, "analytic prior", rules.prior_margin),
+                                    (miou["shuffled"], "score on another image's pixels",
+                                     rules.shuffled_margin)):
+        if margin is not None and real - reference <= float(margin):
+            flags.append(f"real-image mIoU {real:.1f} is no better than its {name} {reference:.1f} "
+                         f"(margin {float(margin):g}): it does not use the image's content")
+    return flags
+
+
+def reported_finding(real: float, prior: float, reported: float | None, margin: float) -> str | None:
+    """Which side to look at, given the mIoU the user's own pipeline reported."""
+    if reported is None:
+        return None
+    reported = float(reported)
+    if real - prior <= margin:
+        return (f"your pipeline reported {reported:.1f}; it scores {real:.1f} here, at the prior "
+                f"{prior:.1f} too, so the model never learned content: look at training")
+    if real - reported > margin:
+        return (f"your pipeline reported {reported:.1f}; on the same val set this model scores "
+                f"{real:.1f}, so your evaluation loses {real - reported:.0f} points: look at evaluation")
+    if reported - real > margin:
+        return (f"your pipeline reported {reported:.1f}, {reported - real:.0f} points over the "
+                f"{real:.1f} it scores here: check the model card (preprocessing, class ids) and "
+                f"that your evaluation used this val set")
+    return (f"your pipeline reported {reported:.1f}; it scores {real:.1f} here: the two agree, "
+            f"so the score is the model's")

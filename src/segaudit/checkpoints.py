@@ -20,14 +20,16 @@ from segaudit.config import check_targets
 from segaudit.data import list_samples, prepare_dataset
 from segaudit.errors import ConfigError, first_line
 from segaudit.models import build_model
-from segaudit.sources import (CardAdapter, ModelCard, OnnxModel, card_from_mapping, check_output_channels,
-                              is_smp_dir, is_torchscript, load_external, read_card)
+from segaudit.sources import (CardAdapter, ModelCard, OnnxModel, card_from_mapping, check_output_channels, hf_card,
+                              is_hf_dir,
+                              is_smp_dir, is_torchscript, load_external, load_weights_only,
+                              read_card, read_card_file)
 
 
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint safely (`weights_only=True`); a clear error if it is damaged."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_weights_only(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: checkpoint not found") from None
     except Exception as err:
@@ -121,7 +123,7 @@ def load_for_eval(cfg: DictConfig, target: str, device: torch.device) -> Trained
 
 def is_external(path: Path) -> bool:
     """A path that is not a segaudit checkpoint by its form alone."""
-    return is_smp_dir(path) or path.suffix in (".pt2", ".safetensors", ".onnx") or (
+    return is_smp_dir(path) or is_hf_dir(path) or path.suffix in (".pt2", ".safetensors", ".onnx") or (
         path.is_file() and is_torchscript(path))
 
 
@@ -132,17 +134,34 @@ def load_external_for_eval(cfg: DictConfig, path: Path, device: torch.device) ->
         raise ConfigError(f"{path}: no such model file or folder")
     dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
     model, kind = load_external(path, cfg.source.factory, bool(cfg.source.trust))
-    stated = model.card(path) if isinstance(model, OnnxModel) else ModelCard()  # the format's own
-    card = stated.merged(read_card(path)).merged(card_from_mapping(cfg.get("card"), "card"))
+    stated = (model.card(path) if isinstance(model, OnnxModel)  # the format's own card fields
+              else hf_card(path) if kind == "hf" else ModelCard())
+    card = stated.merged(read_card(path))
+    if cfg.source.get("card_file"):
+        card = card.merged(read_card_file(Path(str(cfg.source.card_file)).expanduser()))
+    card = card.merged(card_from_mapping(cfg.get("card"), "card"))
+    return adapt_external(cfg, dcfg, model, card, path, kind, device)
+
+
+def adapt_external(cfg: DictConfig, dcfg: DictConfig, model: nn.Module, card: ModelCard, source: Path,
+                   kind: str, device: torch.device) -> TrainedModel:
+    """A model segaudit did not train, wrapped by its card, checked against the dataset's
+    classes, with the identity its records carry (`model=external-KIND`, encoder: the
+    source's name)."""
     adapted = CardAdapter(model, card, list(dcfg.transform.mean), list(dcfg.transform.std))
     adapted = adapted.to(device).eval()
     first = list_samples(dcfg, "val")[0]
     with Image.open(first.mask) as header:  # the size from the header: nothing is decoded twice
         size = (header.height, header.width)
-    check_output_channels(adapted, int(dcfg.num_classes), str(path), device, size)
-    identity = OmegaConf.create({
+    check_output_channels(adapted, int(dcfg.num_classes), str(source), device, size)
+    return TrainedModel(source, None, 0, adapted, external_identity(cfg, dcfg, kind, source, card))
+
+
+def external_identity(cfg: DictConfig, dcfg: DictConfig, kind: str, source: Path,
+                      card: ModelCard | None) -> DictConfig:
+    """What the run records of a model segaudit did not train say about it."""
+    return OmegaConf.create({
         "dataset": OmegaConf.to_container(dcfg, resolve=True), "seed": cfg.seed,
         "strategy": cfg.strategy, "choices": {"model": f"external-{kind}", "loss": None},
-        "model": {"encoder": path.name}, "train_condition": {"name": None},
-        "card": asdict(card)})
-    return TrainedModel(path, None, 0, adapted, identity)
+        "model": {"encoder": source.name}, "train_condition": {"name": None},
+        "card": None if card is None else asdict(card)})

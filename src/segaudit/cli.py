@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
 from segaudit import __version__
-from segaudit.errors import SegauditError, TrainingFailed
+from segaudit.errors import ConfigError, SegauditError, TrainingFailed
 
 app = typer.Typer(
     name="segaudit",
@@ -46,10 +47,10 @@ def user_errors():
     try:
         yield
     except SegauditError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(error.exit_code) from None
     except TrainingFailed as error:
-        err.print(f"[bold red]run failed:[/] {error}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]run failed:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(error.exit_code) from None
 
 
@@ -139,7 +140,8 @@ def report(
             written = report_plots(runs_root(cfg), records, plots, str(cfg.device))
             err.print(f"wrote {len(written)} plot(s) to {plots}")
         if scope_view:
-            result = run_scope(cfg, table=table)
+            phases = [w.split("=", 1)[1] for w in where if w.startswith("phase=")]  # --where phase=audit
+            result = run_scope(cfg, table=table, phase=phases[0] if phases else None)
             _show(scope_rich(result), lambda: format_scope(result, fmt), fmt)
             return
         if compare is not None:
@@ -189,29 +191,77 @@ def prior(
 @app.command(epilog="""[bold]Examples[/]\n
   segaudit audit RUN_ID                            [dim]# a run under paths.runs[/]\n
   segaudit audit path/to/checkpoint.pt device=cuda\n
-  segaudit audit RUN_ID --plots out/               [dim]# image / truth / real / noise grid[/]""")
+  segaudit audit RUN_ID --plots out/               [dim]# image / truth / real / noise grid[/]\n
+  segaudit audit my_smp_dir/ dataset=folder dataset.root=/data/mine --reported-miou 40.1\n
+  segaudit audit model.onnx dataset=cityscapes dataset.root=/data/cs card.channels=bgr\n
+  segaudit audit --inventory models.csv --jobs 4   [dim]# every model of a CSV; again: only what is missing[/]\n
+  segaudit audit --export-inputs inputs/ dataset=cityscapes dataset.root=/data/cs  [dim]# then your inference[/]\n
+  segaudit audit --predictions preds/ dataset=cityscapes dataset.root=/data/cs\n\n
+Exit code: 0 no red flag, 1 a red flag fired (inventory: or a row failed), 2 bad input.""")
 def audit(
-    target: str = typer.Argument(..., help="A run id, a checkpoint, an smp save_pretrained folder, "
-                                           "weights with --factory, TorchScript/.pt2 with --trust-model."),
+    target: Optional[str] = typer.Argument(None, help="A run id, a checkpoint, an smp save_pretrained folder, ONNX, "
+                                                      "weights with --factory, TorchScript/.pt2 with --trust-model."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write the sample grid and mIoU-by-input PNGs here."),
     factory: Optional[str] = typer.Option(None, "--factory", help=FACTORY_HELP),
     trust_model: bool = typer.Option(False, "--trust-model", help=TRUST_HELP),
+    reported_miou: Optional[float] = typer.Option(
+        None, "--reported-miou", help="The mIoU your own pipeline reported: says whether to look at training or evaluation."),
+    export_inputs: Optional[Path] = typer.Option(
+        None, "--export-inputs", help="Write the val inputs of every condition here for your own inference (no model)."),
+    predictions: Optional[Path] = typer.Option(
+        None, "--predictions", help="Score the label PNGs your inference wrote for --export-inputs (no model)."),
+    inventory: Optional[Path] = typer.Option(
+        None, "--inventory", help="Audit every model of a CSV (source, strategy, model, dataset, ...)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="--inventory: parallel local processes."),
+    launcher: str = typer.Option("local", "--launcher", help="--inventory: local | slurm (submitit)."),
 ) -> None:
-    """Evaluate a trained model on real, noise, blank and shuffled inputs."""
+    """Evaluate a trained model on real, noise, blank and shuffled inputs; flag what is wrong."""
     from segaudit.audit import audit as run_audit
     from segaudit.config import compose, override_keys
     from segaudit.report import audit_panel
 
     with user_errors():
-        cfg = compose([*(overrides or []), *_source_overrides(factory, trust_model)])
-        record = run_audit(cfg, target, command=_command_line(),
-                           on_given_dataset="dataset" in override_keys(overrides or []))
+        if target is not None and "=" in target:  # no model given: the first word is an override
+            target, overrides = None, [target, *(overrides or [])]
+        routes = [route for route, given in (("a model", target), ("--export-inputs", export_inputs),
+                                             ("--predictions", predictions), ("--inventory", inventory))
+                  if given is not None]
+        if len(routes) != 1:
+            raise ConfigError("give one of: a model to audit, --export-inputs DIR, --predictions DIR, "
+                              "--inventory FILE")
+        if plots is not None and target is None:
+            raise ConfigError("--plots draws a model's predictions: give a model, not --export-inputs/--predictions")
+        reported = [] if reported_miou is None else [f"audit.reported_miou={reported_miou}"]
+        cfg = compose([*(overrides or []), *_source_overrides(factory, trust_model), *reported,
+                       f"launcher={launcher}"])
+        if inventory is not None:
+            from segaudit.inventory import audit_inventory
+            from segaudit.report import inventory_table
+
+            results = audit_inventory(cfg, inventory, list(overrides or []), jobs)
+            out.print(inventory_table(results))
+            raise typer.Exit(1 if any(r["status"] == "failed" or r["red_flags"] for r in results) else 0)
+        if export_inputs is not None:
+            from segaudit.predictions import export_inputs as write_inputs
+
+            manifest = write_inputs(cfg, export_inputs)
+            out.print(f"wrote {len(manifest['images'])} val images x {len(manifest['conditions'])} conditions "
+                      f"to {export_inputs}; see {export_inputs / 'manifest.json'} for what to write back")
+            return
+        if predictions is not None:
+            from segaudit.predictions import score_predictions
+
+            record = score_predictions(cfg, predictions, command=_command_line())
+        else:
+            record = run_audit(cfg, target, command=_command_line(),
+                               on_given_dataset="dataset" in override_keys(overrides or []))
         out.print(audit_panel(record))
         if plots is not None:
             from segaudit.pictures import audit_pictures
 
             err.print(f"wrote {len(audit_pictures(cfg, record, plots))} plot(s) to {plots}")
+    raise typer.Exit(1 if record["audit"]["red_flags"] else 0)
 
 
 @app.command(epilog="""[bold]Examples[/]\n
@@ -322,6 +372,7 @@ def scope(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     table_file: Optional[Path] = typer.Option(None, "--table", help="CSV/parquet with strategy, model, dataset, miou."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | md"),
+    phase: Optional[str] = typer.Option(None, "--phase", help="Analyse this phase's runs (audit: models audited with --inventory)."),
 ) -> None:
     """Scope analysis: mIoU by strategy, model and dataset, and whether it is too uniform."""
     from segaudit.config import compose
@@ -330,7 +381,7 @@ def scope(
 
     with user_errors():
         check_format(fmt, SCOPE_FORMATS)
-        result = run_scope(compose(overrides or []), table_file)
+        result = run_scope(compose(overrides or []), table_file, phase=phase)
         _show(scope_rich(result), lambda: format_scope(result, fmt), fmt)
     raise typer.Exit(1 if result["systematic"] else 0)
 

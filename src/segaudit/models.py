@@ -13,6 +13,7 @@ from torch import nn
 
 from segaudit.config import check_targets, safe_instantiate
 from segaudit.errors import ConfigError, first_line
+from segaudit.sources import load_weights_only
 
 # Weight names smp knows how to fetch from a hub (needs a network).
 _HUB_WEIGHTS = {"imagenet", "ssl", "swsl", "instagram", "advprop", "noisy-student",
@@ -133,7 +134,7 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"model.encoder_weights: {path} is not a file (nor a hub weight name)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except Exception as err:
         raise ConfigError(f"{path}: cannot read encoder weights ({err})") from None
     if isinstance(state, dict) and "state_dict" in state:

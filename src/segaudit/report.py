@@ -274,7 +274,47 @@ def audit_panel(record: RunRecord) -> Panel:
         Text(f"pixel agreement between predictions on real and on noise: "
              f"{block['agreement_real_noise']:.1f}%"),
     ]
+    flags = block.get("red_flags", [])
+    lines += [Text(f"RED FLAG: {flag}", style="bold red") for flag in flags]
+    if "red_flags" in block and not flags:
+        lines.append(Text("no red flag: the model reads the image", style="bold green"))
+    if block.get("finding"):
+        lines.append(Text(block["finding"], style="bold"))
+    lines.extend(probe_lines(block.get("probe")))
     return Panel(Group(*lines), title=f"audit {record['run_id']}", expand=False)
+
+
+def inventory_table(results: list[dict]) -> Group:
+    """One line per inventory row, then the rows that failed with their reasons."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold", title="segaudit audit --inventory")
+    for column in ("row", "source", "run_id", "status", "mIoU", "red flags"):
+        table.add_column(column, justify="right" if column in ("row", "mIoU", "red flags") else "left",
+                         overflow="fold")
+    for r in results:
+        style = {"failed": "bold red", "skipped": "dim"}.get(r["status"], "")
+        table.add_row(str(r["line"]), r["source"], r["run_id"] or "-", Text(r["status"], style=style),
+                      _cell(r["miou"]), "-" if r["red_flags"] is None else str(r["red_flags"]))
+    failed = [r for r in results if r["status"] == "failed"]
+    lines = [table, Text(f"{len(results) - len(failed)} of {len(results)} rows audited"
+                         f"{'' if not failed else f'; {len(failed)} failed:'}")]
+    lines += [Text(f"  row {r['line']} ({r['source']}): {r.get('error') or 'failed'}", style="red")
+              for r in failed]
+    return Group(*lines)
+
+
+def probe_lines(probe: dict | None) -> list[Text]:
+    """The preprocessing probe's suggestion (it never changes the audit's numbers)."""
+    if not probe:
+        return []
+    found = probe["suggestion"]
+    if found is None:
+        return [Text(f"preprocessing probe: no usual card mistake scores higher on the first "
+                     f"{probe['images']} val images (best of {len(probe['tried'])} variants: "
+                     f"{max(probe['tried'].values()):.1f} vs {probe['baseline']:.1f}); the "
+                     f"model itself is the suspect", style="dim")]
+    return [Text(f"preprocessing probe: this model scores {found['miou']:.1f} with {found['change']} "
+                 f"(vs {probe['baseline']:.1f} as given, first {probe['images']} val images); "
+                 f"set it in the card and audit again", style="bold yellow")]
 
 
 _RESULT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "SKIP": "dim"}

@@ -123,6 +123,10 @@ class AuditBlock(TypedDict):
     inference: dict
     agreement_real_noise: float
     metrics: dict[str, Metrics]
+    red_flags: list[str]  # `segaudit.audit.red_flags`; audit exits 1 when there is one
+    reported_miou: float | None  # what the user's own pipeline reported (--reported-miou)
+    finding: str | None  # which side to look at, given reported_miou
+    probe: dict | None  # `segaudit.probe.probe_card`: external models near the prior
 
 
 class ValidateBlock(TypedDict):

@@ -80,13 +80,20 @@ def training_runs(table: pd.DataFrame) -> pd.DataFrame:
     return table[(table.status == "completed") & ~table.phase.isin(NOT_TRAINING)]
 
 
-def run_scope(cfg: DictConfig, table_file: Path | None = None, table: pd.DataFrame | None = None) -> dict:
+def run_scope(cfg: DictConfig, table_file: Path | None = None, table: pd.DataFrame | None = None,
+              phase: str | None = None) -> dict:
     """`segaudit scope`: over an imported results file, the given run table (`report
-    --scope` passes the runs its `--where` kept), or the completed runs under `paths.runs`."""
+    --scope` passes the runs its `--where` kept), or the completed runs under `paths.runs`:
+    the training runs, or with `phase` the completed runs of that phase (`audit`: the
+    investigation's scope analysis from audits of models trained elsewhere)."""
     if table_file is not None:
         table = read_results(table_file)
     else:
-        table = training_runs(load_table(runs_root(cfg)) if table is None else table)
+        table = load_table(runs_root(cfg)) if table is None else table
+        if phase is None:
+            table = training_runs(table)
+        elif not table.empty:
+            table = table[(table.status == "completed") & (table.phase == phase)]
     if table.empty:
         raise ConfigError("scope: no runs with an mIoU to analyse (give --table FILE or train some)")
     return scope(table, cfg.gate.scope)

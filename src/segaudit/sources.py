@@ -6,6 +6,9 @@ A source is a path. What it holds decides how it loads:
   `_model_class`, `model.safetensors`): rebuilt from the smp class, weights from safetensors;
 - a weights file (`.safetensors`, or a state_dict read with `weights_only=True`) together
   with `--factory package.module:function`, the user's own code that builds the model;
+- a Hugging Face `transformers` semantic-segmentation directory (`config.json` with a
+  `model_type`, weights; `pip install segaudit[hf]`): its `preprocessor_config.json`
+  fills the card's mean, std and input range, and the logits are its `logits`;
 - an ONNX file, run by onnxruntime (CUDA provider when there is a GPU); the graph's
   metadata may carry card fields (`mean`, `std`, `channels`, `input_range` as JSON text);
 - a TorchScript archive or a `torch.export` `.pt2` program: loading these runs code, so
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,6 +38,7 @@ from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from segaudit.config import SMP_ARCHITECTURES
+from segaudit.data.labels import cityscapes_label_map
 from segaudit.errors import ConfigError, first_line
 
 CARD_SUFFIX = ".card.yaml"  # sidecar next to a model file; `card.yaml` inside a directory
@@ -52,6 +57,8 @@ class ModelCard:
     channels: str | None = None  # rgb | bgr
     output: str | int | None = None  # dict key ('out', 'logits') or tuple index
     upsample: bool | None = None  # resize a smaller output to the input size
+    class_map: list[int] | str | None = None  # model channel i is dataset class class_map[i]
+    # (255 or -1: no dataset class), or `cityscapes_label_ids` (34 label ids -> 19 train ids)
 
     def merged(self, other: ModelCard) -> ModelCard:
         """This card with `other`'s stated fields on top."""
@@ -80,14 +87,46 @@ def card_from_mapping(values: Any, source: str) -> ModelCard:
         value = getattr(card, name)
         if value is not None and (not isinstance(value, list) or len(value) != 3):
             raise ConfigError(f"{source}: {name} must list 3 numbers, one per channel")
+    if card.class_map is not None:
+        channel_for_class(card.class_map, source)  # a clear error now, not at the first batch
     return card
+
+
+NAMED_CLASS_MAPS = ("cityscapes_label_ids",)
+
+
+def class_map_list(class_map: list[int] | str) -> list[int]:
+    """A card's `class_map` as a list (model channel -> dataset class, 255: none)."""
+    if class_map == "cityscapes_label_ids":  # a model that predicts Cityscapes' 34 label ids
+        table = cityscapes_label_map()
+        return [table.get(i, 255) for i in range(34)]
+    return list(class_map)
+
+
+def channel_for_class(class_map: list[int] | str, source: str = "card") -> list[int]:
+    """For each dataset class 0..K-1, the model channel that predicts it."""
+    if isinstance(class_map, str) and class_map not in NAMED_CLASS_MAPS:
+        raise ConfigError(f"{source}: class_map={class_map}: give a list or one of {', '.join(NAMED_CLASS_MAPS)}")
+    values = class_map_list(class_map)
+    if not values or not all(isinstance(v, int) for v in values):
+        raise ConfigError(f"{source}: class_map must list one dataset class id per model channel")
+    kept = [v for v in values if v not in (255, -1)]
+    if sorted(kept) != list(range(len(kept))):
+        raise ConfigError(f"{source}: class_map must name every dataset class 0..K-1 exactly once "
+                          f"(255 or -1 for model channels with no dataset class)")
+    return [values.index(c) for c in range(len(kept))]
 
 
 def read_card(source: Path) -> ModelCard:
     """The sidecar card of a source: `MODEL.card.yaml` beside a file, `card.yaml` in a folder."""
     path = source / "card.yaml" if source.is_dir() else source.with_name(source.name + CARD_SUFFIX)
+    return read_card_file(path) if path.is_file() else ModelCard()
+
+
+def read_card_file(path: Path) -> ModelCard:
+    """A model card YAML (`source.card_file`, an inventory's `card` column)."""
     if not path.is_file():
-        return ModelCard()
+        raise ConfigError(f"{path}: model card not found")
     try:
         return card_from_mapping(yaml.safe_load(path.read_text()), str(path))
     except yaml.YAMLError as err:
@@ -110,6 +149,7 @@ class CardAdapter(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.scale = scale
+        self.channels = None if card.class_map is None else channel_for_class(card.class_map)
 
     def train(self, mode: bool = True) -> CardAdapter:
         """External models are only measured: the wrapped model stays in eval mode (set once
@@ -126,6 +166,11 @@ class CardAdapter(nn.Module):
         if self.card.upsample is not False and logits.shape[-2:] != images.shape[-2:]:
             logits = F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear",
                                    align_corners=False)
+        if self.channels is not None:
+            if logits.shape[1] != len(class_map_list(self.card.class_map)):
+                raise ConfigError(f"the model outputs {logits.shape[1]} channels, its card's class_map "
+                                  f"lists {len(class_map_list(self.card.class_map))}")
+            logits = logits[:, self.channels]
         return logits
 
 
@@ -187,8 +232,76 @@ def is_torchscript(path: Path) -> bool:
         return False
 
 
+def _config_json(path: Path) -> dict | None:
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return None
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def is_smp_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    """An smp `save_pretrained` folder: its `config.json` names an smp `_model_class`."""
+    config = _config_json(path)
+    return config is not None and "_model_class" in config and (path / "model.safetensors").is_file()
+
+
+def is_hf_dir(path: Path) -> bool:
+    """A Hugging Face `transformers` folder: its `config.json` names a `model_type`."""
+    config = _config_json(path)
+    return config is not None and "model_type" in config and "_model_class" not in config
+
+
+def load_hf_dir(path: Path) -> nn.Module:
+    """A `transformers` semantic-segmentation folder (SegFormer, UperNet, DPT, ...), loaded
+    by `AutoModelForSemanticSegmentation.from_pretrained` from its safetensors only (no
+    pickle, no remote code, nothing downloaded); transformers renames legacy weight names."""
+    try:
+        from transformers import AutoModelForSemanticSegmentation
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # the [hf] extra is optional: most users never need it
+        raise ConfigError(f"{path}: a Hugging Face model needs transformers: pip install 'segaudit[hf]'") from None
+    if not any(path.glob("*.safetensors")):
+        raise ConfigError(f"{path}: segaudit loads Hugging Face weights from safetensors only (a .bin is a "
+                          f"pickle); re-save with save_pretrained(path, safe_serialization=True)")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report goes to the log; segaudit checks below
+    try:
+        model, info = AutoModelForSemanticSegmentation.from_pretrained(
+            str(path), trust_remote_code=False, local_files_only=True, use_safetensors=True,
+            output_loading_info=True)
+    except Exception as err:  # noqa: BLE001 - transformers raises many types for unknown configs
+        raise ConfigError(f"{path}: not a loadable transformers semantic-segmentation model "
+                          f"({first_line(err)[:200]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing, unexpected = sorted(info.get("missing_keys", [])), sorted(info.get("unexpected_keys", []))
+    if missing or unexpected:  # transformers would start those weights at random: refuse
+        parts = [f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                 for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise ConfigError(f"{path}: weights do not fit the model: {'; '.join(parts)}")
+    return model
+
+
+def hf_card(path: Path) -> ModelCard:
+    """Card fields a `preprocessor_config.json` states: mean/std, and the input range from
+    its rescaling (an image processor rescales 0..255 to 0..1 before normalising)."""
+    file = path / "preprocessor_config.json"
+    if not file.is_file():
+        return ModelCard(output="logits")
+    try:
+        pre = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{file}: unreadable ({first_line(err)})") from None
+    rescaled = pre.get("do_rescale", True) and abs(float(pre.get("rescale_factor", 1 / 255)) - 1 / 255) < 1e-9
+    values = {"output": "logits", "input_range": 1 if rescaled else 255}
+    if pre.get("do_normalize", True) and "image_mean" in pre and "image_std" in pre:
+        values.update(mean=[float(v) for v in pre["image_mean"]], std=[float(v) for v in pre["image_std"]])
+    elif not pre.get("do_normalize", True):
+        values.update(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+    return card_from_mapping(values, str(file))
 
 
 def load_smp_dir(path: Path) -> nn.Module:
@@ -211,6 +324,14 @@ def load_smp_dir(path: Path) -> nn.Module:
     return model
 
 
+def load_weights_only(path: Path) -> Any:
+    """`torch.load` with `weights_only=True`, without torch's warnings about foreign pickle
+    protocols (the one-line error that follows a refused file says what matters)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Weights from `.safetensors` or a `torch.save`d state_dict (never unpickling objects)."""
     if path.suffix == ".safetensors":
@@ -219,7 +340,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise ConfigError(f"{path}: unreadable safetensors ({first_line(err)})") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except Exception as err:  # noqa: BLE001 - torch raises many types for foreign pickles
         raise ConfigError(f"{path}: not a plain state_dict ({first_line(err)[:160]}); segaudit never "
                           f"unpickles objects: save model.state_dict() or safetensors") from None
@@ -277,6 +398,8 @@ def load_external(path: Path, factory: str | None, trust: bool) -> tuple[nn.Modu
         return model.eval(), "factory"
     if is_smp_dir(path):
         return load_smp_dir(path).eval(), "smp"
+    if is_hf_dir(path):
+        return load_hf_dir(path).eval(), "hf"
     if path.suffix == ".onnx" and path.is_file():
         return OnnxModel(path), "onnx"
     if path.suffix == ".pt2" or is_torchscript(path):
@@ -308,11 +431,16 @@ def check_output_channels(model: nn.Module, num_classes: int, source: str, devic
     with torch.inference_mode():
         try:
             logits = model(torch.zeros(1, 3, *size, device=device))
-        except ConfigError:
-            raise
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
         except Exception as err:  # noqa: BLE001 - whatever the foreign model raises
             raise ConfigError(f"{source}: the model fails on a {size[0]}x{size[1]} image "
                               f"({first_line(err)[:200]})") from None
     if logits.ndim != 4 or logits.shape[1] != num_classes:
+        hint = ""
+        if logits.ndim == 4 and logits.shape[1] == 34 and num_classes == 19:
+            hint = "; a model of Cityscapes label ids needs card.class_map=cityscapes_label_ids"
+        elif logits.ndim == 4:
+            hint = "; give card.class_map when its classes differ from the dataset's"
         raise ConfigError(f"{source}: the model outputs {tuple(logits.shape)}, expected "
-                          f"(N, {num_classes}, H, W) for the dataset's {num_classes} classes")
+                          f"(N, {num_classes}, H, W) for the dataset's {num_classes} classes{hint}")

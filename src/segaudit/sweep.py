@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -22,6 +23,7 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from segaudit import runs
+from segaudit.audit import audit
 from segaudit.config import compose, config_groups
 from segaudit.engine import check_train_settings, train
 from segaudit.errors import ConfigError, SegauditError, TrainingFailed
@@ -32,10 +34,12 @@ GATE_TIER = {"2A": 1, "2B": 2}
 
 @dataclass(frozen=True)
 class SweepRun:
-    """One run of a sweep: its deterministic id and the overrides that define it."""
+    """One run of a sweep: its deterministic id and the overrides that define it; with a
+    `target`, the run is an audit of that model (`segaudit audit --inventory`)."""
 
     run_id: str
     overrides: tuple[str, ...]
+    target: str | None = None
 
     @property
     def runs_root(self) -> Path:
@@ -84,6 +88,8 @@ def run_one(run: SweepRun) -> dict:
     """Train (or resume, or skip) one sweep run in this process; every launcher ends here."""
     if run.status() == "completed":
         return {"run_id": run.run_id, "status": "skipped"}
+    if run.target is not None:
+        return _audit_one(run)
     if (run.runs_root.expanduser() / run.run_id / runs.CONFIG).is_file():
         cfg = compose([f"paths.runs={run.runs_root}", f"resume={run.run_id}"])
     else:
@@ -92,10 +98,22 @@ def run_one(run: SweepRun) -> dict:
     return {"run_id": run.run_id, "status": record["status"], "miou": record["metrics"]["miou"]}
 
 
+def _audit_one(run: SweepRun) -> dict:
+    """Audit one model; an audit that was interrupted is measured again from the start."""
+    folder = run.runs_root.expanduser() / run.run_id
+    if folder.is_dir():  # an unfinished audit (status() above is not completed): no checkpoint to keep
+        shutil.rmtree(folder)
+    cfg = compose([*run.overrides, f"run_id={run.run_id}"])
+    record = audit(cfg, run.target, command=f"segaudit audit --inventory ({run.target})",
+                   on_given_dataset=any(o.startswith("dataset=") for o in run.overrides))
+    return {"run_id": run.run_id, "status": record["status"], "miou": record["metrics"]["miou"]}
+
+
 def _run_subprocess(run: SweepRun, threads: int) -> dict:
     """One run as its own `python -m segaudit.sweep` process (for --jobs N)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    done = subprocess.run([sys.executable, "-m", "segaudit.sweep", run.run_id, *run.overrides],
+    audit_args = [] if run.target is None else ["--audit", run.target]
+    done = subprocess.run([sys.executable, "-m", "segaudit.sweep", run.run_id, *audit_args, *run.overrides],
                           capture_output=True, text=True, env=env)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
@@ -162,8 +180,10 @@ def _guarded(run: SweepRun) -> dict:
         return {"run_id": run.run_id, "status": "failed", "error": str(err)}
 
 
-if __name__ == "__main__":  # one run of a --jobs N sweep: python -m segaudit.sweep RUN_ID OVERRIDES...
-    result = _guarded(SweepRun(sys.argv[1], tuple(sys.argv[2:])))
+if __name__ == "__main__":  # one run of a --jobs N sweep: python -m segaudit.sweep RUN_ID [--audit SOURCE] OVERRIDES...
+    args = sys.argv[2:]
+    source = args[1] if args[:1] == ["--audit"] else None
+    result = _guarded(SweepRun(sys.argv[1], tuple(args[2:] if source else args), target=source))
     if result["status"] == "failed":
         print(result.get("error", "failed"), file=sys.stderr)
         sys.exit(1)

@@ -70,7 +70,7 @@ class DeviceImages:
     """Replaces a batch's images on the device for the `noise` and `blank` conditions.
 
     Images arrive normalised with the dataset's mean/std; generated images are drawn in
-    [0, 1] RGB and normalised the same way. Training noise uses the global RNG (restored
+    [0, 1] RGB and normalised the same way; evaluation images are rounded to 8-bit levels. Training noise uses the global RNG (restored
     on resume); evaluation noise uses its own seeded generator so audits repeat.
     """
 
@@ -97,4 +97,8 @@ class DeviceImages:
             raw = value.expand(images.shape)
         else:
             return images
+        if self.generator is not None or name == "blank":
+            # Evaluation inputs are 8-bit images, like real ones: exactly what the
+            # predictions-only export writes to PNG (`segaudit.predictions`).
+            raw = (raw * 255).round() / 255
         return ((raw - self.mean) / self.std).to(images.dtype)
