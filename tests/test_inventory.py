@@ -97,3 +97,16 @@ def test_content_hash_follows_the_bytes(tmp_path):
     first = content_hash(tmp_path / "a")
     (tmp_path / "a" / "w.bin").write_bytes(b"2")
     assert content_hash(tmp_path / "a") != first
+
+
+def test_the_slurm_launcher_runs_an_inventory_as_a_job_array(inventory, tmp_path):
+    base, shared = inventory
+    rows = pd.read_csv(base / "models.csv").head(2)
+    rows["source"] = [str(base / s) for s in rows.source]
+    rows.to_csv(tmp_path / "two.csv", index=False)
+    runs = tmp_path / "runs"
+    settings = [s for s in shared if not s.startswith("paths.runs=")] + [f"paths.runs={runs}"]
+    done = runner.invoke(app, ["audit", "--inventory", str(tmp_path / "two.csv"), "--launcher", "slurm",
+                               "launcher.cluster=local", *settings])
+    assert done.exit_code == 1, done.output  # untrained models: red flags
+    assert len(_audit_records(runs)) == 2 and (runs / "_submitit").is_dir()

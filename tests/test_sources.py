@@ -465,3 +465,14 @@ def test_a_hugging_face_folder_without_the_extra_is_one_line(native, monkeypatch
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
     done = runner.invoke(app, ["audit", str(folder), *native["tiny"]])
     assert done.exit_code == 2 and "pip install 'segaudit[hf]'" in done.stderr, done.output
+
+
+def test_a_factory_named_by_a_card_file_needs_trust(native, monkeypatch):
+    monkeypatch.syspath_prepend(str(native["base"] / "pkg"))
+    weights = native["base"] / "carded.safetensors"
+    save_file({k: v.contiguous() for k, v in native["model"].state_dict().items()}, weights)
+    (native["base"] / "carded.safetensors.card.yaml").write_text("factory: segaudit_test_factory:build\n")
+    refused = runner.invoke(app, ["audit", str(weights), *native["tiny"]])
+    assert refused.exit_code == 2 and "names a factory" in refused.stderr and "--trust-model" in refused.stderr
+    record = _audit(native, weights, "--trust-model")
+    _same(record["audit"]["miou"], native["miou"], 0.01)

@@ -133,13 +133,19 @@ def load_external_for_eval(cfg: DictConfig, path: Path, device: torch.device) ->
     if not path.exists():
         raise ConfigError(f"{path}: no such model file or folder")
     dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
-    model, kind = load_external(path, cfg.source.factory, bool(cfg.source.trust))
+    written = read_card(path)  # the sidecar, then a card file: both were written by someone else
+    if cfg.source.get("card_file"):
+        written = written.merged(read_card_file(Path(str(cfg.source.card_file)).expanduser()))
+    factory = cfg.source.factory or cfg.card.get("factory")  # typed by the user: no trust needed
+    if factory is None and written.factory is not None:
+        if not cfg.source.trust:
+            raise ConfigError(f"{path}: its model card names a factory ({written.factory}), code that "
+                              f"would run; pass --trust-model if you trust it, or give --factory yourself")
+        factory = written.factory
+    model, kind = load_external(path, factory, bool(cfg.source.trust))
     stated = (model.card(path) if isinstance(model, OnnxModel)  # the format's own card fields
               else hf_card(path) if kind == "hf" else ModelCard())
-    card = stated.merged(read_card(path))
-    if cfg.source.get("card_file"):
-        card = card.merged(read_card_file(Path(str(cfg.source.card_file)).expanduser()))
-    card = card.merged(card_from_mapping(cfg.get("card"), "card"))
+    card = stated.merged(written).merged(card_from_mapping(cfg.get("card"), "card"))
     return adapt_external(cfg, dcfg, model, card, path, kind, device)
 
 

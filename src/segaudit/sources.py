@@ -59,6 +59,8 @@ class ModelCard:
     upsample: bool | None = None  # resize a smaller output to the input size
     class_map: list[int] | str | None = None  # model channel i is dataset class class_map[i]
     # (255 or -1: no dataset class), or `cityscapes_label_ids` (34 label ids -> 19 train ids)
+    factory: str | None = None  # package.module:function that builds the model for its weights
+    # (from a card file this is code to run: it loads only with --trust-model)
 
     def merged(self, other: ModelCard) -> ModelCard:
         """This card with `other`'s stated fields on top."""
