@@ -110,3 +110,12 @@ def test_the_slurm_launcher_runs_an_inventory_as_a_job_array(inventory, tmp_path
                                "launcher.cluster=local", *settings])
     assert done.exit_code == 1, done.output  # untrained models: red flags
     assert len(_audit_records(runs)) == 2 and (runs / "_submitit").is_dir()
+
+
+def test_a_factory_row_needs_the_commands_trust(tmp_path):
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    (tmp_path / "inv.csv").write_text("source,factory\nw.safetensors,evil.module:build\n")
+    [row] = plan_inventory(tmp_path / "inv.csv", [])
+    assert row.run is None and "--trust-model" in row.error
+    [row] = plan_inventory(tmp_path / "inv.csv", [], trusted=True)
+    assert row.error is None and "source.factory='evil.module:build'" in row.run.overrides

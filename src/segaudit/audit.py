@@ -147,11 +147,10 @@ def finish_audit(cfg: DictConfig, trained: TrainedModel, dcfg: DictConfig, devic
 
 
 @torch.inference_mode()
-def measure_conditions(cfg: DictConfig, model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
-                       max_batches: int | None = None) -> dict[str, dict]:
-    """Metrics of `model` on each audit condition, in one pass over the val split (the first
-    `max_batches` batches when given): real, noise (with its agreement with the real
-    predictions), blank and shuffled."""
+def measure_conditions(cfg: DictConfig, model: torch.nn.Module, dcfg: DictConfig,
+                       device: torch.device) -> dict[str, dict]:
+    """Metrics of `model` on each audit condition, in one pass over the val split: real,
+    noise (with its agreement with the real predictions), blank and shuffled."""
     dtype = amp_dtype(str(cfg.train.amp), device)
     num_classes, ignore_index = int(dcfg.num_classes), int(dcfg.ignore_index)
     triples = RealAndShuffled(
@@ -168,9 +167,7 @@ def measure_conditions(cfg: DictConfig, model: torch.nn.Module, dcfg: DictConfig
                "noise": AgreementMatrix(num_classes, ignore_index),  # noise vs real predictions
                "blank": ConfusionMatrix(num_classes, ignore_index),
                "shuffled": ConfusionMatrix(num_classes, ignore_index)}
-    for index, (images, others, target) in enumerate(loader):
-        if max_batches is not None and index >= max_batches:
-            break
+    for images, others, target in loader:
         images, others, target = images.to(device), others.to(device), target.to(device)
         real = predict(images)
         metrics["real"].update(real, target)

@@ -20,10 +20,9 @@ from segaudit.config import check_targets
 from segaudit.data import list_samples, prepare_dataset
 from segaudit.errors import ConfigError, first_line
 from segaudit.models import build_model
-from segaudit.sources import (CardAdapter, ModelCard, OnnxModel, card_from_mapping, check_output_channels, hf_card,
-                              is_hf_dir,
-                              is_smp_dir, is_torchscript, load_external, load_weights_only,
-                              read_card, read_card_file)
+from segaudit.sources import (CardAdapter, ModelCard, OnnxModel, card_from_mapping, check_output_channels,
+                              hf_card, is_hf_dir, is_smp_dir, is_torchscript, load_external,
+                              load_weights_only, read_card, read_card_file)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -102,7 +101,7 @@ class TrainedModel:
     ckpt_path: Path
     source_run: str | None  # the run it came from (None for a bare checkpoint file)
     step: int
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None: a predictions-only audit (`segaudit.predictions`)
     saved: DictConfig  # the config it was trained with
 
 

@@ -6,8 +6,10 @@ One CSV row per model. Columns (only `source` is required):
   CSV's folder;
 - `strategy`, `model`, `dataset`, `root`: how the run table labels the audit, and the
   dataset preset and folder it is measured on;
-- `factory`, `trust`, `card` (a card YAML) and any card field (`mean`, `std`,
-  `input_range`, `channels`, `output`, `upsample`, `class_map`): as for one audit;
+- `factory`, `card` (a card YAML) and any card field (`mean`, `std`, `input_range`,
+  `channels`, `output`, `upsample`, `class_map`): as for one audit. A file cannot vouch
+  for the code it names: a `factory` row, or a TorchScript/.pt2 model, loads only when
+  the command itself is given `--trust-model`;
 - `reported_miou`: what the team's own evaluation said, for the finding.
 
 Every row's run id is deterministic (a content hash of the model plus its dataset, card
@@ -31,7 +33,7 @@ from segaudit.sources import ModelCard
 from segaudit.sweep import SweepRun, launch
 
 CARD_FIELDS = tuple(f.name for f in fields(ModelCard))
-COLUMNS = ("source", "strategy", "model", "dataset", "root", "factory", "trust", "card", "reported_miou",
+COLUMNS = ("source", "strategy", "model", "dataset", "root", "factory", "card", "reported_miou",
            *CARD_FIELDS)
 _LIST_FIELDS = ("mean", "std", "class_map")
 
@@ -63,7 +65,7 @@ def _quoted(value: str) -> str:
     return f"'{value}'"
 
 
-def _row_overrides(row: dict[str, str], folder: Path) -> tuple[Path, list[str]]:
+def _row_overrides(row: dict[str, str], folder: Path, trusted: bool) -> tuple[Path, list[str]]:
     """The model path and the config overrides a row stands for."""
     source = Path(row["source"]).expanduser()
     source = source if source.is_absolute() else folder / source
@@ -79,8 +81,9 @@ def _row_overrides(row: dict[str, str], folder: Path) -> tuple[Path, list[str]]:
             if column != "factory" and not Path(value).expanduser().is_absolute():
                 value = str(folder / value)
             overrides.append(f"{key}={_quoted(value)}")
-    if row.get("trust", "").lower() in ("1", "true", "yes"):
-        overrides.append("source.trust=true")
+    if row.get("factory") and not trusted:
+        raise ConfigError(f"factory {row['factory']}: a factory named in a file is code to run; give the "
+                          f"inventory command --trust-model if you trust it")
     if row.get("reported_miou"):
         overrides.append(f"audit.reported_miou={float(row['reported_miou'])}")
     for name in CARD_FIELDS:
@@ -90,7 +93,7 @@ def _row_overrides(row: dict[str, str], folder: Path) -> tuple[Path, list[str]]:
     return source, overrides
 
 
-def plan_inventory(path: Path, shared: list[str]) -> list[InventoryRow]:
+def plan_inventory(path: Path, shared: list[str], trusted: bool = False) -> list[InventoryRow]:
     """Read the CSV and plan one audit per row; bad rows carry their error instead.
 
     Raises:
@@ -113,7 +116,7 @@ def plan_inventory(path: Path, shared: list[str]) -> list[InventoryRow]:
         row = {k: str(v).strip() for k, v in row.items()}
         entry = InventoryRow(line, row["source"])
         try:
-            source, overrides = _row_overrides(row, path.parent)
+            source, overrides = _row_overrides(row, path.parent, trusted)
             key = "\n".join([content_hash(source), *sorted(overrides), *sorted(shared)])
             stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.name)[:40].strip("-.") or "model"
             entry.run = SweepRun(f"audit-{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}",
@@ -132,9 +135,10 @@ def audit_inventory(cfg: DictConfig, path: Path, extra: list[str], jobs: int) ->
         (completed, skipped: done before, failed), `miou`, `red_flags` and `error`.
     """
     root = str(runs.runs_root(cfg).resolve())
-    shared = [f"paths.runs={root}", "train.progress=false",
-              *[o for o in extra if not o.startswith(("paths.runs=", "launcher=", "launcher."))]]
-    planned = plan_inventory(path, shared)
+    trusted = bool(cfg.source.trust)  # --trust-model on the command line, never from the file
+    shared = [f"paths.runs={root}", "train.progress=false", *(["source.trust=true"] if trusted else []),
+              *[o for o in extra if not o.startswith(("paths.runs=", "launcher=", "launcher.", "source."))]]
+    planned = plan_inventory(path, shared, trusted)
     runnable = [row.run for row in planned if row.run is not None]
     duplicates = {r.run_id for r in runnable if sum(o.run_id == r.run_id for o in runnable) > 1}
     by_id = {result["run_id"]: result for result in launch(list({r.run_id: r for r in runnable}.values()),
