@@ -476,3 +476,23 @@ def test_a_factory_named_by_a_card_file_needs_trust(native, monkeypatch):
     assert refused.exit_code == 2 and "names a factory" in refused.stderr and "--trust-model" in refused.stderr
     record = _audit(native, weights, "--trust-model")
     _same(record["audit"]["miou"], native["miou"], 0.01)
+
+
+def test_a_model_fixed_to_one_input_size_gets_its_card_input_size(native):
+    import segaudit
+
+    def fixed_64(images):  # like a graph exported for 64x64 only
+        if tuple(images.shape[-2:]) != (64, 64):
+            raise RuntimeError(f"expected 64x64 input, got {tuple(images.shape[-2:])}")
+        return native["model"](images)
+
+    dataset_args = [a for a in native["tiny"] if a.startswith(("dataset.", "train.eval"))]
+    root = next(a.split("=", 1)[1] for a in dataset_args if a.startswith("dataset.root="))
+    common = {"dataset": "folder", "root": root, "runs": native["base"] / "size-runs",
+              "overrides": [a for a in dataset_args if not a.startswith("dataset.root=")]}
+    with pytest.raises(Exception, match="fails on a 32x32 image"):
+        segaudit.audit_model(fixed_64, **common)
+    resized = segaudit.audit_model(fixed_64, card={"input_size": [64, 64]}, **common)
+    assert resized["audit"]["miou"]["real"] > resized["audit"]["prior_miou"] + 5  # it still reads the image
+    same = segaudit.audit_model(native["model"], card={"input_size": [32, 32]}, **common)
+    _same(same["audit"]["miou"], native["miou"], 0.01)  # the data's own size: nothing changes

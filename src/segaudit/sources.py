@@ -59,6 +59,8 @@ class ModelCard:
     upsample: bool | None = None  # resize a smaller output to the input size
     class_map: list[int] | str | None = None  # model channel i is dataset class class_map[i]
     # (255 or -1: no dataset class), or `cityscapes_label_ids` (34 label ids -> 19 train ids)
+    input_size: list[int] | None = None  # [H, W] every image is resized to before the model
+    # (graphs exported for one size); the logits are resized back to the label size
     factory: str | None = None  # package.module:function that builds the model for its weights
     # (from a card file this is code to run: it loads only with --trust-model)
 
@@ -89,6 +91,9 @@ def card_from_mapping(values: Any, source: str) -> ModelCard:
         value = getattr(card, name)
         if value is not None and (not isinstance(value, list) or len(value) != 3):
             raise ConfigError(f"{source}: {name} must list 3 numbers, one per channel")
+    if card.input_size is not None and (not isinstance(card.input_size, list) or len(card.input_size) != 2
+                                        or not all(isinstance(v, int) and v > 0 for v in card.input_size)):
+        raise ConfigError(f"{source}: input_size must be [H, W], two positive integers")
     if card.class_map is not None:
         channel_for_class(card.class_map, source)  # a clear error now, not at the first batch
     return card
@@ -164,8 +169,11 @@ class CardAdapter(nn.Module):
         if self.card.channels == "bgr":
             x = x.flip(1)
         x = (x * self.scale - self.mean) / self.std
+        if self.card.input_size is not None and list(x.shape[-2:]) != list(self.card.input_size):
+            x = F.interpolate(x, size=tuple(self.card.input_size), mode="bilinear", align_corners=False)
         logits = select_output(self.model(x), self.card.output)
-        if self.card.upsample is not False and logits.shape[-2:] != images.shape[-2:]:
+        if (self.card.upsample is not False or self.card.input_size is not None) \
+                and logits.shape[-2:] != images.shape[-2:]:
             logits = F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear",
                                    align_corners=False)
         if self.channels is not None:
