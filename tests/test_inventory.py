@@ -99,6 +99,7 @@ def test_content_hash_follows_the_bytes(tmp_path):
     assert content_hash(tmp_path / "a") != first
 
 
+@pytest.mark.slow  # retrain's test covers the submitit path in the fast suite
 def test_the_slurm_launcher_runs_an_inventory_as_a_job_array(inventory, tmp_path):
     base, shared = inventory
     rows = pd.read_csv(base / "models.csv").head(2)

@@ -395,7 +395,7 @@ def test_cityscapes_end_to_end_at_1024x2048_whole_and_slide(cityscapes_root, tmp
     for mode, extra in (("whole", []), ("slide", ["inference.mode=slide"])):
         result = runner.invoke(app, ["audit", "cs", f"paths.runs={runs}", "train.eval_batch_size=1",
                                      f"run_id=audit-{mode}", *extra])
-        assert result.exit_code == 0, result.output
+        assert result.exit_code in (0, 1), result.output  # 1: the red flags of a 2-iteration model
         audit = json.loads((runs / f"audit-{mode}" / "record.json").read_text())["audit"]
         assert audit["inference"]["mode"] == mode
         assert audit["prior_miou"] == pytest.approx(prior["metrics"]["miou"])
