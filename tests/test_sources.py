@@ -496,3 +496,33 @@ def test_a_model_fixed_to_one_input_size_gets_its_card_input_size(native):
     assert resized["audit"]["miou"]["real"] > resized["audit"]["prior_miou"] + 5  # it still reads the image
     same = segaudit.audit_model(native["model"], card={"input_size": [32, 32]}, **common)
     _same(same["audit"]["miou"], native["miou"], 0.01)  # the data's own size: nothing changes
+
+
+def test_predictions_only_at_cityscapes_size_and_layout(tmp_path):
+    """1024x2048 frames in city sub-folders: the export keeps the folders, and a constant
+    prediction scores the same under every condition (by hand: the IoU of one class)."""
+    import numpy as np
+    from PIL import Image
+
+    from segaudit.data.synthetic import write_cityscapes_layout
+
+    root = write_cityscapes_layout(tmp_path / "cs", {"train": 2, "val": 2})  # train: the prior
+    common = ["dataset=cityscapes", f"dataset.root={root}", "train.eval_batch_size=1",
+              f"paths.runs={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}"]
+    done = runner.invoke(app, ["audit", "--export-inputs", str(tmp_path / "inputs"), *common])
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((tmp_path / "inputs" / "manifest.json").read_text())
+    assert [item["size"] for item in manifest["images"]] == [[1024, 2048]] * 2
+    stems = [item["stem"] for item in manifest["images"]]
+    assert all("/" in stem for stem in stems)  # city/frame, as the dataset stores them
+    with Image.open(tmp_path / "inputs" / "noise" / f"{stems[0]}.png") as png:
+        assert png.size == (2048, 1024) and png.mode == "RGB"
+    road = np.zeros((1024, 2048), np.uint8)  # train id 0 everywhere
+    for condition in manifest["conditions"]:
+        for stem in stems:
+            (tmp_path / "preds" / condition / stem).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(road).save(tmp_path / "preds" / condition / f"{stem}.png")
+    scored = runner.invoke(app, ["audit", "--predictions", str(tmp_path / "preds"), *common, "run_id=pngs"])
+    assert scored.exit_code == 1, scored.output  # a constant prediction: red flags
+    block = json.loads((tmp_path / "runs" / "pngs" / "record.json").read_text())["audit"]
+    assert len(set(block["miou"].values())) == 1 and block["agreement_real_noise"] == pytest.approx(100.0)

@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 
 def _to_png(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, path: Path) -> None:
     pixels = ((image * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)  # stems keep their sub-folders (Cityscapes' cities)
     Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path)
 
 
