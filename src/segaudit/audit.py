@@ -23,7 +23,7 @@ from segaudit.data.conditions import DeviceImages
 from segaudit.devices import amp_dtype, device_label, resolve_device
 from segaudit.errors import ConfigError
 from segaudit.evaluation import predict_labels
-from segaudit.inference import build_inference, inference_record
+from segaudit.inference import Inference, build_inference, inference_record
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
 from segaudit.prior import analytic_prior
 from segaudit.probe import probe_card
@@ -113,9 +113,9 @@ def audit_trained(cfg: DictConfig, trained: TrainedModel, dcfg: DictConfig, devi
                   command: str = "", t0: float | None = None) -> dict:
     """The audit of a model already loaded on `device` (`audit`, and `segaudit.audit_model`)."""
     t0 = time.perf_counter() if t0 is None else t0
-    results = measure_conditions(cfg, trained.model, dcfg, device)
-    inference = inference_record(build_inference(trained.model, dcfg, cfg.get("inference")))
-    return finish_audit(cfg, trained, dcfg, device, results, inference, command, t0)
+    infer = build_inference(trained.model, dcfg, cfg.get("inference"))
+    results = measure_conditions(cfg, trained.model, dcfg, device, infer)
+    return finish_audit(cfg, trained, dcfg, device, results, inference_record(infer), command, t0)
 
 
 def finish_audit(cfg: DictConfig, trained: TrainedModel, dcfg: DictConfig, device: torch.device,
@@ -148,9 +148,10 @@ def finish_audit(cfg: DictConfig, trained: TrainedModel, dcfg: DictConfig, devic
 
 @torch.inference_mode()
 def measure_conditions(cfg: DictConfig, model: torch.nn.Module, dcfg: DictConfig,
-                       device: torch.device) -> dict[str, dict]:
+                       device: torch.device, infer: Inference) -> dict[str, dict]:
     """Metrics of `model` on each audit condition, in one pass over the val split: real,
-    noise (with its agreement with the real predictions), blank and shuffled."""
+    noise (with its agreement with the real predictions), blank and shuffled, each image
+    seen the way `infer` says."""
     dtype = amp_dtype(str(cfg.train.amp), device)
     num_classes, ignore_index = int(dcfg.num_classes), int(dcfg.ignore_index)
     triples = RealAndShuffled(
@@ -158,7 +159,6 @@ def measure_conditions(cfg: DictConfig, model: torch.nn.Module, dcfg: DictConfig
         build_dataset(dcfg, "val", train=False, condition=load_group_option("condition", "shuffled")),
     )
     loader = eval_loader(triples, int(cfg.train.eval_batch_size))
-    infer = build_inference(model, dcfg, cfg.get("inference"))
     predict = partial(predict_labels, model, device=device, dtype=dtype, infer=infer)
     mean, std = dcfg.transform.mean, dcfg.transform.std
     noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)

@@ -287,11 +287,8 @@ def load_hf_dir(path: Path) -> nn.Module:
                           f"({first_line(err)[:200]})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    missing, unexpected = sorted(info.get("missing_keys", [])), sorted(info.get("unexpected_keys", []))
-    if missing or unexpected:  # transformers would start those weights at random: refuse
-        parts = [f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-                 for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
-        raise ConfigError(f"{path}: weights do not fit the model: {'; '.join(parts)}")
+    # transformers would start missing weights at random: refuse instead
+    check_keys(path, info.get("missing_keys", []), info.get("unexpected_keys", []))
     return model
 
 
@@ -362,6 +359,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_keys(path: Path, missing, unexpected) -> None:
+    """A one-line error listing the first few missing and unexpected weight names."""
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    if missing or unexpected:
+        parts = [f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                 for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise ConfigError(f"{path}: weights do not fit the model: {'; '.join(parts)}")
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load weights strictly, after stripping wrapper prefixes the model does not use."""
     state = read_state_dict(path)
@@ -369,11 +375,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state) and not expected & set(state):
             state = {k[len(prefix):]: v for k, v in state.items()}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        parts = [f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-                 for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
-        raise ConfigError(f"{path}: weights do not fit the model: {'; '.join(parts)}")
+    check_keys(path, expected - set(state), set(state) - expected)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
