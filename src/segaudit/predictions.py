@@ -122,7 +122,8 @@ def score_predictions(cfg: DictConfig, folder: Path, command: str = "") -> dict:
                "noise": AgreementMatrix(num_classes, ignore_index),
                "blank": ConfusionMatrix(num_classes, ignore_index),
                "shuffled": ConfusionMatrix(num_classes, ignore_index)}
-    val = build_dataset(dcfg, "val", train=False)
+    # Only the labels are needed: a device condition skips decoding the (full-size) images.
+    val = build_dataset(dcfg, "val", train=False, condition=load_group_option("condition", "blank"))
     for sample, (_, mask) in zip(val.samples, val):
         size = tuple(mask.shape[-2:])
         read = {name: _read_prediction(folder / name / f"{sample.stem}.png", size)[None]
