@@ -97,11 +97,11 @@ def audit(cfg: DictConfig, target: str, command: str = "", on_given_dataset: boo
     t0 = time.perf_counter()
     device = resolve_device(str(cfg.device))
     trained = load_for_eval(cfg, target, device)
-    dcfg = _given_dataset(cfg, trained) if on_given_dataset else trained.saved.dataset
+    dcfg = given_dataset(cfg, trained) if on_given_dataset else trained.saved.dataset
     return audit_trained(cfg, trained, dcfg, device, command, t0)
 
 
-def _given_dataset(cfg: DictConfig, trained: TrainedModel) -> DictConfig:
+def given_dataset(cfg: DictConfig, trained: TrainedModel) -> DictConfig:
     dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
     if int(dcfg.num_classes) != int(trained.saved.dataset.num_classes):
         raise ConfigError(f"dataset={dcfg.name} has {dcfg.num_classes} classes, the model predicts "

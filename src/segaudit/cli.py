@@ -104,10 +104,12 @@ def train(
   segaudit report --diagnose DIAGNOSE_ID           [dim]# the verdict panel again[/]\n
   segaudit report --compare strategy               [dim]# before/after against strategy=baseline[/]\n
   segaudit report --scope                          [dim]# mIoU by strategy, model, dataset[/]\n
+  segaudit report --classes RUN                    [dim]# per class: shares, prior/real/noise IoU[/]\n
   segaudit report --plots out/                     [dim]# every picture for these runs[/]""")
 def report(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     diagnose_id: Optional[str] = typer.Option(None, "--diagnose", help="Show this diagnose's verdict panel."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Per-class table of a train, audit or diagnose RUN."),
     compare: Optional[str] = typer.Option(None, "--compare", help="Before/after by this column (e.g. strategy)."),
     scope_view: bool = typer.Option(False, "--scope", help="The scope analysis of these runs."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write curves, mIoU-by-input, evidence, samples, prior PNGs here."),
@@ -127,6 +129,17 @@ def report(
     with user_errors():
         check_format(fmt)
         cfg = compose(overrides or [])
+        if classes is not None:
+            from segaudit.classes import class_table
+            from segaudit.report import class_rich
+
+            frame = class_table(cfg, classes)
+            if plots is not None:
+                from segaudit.plots import class_bars
+
+                err.print(f"wrote {class_bars(frame, plots / f'classes_{classes}.png', classes)}")
+            _show(class_rich(frame, classes), lambda: format_frame(frame, fmt), fmt)
+            return
         if diagnose_id is not None:
             gate_record = read_gate_record(runs_root(cfg), diagnose_id)
             _show(verdict_panel(gate_record), lambda: format_frame(evidence_frame(gate_record), fmt), fmt)
@@ -307,14 +320,17 @@ def diagnose(
                                      help="Train on pure noise too (the prior predicts its result)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Use only the pairs that pass the data check."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write prior heatmaps, evidence, curves, samples here."),
+    suspects: bool = typer.Option(True, "--suspects/--no-suspects",
+                                  help="Score every pair with cross-fitted models (segaudit suspects)."),
 ) -> None:
-    """Phase 1: prior, baseline, shuffled-pairing and noise training, verdict, decision gate."""
+    """Phase 1: prior, baseline, shuffled-pairing and noise training, pair scoring, verdict, decision gate."""
     from segaudit.config import compose
     from segaudit.phases import EXIT_CODES, diagnose as run_diagnose
     from segaudit.report import verdict_panel
 
     with user_errors():
         cfg = compose([*(overrides or []), f"diagnose.noise_train={str(noise_train).lower()}",
+                       f"diagnose.suspects={str(suspects).lower()}",
                        f"data_check.skip_bad={str(skip_bad).lower()}"])
         record = run_diagnose(cfg, command=_command_line(), plots=plots)
         out.print(verdict_panel(record))
@@ -384,6 +400,72 @@ def scope(
         result = run_scope(compose(overrides or []), table_file, phase=phase)
         _show(scope_rich(result), lambda: format_scope(result, fmt), fmt)
     raise typer.Exit(1 if result["systematic"] else 0)
+
+
+@app.command(epilog="""[bold]Examples[/]\n
+  segaudit probe RUN_ID                            [dim]# a run, or a diagnose id (its baseline)[/]\n
+  segaudit probe my_smp_dir/ dataset=folder dataset.root=/data/mine\n
+  segaudit probe RUN_ID backbone_probe.iters=500\n\n
+Trains a linear head on the frozen encoder, and on a random encoder of the same architecture.""")
+def probe(
+    target: str = typer.Argument(..., help="A run id, a checkpoint, an smp folder or weights with --factory."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    factory: Optional[str] = typer.Option(None, "--factory", help=FACTORY_HELP),
+    trust_model: bool = typer.Option(False, "--trust-model", help=TRUST_HELP),
+) -> None:
+    """Frozen-backbone probe: how much content the encoder holds beyond a random one."""
+    from segaudit.backbone_probe import run_probe
+    from segaudit.config import compose, override_keys
+    from segaudit.report import backbone_probe_panel
+
+    with user_errors():
+        cfg = compose([*(overrides or []), *_source_overrides(factory, trust_model)])
+        record = run_probe(cfg, target, command=_command_line(),
+                           on_given_dataset="dataset" in override_keys(overrides or []))
+        out.print(backbone_probe_panel(record, cfg.backbone_probe.min_gain))
+
+
+@app.command(epilog="""[bold]Examples[/]\n
+  segaudit suspects                                [dim]# the synthetic scenes' pairs[/]\n
+  segaudit suspects dataset=folder dataset.root=/data/mine train.iters=2000\n
+  segaudit suspects --diagnose DIAGNOSE_ID         [dim]# that diagnose's pair scores (or cross-fit its setup)[/]\n
+  segaudit suspects --format json > pairs.json     [dim]# one object per scored pair[/]\n
+  segaudit suspects --plots out/ --export pairs.csv\n\n
+Each pair is scored by a model that never trained on it (suspects.folds cross-fitting): how
+much better its mask fits the prediction on its own image than the label-only prior.\n
+Exit code: 0, or 1 when more than gate.suspects_max_share % of the training pairs are flagged.""")
+def suspects(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    diagnose_id: Optional[str] = typer.Option(None, "--diagnose", help="The pairs of this diagnose's dataset."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | md (json/csv/md: every pair)"),
+    export: Optional[Path] = typer.Option(None, "--export", help="Also write every pair to FILE.csv or FILE.parquet."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write a grid of the top suspects here."),
+    top: int = typer.Option(20, "--top", min=1, help="Flagged pairs shown in the table and the grid."),
+) -> None:
+    """Find the image/mask pairs that look misaligned or swapped (cross-fitted pair scores)."""
+    import pandas as pd
+
+    from segaudit.config import compose
+    from segaudit.report import SUSPECT_COLUMNS, check_format, export_frame, format_frame, suspects_rich
+    from segaudit.suspects import suspects as run_suspects, summary_line, too_many_flagged
+
+    with user_errors():
+        check_format(fmt)
+        cfg = compose(overrides or [])
+        record, pairs = run_suspects(cfg, diagnose_id, _command_line())
+        frame = pd.DataFrame(pairs, columns=SUSPECT_COLUMNS)
+        if export is not None:
+            export_frame(frame, export)
+            err.print(f"wrote {len(frame)} pairs to {export}")
+        if plots is not None:
+            from segaudit.pictures import suspect_pictures
+
+            written = suspect_pictures(cfg, record, pairs, plots, top)
+            err.print(f"wrote {len(written)} plot(s) to {plots}")
+        _show(suspects_rich(record, pairs, top), lambda: format_frame(frame, fmt), fmt)
+        if fmt != "table":
+            err.print(summary_line(record["suspects"]), highlight=False)
+    raise typer.Exit(1 if too_many_flagged(record, cfg.gate) else 0)
 
 
 @data_app.command("check", epilog="""[bold]Examples[/]\n

@@ -15,7 +15,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from segaudit import runs
+from segaudit.classes import class_rows, content_line
 from segaudit.config import load_group_option
+from segaudit.consistency import consistency_lines, split_consistency
 from segaudit.console import console
 from segaudit.data import list_samples, prepare_dataset
 from segaudit.data.check import preflight
@@ -23,6 +25,7 @@ from segaudit.engine import check_train_settings, train
 from segaudit.losses import IMPLEMENTED_TIERS
 from segaudit.pictures import diagnose_plots
 from segaudit.prior import run_prior
+from segaudit.suspects import check_suspects_settings, find_suspects, summary_line
 
 HEALTHY, PIPELINE_FAULT, SPATIAL_SHORTCUT = "HEALTHY", "PIPELINE_FAULT", "SPATIAL_SHORTCUT"
 EXIT_CODES = {HEALTHY: 0, PIPELINE_FAULT: 1, SPATIAL_SHORTCUT: 1}
@@ -48,6 +51,9 @@ class Evidence:
     shuffled: float | None = None
     noise_trained: float | None = None
     tier1: float | None = None
+    suspect_share: float | None = None  # % of training pairs the pair scoring flagged
+    suspect_flagged: int | None = None
+    suspect_pairs: int | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -65,13 +71,20 @@ def verdict(ev: Evidence, gate: DictConfig) -> tuple[str, list[str]]:
 
     PIPELINE_FAULT wins: if the real-trained model is no better than a predictor that
     never sees the image (the prior) or than a model fed mismatched images, the model is
-    not receiving image content aligned with its labels, and no loss can fix that.
+    not receiving image content aligned with its labels, and no loss can fix that. A
+    partial break counts too: more than `gate.suspects_max_share` percent of the training
+    pairs flagged by the cross-fitted pair scoring (`segaudit.suspects`).
     """
     margin = float(gate.fault_margin)
     faults = []
     for reference, name in ((ev.prior, "analytic prior"), (ev.shuffled, "shuffled-pairing model")):
         if reference is not None and ev.real - reference <= margin:
             faults.append(_no_better_than(ev.real, reference, name, margin))
+    limit = gate.get("suspects_max_share")
+    if ev.suspect_share is not None and limit is not None and ev.suspect_share > float(limit):
+        faults.append(f"{ev.suspect_flagged} of {ev.suspect_pairs} training pairs ({ev.suspect_share:.1f}%) "
+                      f"look misaligned, more than {float(limit):g}%: the model learns from the rest, "
+                      f"and these pairs teach it wrong labels")
     if faults:
         return PIPELINE_FAULT, faults
     shortcuts = []
@@ -142,8 +155,19 @@ def _refuse_early(cfg: DictConfig) -> None:
     """Every refusal comes before the first step writes anything: bad training settings,
     and a diagnose id that is unsafe or taken (it names the gate record written last)."""
     check_train_settings(cfg)
+    if cfg.diagnose.suspects:
+        check_suspects_settings(cfg)
     if cfg.run_id is not None:
         runs.check_new_run_id(runs.runs_root(cfg), str(cfg.run_id))
+
+
+def _classes_block(cfg: DictConfig, split: dict, prior: dict, baseline: dict) -> dict:
+    """The baseline's class table (`segaudit.classes`) and its one-line summary."""
+    noise = baseline["metrics_by_condition"].get("noise")
+    frame = class_rows(list(cfg.dataset.class_names), split["train_share"], split["val_share"],
+                       prior["metrics"]["iou"], baseline["metrics"]["iou"], noise["iou"] if noise else None,
+                       cfg.gate.classes)
+    return {"rows": frame.to_dict(orient="records"), "line": content_line(frame, cfg.gate.classes)}
 
 
 def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> dict:
@@ -178,6 +202,9 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
     say(f"analytic prior: mIoU {prior['metrics']['miou']:.2f} "
         f"(global majority {prior['prior']['majority']['miou']:.2f})")
     steps = {"prior": prior["run_id"]}
+    split = split_consistency(cfg.dataset, cfg.gate.split)
+    if not split["consistent"]:
+        say("[yellow]" + "\n".join(consistency_lines(split)) + "[/]")
     # c. Baseline on real images, evaluated on real and on noise.
     baseline = train(_step_cfg(cfg, "baseline", "real", "real", eval_also=["noise"]), command)
     steps["baseline"] = baseline["run_id"]
@@ -207,7 +234,17 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
         tier1 = train(tier1_cfg, command)
         steps["tier1"] = tier1["run_id"]
         ev.tier1 = tier1["metrics"]["miou"]
-    # g. Verdict and decision gate.
+    # g. Pair scoring: which training pairs look misaligned (cross-fitted models).
+    if cfg.diagnose.suspects:
+        found = find_suspects(_step_cfg(cfg, "suspects", "real", "real"), command)
+        steps["suspects"] = found["run_id"]
+        train_pairs = found["suspects"]["train"]
+        ev.suspect_share, ev.suspect_flagged, ev.suspect_pairs = (
+            train_pairs["share"], train_pairs["flagged"], train_pairs["pairs"])
+        say(summary_line(found["suspects"]))
+    else:
+        ev.notes.append("pair scoring skipped (--no-suspects): a partial pairing fault can read HEALTHY")
+    # h. Verdict and decision gate.
     name, reasons = verdict(ev, cfg.gate)
     decision, why = decide(ev, cfg.gate)
     for note in ev.notes:
@@ -217,7 +254,8 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
     folder, record = runs.open_run(
         gcfg, command, model=cfg.choices.model, encoder=cfg.model.encoder,
         status="completed", metrics=baseline["metrics"], finished_at=runs.now(),
-        verdict=name, reasons=reasons, evidence=asdict(ev), steps=steps,
+        verdict=name, reasons=reasons, evidence=asdict(ev), steps=steps, split=split,
+        classes=_classes_block(cfg, split, prior, baseline),
         gate={"preset": cfg.gate.name, "decision": decision, "why": why,
               "next_checks": NEXT_CHECKS if name == PIPELINE_FAULT else []},
     )

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig
 
 from segaudit import runs
 from segaudit.checkpoints import load_checkpoint, load_for_eval, load_trained_model
-from segaudit.config import load_group_option
-from segaudit.data import build_dataset
+from segaudit.config import load_group_option, load_yaml
+from segaudit.data import build_dataset, list_samples, prepare_dataset
 from segaudit.data.conditions import DeviceImages
 from segaudit.devices import amp_dtype, resolve_device
 from segaudit.evaluation import predict_labels
 from segaudit.inference import Inference, build_inference
 from segaudit.plots import (
+    class_bars,
     evidence_bars,
     learning_curves,
     miou_by_condition,
@@ -28,6 +31,14 @@ from segaudit.plots import (
     sample_grid,
 )
 from segaudit.prior import PRIOR_FILE, frequencies
+from segaudit.suspects import read_pairs
+
+
+def shown_image(image: torch.Tensor, mean, std) -> np.ndarray:
+    """A normalised 3 x H x W tensor back to the H x W x 3 uint8 picture the model saw."""
+    mean_t = torch.tensor(list(mean)).view(-1, 1, 1)
+    std_t = torch.tensor(list(std)).view(-1, 1, 1)
+    return ((image * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 @torch.inference_mode()
@@ -44,16 +55,13 @@ def sample_predictions(model: torch.nn.Module, dcfg: DictConfig, device: torch.d
     infer = infer or build_inference(model, dcfg)
     mean, std = dcfg.transform.mean, dcfg.transform.std
     noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
-    mean_t = torch.tensor(list(mean)).view(-1, 1, 1)
-    std_t = torch.tensor(list(std)).view(-1, 1, 1)
     samples = []
     for index in range(min(count, len(dataset))):
         image, mask = dataset[index]
         batch = image.unsqueeze(0).to(device)
         pred_real = predict_labels(model, batch, device, dtype, infer=infer)[0]
         pred_noise = predict_labels(model, noise(batch), device, dtype, infer=infer)[0]
-        shown = ((image * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
-        samples.append({"image": shown.permute(1, 2, 0).numpy(), "mask": mask.numpy(),
+        samples.append({"image": shown_image(image, mean, std), "mask": mask.numpy(),
                         "pred_real": pred_real.cpu().numpy(), "pred_noise": pred_noise.cpu().numpy()})
     return samples
 
@@ -113,13 +121,20 @@ def diagnose_pictures(runs_root: Path, record: runs.RunRecord, out_dir: Path, de
 
 def diagnose_plots(cfg: DictConfig, record: runs.RunRecord, prior_record: runs.RunRecord, out_dir: Path) -> list[str]:
     """Everything `diagnose --plots` draws: the prior's heatmaps, the evidence bars, the
-    baseline's sample grid and the learning curves of the steps."""
+    baseline's sample grid, its per-class bars, the top suspect pairs (when any is
+    flagged) and the learning curves of the steps."""
     out_dir = Path(out_dir)
     heatmaps = prior_pictures(cfg, prior_record, out_dir)
     runs_root = runs.runs_root(cfg)
     device = resolve_device(str(cfg.device))
     step_records = [runs.read_record(runs_root / run_id) for run_id in record["steps"].values()]
     written = diagnose_pictures(runs_root, record, out_dir, device, amp_dtype(str(cfg.train.amp), device))
+    if record.get("classes"):
+        frame = pd.DataFrame(record["classes"]["rows"])
+        written.append(class_bars(frame, out_dir / f"classes_{record['run_id']}.png", record["run_id"]))
+    found = record["steps"].get("suspects")
+    if found:  # the grid lists its path in the suspects record; the diagnose lists it too
+        written += suspect_pictures(cfg, runs.read_record(runs_root / found), read_pairs(runs_root, found), out_dir)
     return _keep(cfg, record, [*heatmaps, *written, *learning_curves(step_records, out_dir)])
 
 
@@ -143,3 +158,47 @@ def report_plots(runs_root: Path, records: list[runs.RunRecord], out_dir: Path, 
             written += prior_heatmaps(frequencies(prior["counts"]), list(prior["class_names"]),
                                       out_dir / f"prior_{record['run_id']}")
     return written
+
+
+SUSPECT_GRID_COLUMNS = [("image", "image"), ("mask", "its mask"), ("pred_real", "prediction on the image"),
+                        ("match_image", "image the mask fits best")]
+
+
+@torch.inference_mode()
+def suspect_pictures(cfg: DictConfig, record: runs.RunRecord, pairs: list[dict], out_dir: Path,
+                     top: int = 8) -> list[str]:
+    """A grid of the top flagged pairs of a suspects run: the image, its mask, the
+    prediction on the image by the fold model that never trained on it, and the image
+    the mask fits best when one stands out."""
+    flagged = [p for p in pairs if p["flagged"]][:min(top, 8)]
+    if not flagged:
+        return []
+    root = runs.runs_root(cfg)
+    saved = load_yaml(root / record["run_id"] / runs.CONFIG)
+    dcfg = prepare_dataset(saved.dataset, cfg.paths.cache)
+    device = resolve_device(str(cfg.device))
+    dtype = amp_dtype(str(cfg.train.amp), device)
+    data = {split: build_dataset(dcfg, split, train=False) for split in ("train", "val")}
+    where = {s.stem: (split, i) for split in ("train", "val") for i, s in enumerate(list_samples(dcfg, split))}
+    models: dict[int, torch.nn.Module] = {}
+    mean, std = dcfg.transform.mean, dcfg.transform.std
+    samples = []
+    for pair in flagged:
+        fold = int(pair.get("fold") or 0)
+        if fold not in models:
+            models[fold] = load_for_eval(cfg, record["steps"]["folds"][fold], device).model
+        image, mask = data[pair["split"]][where[pair["stem"]][1]]
+        pred = predict_labels(models[fold], image[None].to(device), device, dtype, mask.shape[-2:])[0]
+        match = np.zeros((*mask.shape[-2:], 3), np.uint8)
+        if pair.get("best_match") in where:
+            split, index = where[pair["best_match"]]
+            match = shown_image(data[split][index][0], mean, std)
+        samples.append({"image": shown_image(image, mean, std), "mask": mask.numpy(),
+                        "pred_real": pred.cpu().numpy(), "match_image": match,
+                        "label": f"{pair['split']}/{pair['stem']}\nscore {pair['score']:.0f}"
+                                 + (f", fits {pair['best_match']}" if pair.get("best_match") else "")})
+    path = sample_grid(samples, list(dcfg.class_names), int(dcfg.ignore_index),
+                       Path(out_dir) / f"suspects_{record['run_id']}.png",
+                       f"top suspect pairs ({record['run_id']})", colors=dcfg.get("class_colors"),
+                       columns=SUSPECT_GRID_COLUMNS)
+    return _keep(cfg, record, [path])

@@ -130,31 +130,37 @@ def class_colors(num_classes: int, given: list | None = None) -> np.ndarray:
     return np.vstack([colors, [[0.0, 0.0, 0.0]]])
 
 
+SAMPLE_COLUMNS = [("image", "image"), ("mask", "ground truth"), ("pred_real", "prediction on real"),
+                  ("pred_noise", "prediction on noise")]
+
+
 def sample_grid(samples: list[dict], class_names: list[str], ignore_index: int, path: Path,
-                title: str = "", colors: list | None = None) -> Path:
+                title: str = "", colors: list | None = None,
+                columns: list[tuple[str, str]] = SAMPLE_COLUMNS) -> Path:
     """One row per sample: image | ground truth | prediction on real | prediction on noise.
 
     Args:
         samples: dicts with `image` (HxWx3 uint8), `mask`, `pred_real`, `pred_noise`
-            (HxW class ids; `ignore_index` in the mask is drawn black).
+            (HxW class ids; `ignore_index` in the mask is drawn black), and optionally
+            `label`, written left of the row.
         class_names: the legend.
         path: the PNG to write.
         colors: one 0..255 RGB triple per class (default: a qualitative palette).
+        columns: (sample key, column title) pairs, left to right; keys ending in `image`
+            are drawn as RGB.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     num_classes = len(class_names)
     palette = class_colors(num_classes, colors)
     cmap = ListedColormap(palette)
-    columns = [("image", "image"), ("mask", "ground truth"), ("pred_real", "prediction on real"),
-               ("pred_noise", "prediction on noise")]
-    fig, axes = plt.subplots(len(samples), 4, figsize=(10, 2.5 * len(samples) + 0.8), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(len(samples), len(columns), figsize=(2.5 * len(columns), 2.5 * len(samples) + 0.8),
+                             dpi=100, squeeze=False)
     for row, sample in enumerate(samples):
         for col, (key, label) in enumerate(columns):
             ax = axes[row, col]
-            if key == "image":
-                ax.imshow(sample["image"])
+            if key.endswith("image"):
+                ax.imshow(sample[key])
             else:
                 labels = np.asarray(sample[key]).astype(np.int64)
                 labels = np.where((labels == ignore_index) | (labels >= num_classes), num_classes, labels)
@@ -163,6 +169,8 @@ def sample_grid(samples: list[dict], class_names: list[str], ignore_index: int, 
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(label, fontsize=10)
+            if col == 0 and sample.get("label"):
+                ax.set_ylabel(sample["label"], fontsize=8)
     shown = min(num_classes, 40)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in [*palette[:shown], palette[-1]]]
     fig.legend(handles, [*class_names[:shown], "ignore"], loc="lower center",
@@ -200,3 +208,28 @@ def evidence_bars(record: dict, out_dir: Path) -> list[Path]:
     fig.savefig(path)
     plt.close(fig)
     return [path]
+
+
+def class_bars(frame, path: Path, run_id: str) -> Path:
+    """Per-class IoU of the prior, the model on real images and on noise input, side by
+    side: a class whose real bar does not rise above its prior bar is read from location."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = np.arange(len(frame))
+    series = [("prior_iou", "analytic prior", "#999999"), ("real_iou", "real images", "#4c72b0"),
+              ("noise_iou", "noise input", "#c44e52")]
+    shown = [s for s in series if frame[s[0]].notna().any()]
+    width = 0.8 / len(shown)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(frame) + 2), 3.6), dpi=100)
+    for i, (column, label, color) in enumerate(shown):
+        ax.bar(x + (i - (len(shown) - 1) / 2) * width, frame[column].fillna(0), width, label=label, color=color)
+    for index, flagged in enumerate(frame["location_only"]):
+        if flagged:
+            ax.text(index, 102, "location\nonly", ha="center", fontsize=7, color="#b8860b")
+    ax.set_xticks(x, frame["class"], rotation=45 if len(frame) > 10 else 0, ha="right" if len(frame) > 10 else "center")
+    ax.set(title=f"per-class IoU, {run_id}", ylabel="IoU (%)", ylim=(0, 115))
+    ax.legend(fontsize=8, ncol=3, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

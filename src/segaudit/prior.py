@@ -64,7 +64,7 @@ MAX_PRIOR_SIDE = 2048  # Cityscapes stays exact; a 4000x6000 Mapillary frame is 
 PRIOR_MEMORY = 2 * 1024**3  # bytes of per-thread count arrays; fewer threads beyond it
 
 
-def _eval_size(dcfg: DictConfig, first_mask: Path) -> tuple[int, int]:
+def eval_size(dcfg: DictConfig, first_mask: Path) -> tuple[int, int]:
     """The grid the prior counts on: the training resize if set, else the first label's
     size with its long side capped at MAX_PRIOR_SIDE (the map is smooth, and each val
     label is scored at its own size anyway)."""
@@ -166,15 +166,35 @@ def count_labels(paths: list[Path], size: tuple[int, int], num_classes: int, ign
     return torch.from_numpy(counts)
 
 
-def _score_chunk(paths, prior_map, majority_class, size, num_classes, ignore_index, label_lut):
+def prior_map(counts: torch.Tensor) -> torch.Tensor:
+    """Per-pixel argmax of K x H x W label counts; never-labelled pixels get the majority class."""
+    majority = int(counts.sum((1, 2)).argmax())
+    predicted = counts.argmax(0)
+    predicted[counts.sum(0) == 0] = majority
+    return predicted
+
+
+def score_map(predicted: torch.Tensor, counts: torch.Tensor) -> dict:
+    """`summarize` of a fixed H x W prediction against every label map behind `counts`.
+
+    The confusion matrix needs no label map: row c, column k is the number of class-c
+    pixels over all maps at the pixels where the prediction is k.
+    """
+    num_classes = counts.shape[0]
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    cm.index_add_(1, predicted.reshape(-1), counts.reshape(num_classes, -1).long())
+    return summarize(cm)
+
+
+def _score_chunk(paths, predicted, majority_class, size, num_classes, ignore_index, label_lut):
     cm_prior = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     cm_major = torch.zeros_like(cm_prior)
     for path in paths:
         target = torch.from_numpy(_load(path, size, label_lut).astype(np.int64))
-        pred = prior_map
+        pred = predicted
         if pred.shape != target.shape:  # each val label is scored at its own size
             pred = torch.nn.functional.interpolate(
-                prior_map[None, None].float(), size=target.shape, mode="nearest-exact")[0, 0].long()
+                predicted[None, None].float(), size=target.shape, mode="nearest-exact")[0, 0].long()
         cm_prior += confusion_matrix(pred, target, num_classes, ignore_index)
         cm_major += confusion_matrix(torch.full_like(target, majority_class), target, num_classes,
                                      ignore_index)
@@ -192,17 +212,16 @@ def analytic_prior(dcfg: DictConfig, workers: int | None = None) -> PriorResult:
     num_classes, ignore_index = int(dcfg.num_classes), int(dcfg.ignore_index)
     train = [s.mask for s in list_samples(dcfg, "train")]
     val = [s.mask for s in list_samples(dcfg, "val")]
-    size = _eval_size(dcfg, train[0])
+    size = eval_size(dcfg, train[0])
     lut = label_lut(dcfg)
     counts = count_labels(train, size, num_classes, ignore_index, workers, lut)
     class_totals = counts.sum((1, 2))
     majority_class = int(class_totals.argmax())
-    prior_map = counts.argmax(0)
-    prior_map[counts.sum(0) == 0] = majority_class  # never-labelled pixels
+    predicted = prior_map(counts)
     cm_prior = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     cm_major = torch.zeros_like(cm_prior)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # val labels at their native size
-        jobs = [pool.submit(_score_chunk, c, prior_map, majority_class, None, num_classes,
+        jobs = [pool.submit(_score_chunk, c, predicted, majority_class, None, num_classes,
                             ignore_index, lut) for c in _chunks(val, workers * 4)]
         for job in jobs:
             a, b = job.result()

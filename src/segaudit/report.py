@@ -206,6 +206,9 @@ def verdict_panel(record: RunRecord) -> Panel:
         Text.assemble(("verdict: ", "bold"), (record["verdict"], f"bold {style}")),
         *[Text(f"  - {reason}") for reason in record["reasons"]],
         Text(f"content gain (real - prior): {ev['real'] - ev['prior']:+.2f} points"),
+        *([Text(f"classes: {record['classes']['line']}")] if record.get("classes") else []),
+        *(consistency_texts(record["split"]) if record.get("split") else []),
+        *_suspects_texts(record),
         _evidence_table(rows),
         Text.assemble(("decision gate ", "bold"), (f"({gate['preset']}): ", "dim"),
                       (gate["decision"], "bold"), f" - {gate['why']}"),
@@ -217,6 +220,17 @@ def verdict_panel(record: RunRecord) -> Panel:
         parts.append(Text(f"note: {note}", style="yellow"))
     return Panel(Group(*parts), title=f"segaudit diagnose {record['run_id']}", border_style=style,
                  expand=False)
+
+
+def _suspects_texts(record: RunRecord) -> list[Text]:
+    ev = record["evidence"]
+    if ev.get("suspect_share") is None:
+        return []
+    text = (f"pair scoring: {ev['suspect_flagged']} of {ev['suspect_pairs']} training pairs look "
+            f"misaligned ({ev['suspect_share']:.1f}%)")
+    if ev["suspect_flagged"]:
+        text += f"; list them: segaudit suspects --diagnose {record['run_id']}"
+    return [Text(text, style="red" if ev["suspect_flagged"] else "")]
 
 
 def _evidence_rows(record: RunRecord) -> list[tuple[str, float | None, str | None]]:
@@ -375,6 +389,76 @@ def cross_matrix_table(matrix: dict) -> Table | None:
     return table
 
 
+def consistency_texts(result: dict) -> list[Text]:
+    """The split-consistency lines, yellow when train and val labels disagree."""
+    from segaudit.consistency import consistency_lines  # imports torch; `report` alone does not
+
+    style = "" if result["consistent"] else "yellow"
+    return [Text(line, style=style) for line in consistency_lines(result)]
+
+
+def class_rich(frame: pd.DataFrame, run_id: str) -> Table:
+    """The class table: shares, prior / real / noise IoU, content gain, location-only flag."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold", title_justify="left",
+                  title=f"classes of {run_id} (percent; gain = real - prior IoU)")
+    for label in ("class", "train %", "val %", "prior IoU", "real IoU", "noise IoU", "gain", ""):
+        table.add_column(label, justify="left" if label in ("class", "") else "right")
+    for _, row in frame.iterrows():
+        flag = Text("location only", style="yellow") if row.location_only else Text("")
+        table.add_row(row["class"], _cell(row.train_share), _cell(row.val_share), _cell(row.prior_iou),
+                      _cell(row.real_iou), _cell(row.noise_iou),
+                      "-" if row.content_gain != row.content_gain else f"{row.content_gain:+.1f}", flag)
+    return table
+
+
+def backbone_probe_panel(record: RunRecord, min_gain: float) -> Panel:
+    """`segaudit probe`: the linear probe on the trained encoder, on a random one, and the prior."""
+    block = record["probe"]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    table.add_column("linear head on")
+    table.add_column("mIoU", justify="right")
+    table.add_row("this model's frozen encoder", _cell(block["encoder_miou"]))
+    table.add_row("a random encoder, same architecture", _cell(block["random_miou"]))
+    table.add_row("analytic prior (no image)", _cell(block["prior_miou"]))
+    gain = block["content_over_random"]
+    if gain >= min_gain:
+        verdict = Text(f"the encoder holds {gain:+.1f} points of content beyond a random one: it can serve "
+                       f"as a frozen backbone under a corrected head", style="bold green")
+    else:
+        verdict = Text(f"the encoder holds {gain:+.1f} points beyond a random one (< {min_gain:g}): it learned "
+                       f"no usable content; retrain it", style="bold red")
+    lines = [Text(f"model {record['model']}/{record['encoder']} from {block['source']}", style="dim"),
+             table, verdict,
+             Text(f"{block['iters']} head steps on the deepest features; run id {record['run_id']}", style="dim")]
+    return Panel(Group(*lines), title=f"probe {record['run_id']}", expand=False)
+
+
+SUSPECT_COLUMNS = ["stem", "split", "score", "own_fit", "prior_fit", "flagged", "best_match", "best_fit"]
+
+
+def suspects_rich(record: RunRecord, pairs: list[dict], top: int) -> Group:
+    """The flagged pairs (lowest score first, at most `top`) and the summary line."""
+    from segaudit.suspects import summary_line  # imports torch; `report` alone does not
+
+    flagged = [p for p in pairs if p["flagged"]]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold",
+                  title=f"suspect pairs ({record['run_id']})", title_justify="left")
+    for label in ("pair", "score", "fits own image", "fits prior", "fits best"):
+        table.add_column(label, justify="left" if label in ("pair", "fits best") else "right")
+    for p in flagged[:top]:
+        best = f"image {p['best_match']} ({p['best_fit']:.0f}%)" if p.get("best_match") else "-"
+        table.add_row(f"{p['split']}/{p['stem']}", _cell(p["score"]), _cell(p["own_fit"]),
+                      _cell(p["prior_fit"]), best)
+    lines = [table] if flagged else []
+    if len(flagged) > top:
+        lines.append(Text(f"... and {len(flagged) - top} more (--top N, --format csv)", style="dim"))
+    matched = [p for p in flagged if p.get("best_match")]
+    lines += [Text(f"mask of {p['stem']} fits image {p['best_match']}") for p in matched[:3]]
+    style = "bold red" if record["suspects"]["train"]["flagged"] else "bold green"
+    lines.append(Text(summary_line(record["suspects"]), style=style))
+    return Group(*lines)
+
+
 def check_panel(report, class_names: list[str]) -> Panel:
     """`data check`: a summary per split, the class pixel histogram, the alignment probe."""
     splits = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
@@ -401,6 +485,8 @@ def check_panel(report, class_names: list[str]) -> Panel:
     if report.alignment is not None:
         parts.append(Text(f"alignment probe: {report.alignment:.2f}% of image/mask pixels stay "
                           f"aligned through the train-time transforms"))
+    if report.consistency is not None:
+        parts += consistency_texts(report.consistency)
     return Panel(Group(*parts), title="segaudit data check", expand=False)
 
 

@@ -45,7 +45,7 @@ COLUMNS = [
 
 # Phases whose records measure a model or the labels rather than train one: left out of
 # before/after comparisons and the scope analysis, so no model is counted twice.
-NOT_TRAINING = ("prior", "gate", "audit", "validate")
+NOT_TRAINING = ("prior", "gate", "audit", "validate", "suspects", "probe")  # not a user's model
 
 
 def now() -> str:
@@ -170,7 +170,8 @@ class RunRecord(TypedDict, total=False):
     """`record.json` of one run. The core (identity, status, metrics, history, timings,
     versions) is common to every phase; each phase adds its own block: `audit`,
     `validate` (+ `gates`, "passed/run"), `prior`, or for a diagnose (`phase=gate`)
-    `verdict`, `reasons`, `evidence`, `steps` and `gate`."""
+    `verdict`, `reasons`, `evidence`, `steps`, `gate`, `split` and `classes`; or
+    `suspects` (`phase=suspects`)."""
 
     schema: Required[int]
     run_id: Required[str]
@@ -216,6 +217,9 @@ class RunRecord(TypedDict, total=False):
     evidence: dict
     steps: dict[str, str]
     gate: GateBlock
+    split: dict  # diagnose: `segaudit.consistency.split_consistency`
+    classes: dict  # diagnose: {rows: the baseline's class table, line: its summary}
+    suspects: dict  # suspects: flagged pairs per split (the pairs are in suspects.json)
 
 
 # Types a readable record's fields must have (None allowed where the schema allows it).

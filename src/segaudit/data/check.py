@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 from torchvision import tv_tensors
 
+from segaudit.consistency import split_consistency
 from segaudit.data import prepare_dataset
 from segaudit.data.folder import Sample, list_by_stem, pairing_hint, short_list
 from segaudit.data.labels import label_lut
@@ -79,6 +80,7 @@ class CheckReport:
     summaries: list[SplitSummary]
     alignment: float | None
     bad_stems: dict[str, list[str]]  # split -> stems of pairs with an error
+    consistency: dict | None = None  # `segaudit.consistency.split_consistency` (train vs val labels)
 
     @property
     def errors(self) -> list[Problem]:
@@ -279,14 +281,20 @@ def _probe_size(dcfg: DictConfig) -> tuple[int, int]:
 
 
 def run_check(cfg: DictConfig, splits=("train", "val"), probe: bool = True) -> tuple[CheckReport, DictConfig]:
-    """`segaudit data check`: prepare the configured dataset and check it."""
+    """`segaudit data check`: prepare the configured dataset and check it; with both train
+    and val checked and free of errors, compare their label layouts too."""
     dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
     known = [k for k in dcfg.layout if k not in ("image_suffix", "mask_suffix")]
     unknown = [s for s in splits if s not in known]
     if unknown or not splits:
         raise DataError(f"--splits {','.join(splits)}: dataset={dcfg.name} has no split "
                         f"'{unknown[0] if unknown else ''}' (its splits: {', '.join(known)})")
-    return check_dataset(dcfg, splits=splits, probe=probe), dcfg
+    report = check_dataset(dcfg, splits=splits, probe=probe)
+    if {"train", "val"} <= set(splits) and not report.errors:
+        report.consistency = split_consistency(dcfg, cfg.gate.split)
+        report.problems += [Problem("val", "train/val labels", f["why"], error=False)
+                            for f in report.consistency["flagged"]]
+    return report, dcfg
 
 
 def preflight(dcfg: DictConfig, skip_bad: bool) -> dict[str, list[str]]:
