@@ -28,13 +28,16 @@ demo: $(STAMP) ## diagnose the embedded synthetic scenes (ends HEALTHY), validat
 		echo "validate exit code: $$? (0 = every gate passed, 1 = a gate failed)"
 	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS) --plots $(DEMO_RUNS)/plots
 
-demo-fault: $(STAMP) ## diagnose a copy whose image/mask pairing is scrambled on disk (ends PIPELINE_FAULT)
+demo-fault: $(STAMP) ## diagnose a copy with 30% of its training pairs swapped on disk (ends PIPELINE_FAULT, lists them)
 	rm -rf $(FAULT_DIR) && mkdir -p $(FAULT_DIR)
 	$(BIN)/segaudit data synth --out $(FAULT_DIR)/data
-	$(BIN)/python scripts/scramble_pairs.py $(FAULT_DIR)/data
+	$(BIN)/python scripts/scramble_pairs.py $(FAULT_DIR)/data --share 0.3
 	$(BIN)/segaudit diagnose dataset=folder dataset.root=$(FAULT_DIR)/data train.iters=$(DEMO_ITERS) \
-		paths.runs=$(FAULT_DIR)/runs; \
+		paths.runs=$(FAULT_DIR)/runs run_id=fault --plots $(FAULT_DIR)/plots; \
 		status=$$?; echo "diagnose exit code: $$status (1 = flagged, as expected here)"; test $$status -eq 1
+	$(BIN)/segaudit suspects --diagnose fault paths.runs=$(FAULT_DIR)/runs --top 10 \
+		--export $(FAULT_DIR)/suspects.csv; \
+		echo "suspects exit code: $$? (1 = more than gate.suspects_max_share of the pairs flagged)"
 
 test: $(STAMP) ## the test suite without slow end-to-end tests (< 10 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" -q

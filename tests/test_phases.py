@@ -87,8 +87,10 @@ def test_diagnose_records_every_step(tiny, runs_root):
     table = load_table(runs_root)
     assert set(table.diagnose_id) == {"diag"}
     assert sorted(table.strategy) == sorted(["analytic_prior", "baseline", "shuffled-pairing",
-                                             "noise-input", "tier1", "diagnose"])
-    assert set(gate["steps"]) == {"prior", "baseline", "shuffled", "noise", "tier1"}
+                                             "noise-input", "tier1", "crossfit-1of2", "crossfit-2of2",
+                                             "suspects", "diagnose"])
+    assert set(gate["steps"]) == {"prior", "baseline", "shuffled", "noise", "tier1", "suspects"}
+    assert gate["classes"]["line"] and len(gate["classes"]["rows"]) == 8 and "consistent" in gate["split"]
     baseline = table[table.strategy == "baseline"].iloc[0]
     assert baseline.noise_miou == pytest.approx(gate["evidence"]["real_on_noise"])
     assert table[table.strategy == "tier1"].iloc[0].loss == "tier1"
@@ -99,7 +101,7 @@ def test_diagnose_records_every_step(tiny, runs_root):
 
 
 def test_no_noise_train_skips_it(tiny, runs_root):
-    result = runner.invoke(app, ["diagnose", "--no-noise-train", *tiny, "diagnose.tier1=false",
+    result = runner.invoke(app, ["diagnose", "--no-noise-train", "--no-suspects", *tiny, "diagnose.tier1=false",
                                  "run_id=quick"])
     gate = json.loads((runs_root / "quick" / "record.json").read_text())
     assert gate["evidence"]["noise_trained"] is None and gate["gate"]["decision"] == "pending"
@@ -108,6 +110,7 @@ def test_no_noise_train_skips_it(tiny, runs_root):
     assert "noise-input" not in set(table.strategy)
     assert "noise training skipped" in result.stdout
     assert "pending" in result.stdout  # no tier-1 run, no decision
+    assert "pair scoring skipped" in result.stdout and "suspects" not in gate["steps"]
 
 
 def _scenes(tmp_path_factory):

@@ -64,11 +64,11 @@ def test_audit_and_diagnose_plots(tiny, runs_root, tmp_path):
     assert grid.shape[0] > grid.shape[1] * 0.8  # four sample rows under the column titles
 
     out = tmp_path / "diagnose"
-    result = runner.invoke(app, ["diagnose", *tiny, "--plots", str(out)])
+    result = runner.invoke(app, ["diagnose", *tiny, "--no-suspects", "--plots", str(out)])
     gate = _exit_code_follows_the_verdict(result, runs_root)
     assert sorted(gate["plots"]) == sorted(map(str, out.glob("*.png")))  # the record lists them
     assert sorted(map(_kind, out.glob("*.png"))) == [
-        "evidence", "learning_curves", *["prior"] * 8, "prior_all", "samples"]
+        "classes", "evidence", "learning_curves", *["prior"] * 8, "prior_all", "samples"]
     for png in out.glob("*.png"):
         _not_blank(png)
 
@@ -82,7 +82,7 @@ def _exit_code_follows_the_verdict(result, runs_root):
 
 
 def test_report_plots_draw_every_kind_after_a_diagnose(tiny, runs_root, tmp_path):
-    result = runner.invoke(app, ["diagnose", *tiny, "--no-noise-train", "diagnose.tier1=false"])
+    result = runner.invoke(app, ["diagnose", *tiny, "--no-noise-train", "--no-suspects", "diagnose.tier1=false"])
     _exit_code_follows_the_verdict(result, runs_root)
     out = tmp_path / "report"
     report = runner.invoke(app, ["report", *tiny, "--plots", str(out)])

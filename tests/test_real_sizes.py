@@ -24,6 +24,7 @@ from segaudit.data import transforms as transforms_module
 from segaudit.data.check import alignment_probe, check_dataset
 from segaudit.data.sampler import size_grouped_batches
 from segaudit.data.synthetic import write_cityscapes_layout
+from segaudit.runs import load_table
 from segaudit.checkpoints import load_for_eval
 from segaudit.evaluation import evaluate, predict_labels
 from segaudit.errors import ConfigError
@@ -409,3 +410,37 @@ def test_cityscapes_end_to_end_at_1024x2048_whole_and_slide(cityscapes_root, tmp
             by_hand = evaluate(model.model, eval_loader(build_dataset(dcfg, "val", train=False), 1), 19, 255,
                                torch.device("cpu"), infer=windows)
             assert audit["miou"]["real"] == pytest.approx(by_hand["miou"], nan_ok=True)
+
+
+def test_pair_matching_thumbnails_stay_small_at_cityscapes_size():
+    from segaudit.suspects import PairScore, best_matches, thumb_size
+
+    height, width = thumb_size((1024, 2048))
+    assert height * width <= 4096 and abs(width / height - 2) < 0.05
+    # Three masks at that size; masks 0 and 1 are each other's image's, mask 2 is its own.
+    rng = np.random.default_rng(0)
+    preds = torch.from_numpy(rng.integers(0, 19, size=(3, height, width)))
+    masks = preds[[1, 0, 2]].clone()
+    masks[:, :2] = 255  # ignore rows count nowhere
+    scores = [PairScore(f"city/{i}", "train", -1.0, 0.0, 0.0, flagged=i < 2) for i in range(3)]
+    best_matches(scores, preds, masks, 255, margin=10.0)
+    assert [s.best_match for s in scores] == ["city/1", "city/0", None]
+    assert scores[0].best_fit == pytest.approx(100.0)
+
+
+@pytest.mark.slow
+def test_suspects_and_class_table_on_cityscapes_at_1024x2048(cityscapes_root, tmp_path):
+    """Cross-fitting at full size: 3 train + 2 val pairs scored at 1024x2048 (about a minute)."""
+    runs = tmp_path / "runs"
+    common = ["dataset=cityscapes", f"dataset.root={cityscapes_root}", f"paths.runs={runs}",
+              "train.progress=false", "dataset.transform.crop=[256,512]", "train.batch_size=2"]
+    result = runner.invoke(app, ["suspects", *common, "train.iters=2", "--format", "json"])
+    assert result.exit_code in (0, 1), result.output
+    pairs = json.loads(result.stdout)
+    assert sorted(p["split"] for p in pairs) == ["train"] * 3 + ["val"] * 2
+    assert all("/" in p["stem"] and 0 <= p["own_fit"] <= 100 for p in pairs)  # city/stem
+    fold = next(r for r in load_table(runs).itertuples() if r.strategy == "crossfit-1of2")
+    classes = runner.invoke(app, ["report", "--classes", fold.run_id, "--format", "json", *common])
+    assert classes.exit_code == 0, classes.output
+    rows = json.loads(classes.stdout)
+    assert len(rows) == 19 and sum(r["train_share"] for r in rows) == pytest.approx(100.0)

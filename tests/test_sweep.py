@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -47,16 +48,17 @@ def test_sweep_with_jobs_then_again_skips(tiny, runs_root):
     assert len(load_table(runs_root)) == 4
 
 
+@pytest.mark.slow  # the same launcher's kill-and-rerun is tested fast by test_inventory
 def test_killed_sweep_rerun_ends_with_exactly_the_planned_runs(tiny, runs_root):
     args = [sys.executable, "-m", "segaudit.cli", "retrain", "--tier", "1", "--models", "unet",
             "--datasets", "folder", "--seeds", "0,1", "--jobs", "2", *_data_overrides(tiny),
-            "train.iters=60", "train.ckpt_every=5", f"paths.runs={runs_root}"]
+            "train.iters=24", "train.ckpt_every=4", f"paths.runs={runs_root}"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         records = list(runs_root.glob("*/record.json")) if runs_root.exists() else []
-        if records and any(json.loads(p.read_text())["step"] >= 5 for p in records):
+        if records and any(json.loads(p.read_text())["step"] >= 4 for p in records):
             break
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker processes
@@ -66,9 +68,10 @@ def test_killed_sweep_rerun_ends_with_exactly_the_planned_runs(tiny, runs_root):
     done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     table = load_table(runs_root)
-    assert len(table) == 2 and set(table.status) == {"completed"} and set(table.step) == {60}
+    assert len(table) == 2 and set(table.status) == {"completed"} and set(table.step) == {24}
 
 
+@pytest.mark.slow
 def test_submitit_local_executor(tiny, runs_root):
     result = runner.invoke(app, ["retrain", "--tier", "1", "--models", "unet", "--datasets", "folder",
                                  "--seeds", "0,1", "--launcher", "slurm", "launcher.cluster=local",

@@ -50,12 +50,20 @@ def find_encoder(model: nn.Module) -> nn.Module:
     return encoder
 
 
-def deepest_features(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The encoder's last feature map (smp returns a list, torchvision an OrderedDict)."""
+def probe_features(encoder: nn.Module, images: torch.Tensor, which: str) -> torch.Tensor:
+    """`deepest`: the encoder's last feature map; `concat`: every stage at stride 4 or
+    coarser, resized to the finest of them and concatenated (smp returns a list of
+    stages, torchvision an OrderedDict)."""
     features = encoder(images)
     if isinstance(features, dict):
         features = list(features.values())
-    return features[-1] if isinstance(features, (list, tuple)) else features
+    if not isinstance(features, (list, tuple)):
+        return features
+    if which == "deepest":
+        return features[-1]
+    stages = [f for f in features if f.dim() == 4 and f.shape[-1] <= images.shape[-1] // 4]
+    size = stages[0].shape[-2:]
+    return torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in stages], 1)
 
 
 class LinearHead(nn.Module):
@@ -98,7 +106,7 @@ def probe_encoder(encoder: nn.Module, dcfg: DictConfig, settings: DictConfig, de
         images, masks = next(batches)
         images, masks = images.to(device), masks.to(device).long()
         with torch.no_grad():
-            features = deepest_features(encoder, pad_to_multiple(images, DEFAULT_STRIDE))
+            features = probe_features(encoder, pad_to_multiple(images, DEFAULT_STRIDE), str(settings.features))
         if head is None:
             head = LinearHead(features.shape[1], num_classes).to(device)
             optimizer = torch.optim.AdamW(head.parameters(), lr=float(settings.lr))
@@ -107,16 +115,16 @@ def probe_encoder(encoder: nn.Module, dcfg: DictConfig, settings: DictConfig, de
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return _evaluate(encoder, head.eval(), dcfg, device)
+    return _evaluate(encoder, head.eval(), dcfg, device, str(settings.features))
 
 
 @torch.inference_mode()
-def _evaluate(encoder: nn.Module, head: LinearHead, dcfg: DictConfig, device: torch.device) -> dict:
+def _evaluate(encoder: nn.Module, head: LinearHead, dcfg: DictConfig, device: torch.device, which: str) -> dict:
     metric = ConfusionMatrix(int(dcfg.num_classes), int(dcfg.ignore_index))
     for images, masks in eval_loader(build_dataset(dcfg, "val", train=False), 8):
         images, masks = images.to(device), masks.to(device)
         padded = pad_to_multiple(images, DEFAULT_STRIDE)
-        logits = head(deepest_features(encoder, padded), padded.shape[-2:])
+        logits = head(probe_features(encoder, padded, which), padded.shape[-2:])
         metric.update(logits[..., : images.shape[-2], : images.shape[-1]].argmax(1), masks)
     return metric.compute()
 
@@ -127,6 +135,8 @@ def check_probe_settings(settings: DictConfig) -> None:
         value = settings.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"backbone_probe.{key}={value!r}: need a whole number >= 1")
+    if settings.features not in ("deepest", "concat"):
+        raise ConfigError(f"backbone_probe.features={settings.features!r}: choose deepest or concat")
     if not isinstance(settings.lr, (int, float)) or settings.lr <= 0:
         raise ConfigError(f"backbone_probe.lr={settings.lr!r}: need a positive number")
 
@@ -156,7 +166,7 @@ def run_probe(cfg: DictConfig, target: str, command: str = "", on_given_dataset:
     block = {"source": str(trained.ckpt_path), "source_run": trained.source_run,
              "encoder_miou": real["miou"], "random_miou": random["miou"], "prior_miou": prior,
              "content_over_random": real["miou"] - random["miou"],
-             "iters": int(settings.iters), "features": "deepest", "random_metrics": random}
+             "iters": int(settings.iters), "features": str(settings.features), "random_metrics": random}
     run_cfg = cfg.copy()
     run_cfg.phase, run_cfg.dataset = "probe", dcfg
     run_cfg.strategy = trained.saved.get("strategy", "external")

@@ -433,7 +433,8 @@ def probe(
   segaudit suspects --plots out/ --export pairs.csv\n\n
 Each pair is scored by a model that never trained on it (suspects.folds cross-fitting): how
 much better its mask fits the prediction on its own image than the label-only prior.\n
-Exit code: 0, or 1 when more than gate.suspects_max_share % of the training pairs are flagged.""")
+Exit code: 0, or 1 when the training pairs flagged exceed the val pairs flagged by more than
+gate.suspects_max_share % (the val share is how often the same models flag a clean pair).""")
 def suspects(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     diagnose_id: Optional[str] = typer.Option(None, "--diagnose", help="The pairs of this diagnose's dataset."),

@@ -54,6 +54,7 @@ class Evidence:
     suspect_share: float | None = None  # % of training pairs the pair scoring flagged
     suspect_flagged: int | None = None
     suspect_pairs: int | None = None
+    suspect_val_share: float | None = None  # ... of val pairs: how often the same models flag a clean pair
     notes: list[str] = field(default_factory=list)
 
 
@@ -72,8 +73,10 @@ def verdict(ev: Evidence, gate: DictConfig) -> tuple[str, list[str]]:
     PIPELINE_FAULT wins: if the real-trained model is no better than a predictor that
     never sees the image (the prior) or than a model fed mismatched images, the model is
     not receiving image content aligned with its labels, and no loss can fix that. A
-    partial break counts too: more than `gate.suspects_max_share` percent of the training
-    pairs flagged by the cross-fitted pair scoring (`segaudit.suspects`).
+    partial break counts too: the cross-fitted pair scoring (`segaudit.suspects`) flags more
+    than `gate.suspects_max_share` percent of the training pairs beyond the share it flags
+    among the val pairs (scored by the same models, so weak fold models that flag clean
+    pairs do not read as a fault).
     """
     margin = float(gate.fault_margin)
     faults = []
@@ -81,10 +84,12 @@ def verdict(ev: Evidence, gate: DictConfig) -> tuple[str, list[str]]:
         if reference is not None and ev.real - reference <= margin:
             faults.append(_no_better_than(ev.real, reference, name, margin))
     limit = gate.get("suspects_max_share")
-    if ev.suspect_share is not None and limit is not None and ev.suspect_share > float(limit):
+    excess = None if ev.suspect_share is None else ev.suspect_share - (ev.suspect_val_share or 0.0)
+    if excess is not None and limit is not None and excess > float(limit):
+        val = f" (val pairs: {ev.suspect_val_share:.1f}%)" if ev.suspect_val_share else ""
         faults.append(f"{ev.suspect_flagged} of {ev.suspect_pairs} training pairs ({ev.suspect_share:.1f}%) "
-                      f"look misaligned, more than {float(limit):g}%: the model learns from the rest, "
-                      f"and these pairs teach it wrong labels")
+                      f"look misaligned{val}, more than {float(limit):g}% over val: the model learns "
+                      f"from the rest, and these pairs teach it wrong labels")
     if faults:
         return PIPELINE_FAULT, faults
     shortcuts = []
@@ -161,6 +166,36 @@ def _refuse_early(cfg: DictConfig) -> None:
         runs.check_new_run_id(runs.runs_root(cfg), str(cfg.run_id))
 
 
+def _tier1_step(cfg: DictConfig, command: str, steps: dict, ev: Evidence) -> None:
+    """Train the tier-1 diagnostic the decision gate compares with the baseline."""
+    if not cfg.diagnose.tier1:
+        ev.notes.append("tier-1 diagnostic skipped (diagnose.tier1=false)")
+        return
+    if 1 not in IMPLEMENTED_TIERS:
+        ev.notes.append("tier-1 diagnostic skipped: loss tier 1 is not available in this version")
+        return
+    tier1_cfg = _step_cfg(cfg, "tier1", "real", "real", loss=load_group_option("loss", "tier1"),
+                          eval_also=["noise"])
+    tier1_cfg.choices.loss = "tier1"
+    tier1 = train(tier1_cfg, command)
+    steps["tier1"] = tier1["run_id"]
+    ev.tier1 = tier1["metrics"]["miou"]
+
+
+def _pair_scoring(cfg: DictConfig, command: str, steps: dict, ev: Evidence) -> None:
+    """Run `segaudit suspects` as a step and put its share of flagged training pairs in `ev`."""
+    if not cfg.diagnose.suspects:
+        ev.notes.append("pair scoring skipped (--no-suspects): a partial pairing fault can read HEALTHY")
+        return
+    found = find_suspects(_step_cfg(cfg, "suspects", "real", "real"), command)
+    steps["suspects"] = found["run_id"]
+    train_pairs = found["suspects"]["train"]
+    ev.suspect_share, ev.suspect_flagged, ev.suspect_pairs = (
+        train_pairs["share"], train_pairs["flagged"], train_pairs["pairs"])
+    ev.suspect_val_share = found["suspects"]["val"]["share"]
+    console.print(summary_line(found["suspects"]))
+
+
 def _classes_block(cfg: DictConfig, split: dict, prior: dict, baseline: dict) -> dict:
     """The baseline's class table (`segaudit.classes`) and its one-line summary."""
     noise = baseline["metrics_by_condition"].get("noise")
@@ -223,27 +258,9 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
     else:
         ev.notes.append("noise training skipped (--no-noise-train); the analytic prior stands in")
     # f. Tier-1 diagnostic for the decision gate.
-    if not cfg.diagnose.tier1:
-        ev.notes.append("tier-1 diagnostic skipped (diagnose.tier1=false)")
-    elif 1 not in IMPLEMENTED_TIERS:
-        ev.notes.append("tier-1 diagnostic skipped: loss tier 1 is not available in this version")
-    else:
-        tier1_cfg = _step_cfg(cfg, "tier1", "real", "real", loss=load_group_option("loss", "tier1"),
-                              eval_also=["noise"])
-        tier1_cfg.choices.loss = "tier1"
-        tier1 = train(tier1_cfg, command)
-        steps["tier1"] = tier1["run_id"]
-        ev.tier1 = tier1["metrics"]["miou"]
+    _tier1_step(cfg, command, steps, ev)
     # g. Pair scoring: which training pairs look misaligned (cross-fitted models).
-    if cfg.diagnose.suspects:
-        found = find_suspects(_step_cfg(cfg, "suspects", "real", "real"), command)
-        steps["suspects"] = found["run_id"]
-        train_pairs = found["suspects"]["train"]
-        ev.suspect_share, ev.suspect_flagged, ev.suspect_pairs = (
-            train_pairs["share"], train_pairs["flagged"], train_pairs["pairs"])
-        say(summary_line(found["suspects"]))
-    else:
-        ev.notes.append("pair scoring skipped (--no-suspects): a partial pairing fault can read HEALTHY")
+    _pair_scoring(cfg, command, steps, ev)
     # h. Verdict and decision gate.
     name, reasons = verdict(ev, cfg.gate)
     decision, why = decide(ev, cfg.gate)

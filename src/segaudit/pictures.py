@@ -186,7 +186,7 @@ def suspect_pictures(cfg: DictConfig, record: runs.RunRecord, pairs: list[dict],
     for pair in flagged:
         fold = int(pair.get("fold") or 0)
         if fold not in models:
-            models[fold] = load_for_eval(cfg, record["steps"]["folds"][fold], device).model
+            models[fold] = load_for_eval(cfg, runs.check_run_id(str(record["steps"]["folds"][fold])), device).model
         image, mask = data[pair["split"]][where[pair["stem"]][1]]
         pred = predict_labels(models[fold], image[None].to(device), device, dtype, mask.shape[-2:])[0]
         match = np.zeros((*mask.shape[-2:], 3), np.uint8)

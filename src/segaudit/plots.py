@@ -178,7 +178,8 @@ def sample_grid(samples: list[dict], class_names: list[str], ignore_index: int, 
     if title:
         fig.suptitle(title, fontsize=10)
     legend_rows = shown // 9 + 1
-    fig.tight_layout(rect=(0, 0.1 * legend_rows / (len(samples) + 1), 1, 1))
+    top = 1 - 0.3 / fig.get_figheight() if title else 1  # room for the title above the column titles
+    fig.tight_layout(rect=(0, 0.1 * legend_rows / (len(samples) + 1), 1, top))
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -429,7 +429,8 @@ def backbone_probe_panel(record: RunRecord, min_gain: float) -> Panel:
                        f"no usable content; retrain it", style="bold red")
     lines = [Text(f"model {record['model']}/{record['encoder']} from {block['source']}", style="dim"),
              table, verdict,
-             Text(f"{block['iters']} head steps on the deepest features; run id {record['run_id']}", style="dim")]
+             Text(f"{block['iters']} head steps on the {block['features']} features; run id {record['run_id']}",
+                  style="dim")]
     return Panel(Group(*lines), title=f"probe {record['run_id']}", expand=False)
 
 

@@ -320,5 +320,7 @@ def suspects(cfg: DictConfig, diagnose_id: str | None = None, command: str = "")
 
 
 def too_many_flagged(record: dict, gate: DictConfig) -> bool:
-    """More than `gate.suspects_max_share` percent of the training pairs are flagged."""
-    return record["suspects"]["train"]["share"] > float(gate.suspects_max_share)
+    """More than `gate.suspects_max_share` percent of the training pairs are flagged beyond
+    the share of val pairs flagged (the same models' rate on pairs that trained nothing)."""
+    summary = record["suspects"]
+    return summary["train"]["share"] - summary["val"]["share"] > float(gate.suspects_max_share)
