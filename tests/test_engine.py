@@ -69,6 +69,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, runs_root, monkeypatch
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # resume is tested in-process by test_interrupted_run_resumes_to_the_same_result
 def test_sigkilled_subprocess_resumes_and_completes(tiny, runs_root):
     args = [sys.executable, "-m", "segaudit.cli", "train", *tiny, "train.iters=40",
             "train.ckpt_every=3", "run_id=victim"]
@@ -120,6 +121,7 @@ def test_cross_entropy_ignores_all_ignore_crops():
     assert weights.cross_entropy(logits, target).item() == pytest.approx(expected.item())
 
 
+@pytest.mark.slow  # two torchrun processes: ~15 s
 def test_ddp_two_cpu_processes_write_one_record(tiny, runs_root):
     """torchrun with 2 processes and gloo: one run directory, metrics reduced over ranks."""
     from segaudit.audit import audit

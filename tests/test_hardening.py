@@ -144,6 +144,7 @@ def _segaudit(*args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
+@pytest.mark.slow  # the refusals below run in-process; test_cli covers a fresh interpreter too
 def test_refusals_in_a_real_process(tiny, synth_root, runs_root, tmp_path):
     """A few of the refusals below once more through a fresh interpreter: exit code, one
     line, no traceback, nothing written."""

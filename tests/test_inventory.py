@@ -44,6 +44,7 @@ def _audit_records(runs: Path) -> list[dict]:
     return [r for r in records if r["phase"] == "audit"]
 
 
+@pytest.mark.slow  # a SIGKILLed subprocess sweep: ~45 s
 def test_killed_midway_then_rerun_gives_one_record_per_model(inventory):
     base, shared = inventory
     command = [str(Path(sys.executable).with_name("segaudit")), "audit", "--inventory", str(base / "models.csv"),

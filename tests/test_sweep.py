@@ -35,6 +35,7 @@ def test_plan_is_a_stable_cartesian_product():
     assert other[0].run_id != a[0].run_id  # other settings, other runs
 
 
+@pytest.mark.slow  # two parallel processes twice: ~25 s
 def test_sweep_with_jobs_then_again_skips(tiny, runs_root):
     args = ["retrain", "--tier", "2", "--models", "unet,pspnet", "--datasets", "folder", "--seeds", "0,1",
             "--jobs", "2", *_data_overrides(tiny), "train.iters=2", f"paths.runs={runs_root}"]
