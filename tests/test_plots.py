@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -81,6 +82,7 @@ def _exit_code_follows_the_verdict(result, runs_root):
     return gate
 
 
+@pytest.mark.slow  # a second diagnose; test_audit_and_diagnose_plots draws the same kinds
 def test_report_plots_draw_every_kind_after_a_diagnose(tiny, runs_root, tmp_path):
     result = runner.invoke(app, ["diagnose", *tiny, "--no-noise-train", "--no-suspects", "diagnose.tier1=false"])
     _exit_code_follows_the_verdict(result, runs_root)

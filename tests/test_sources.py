@@ -191,6 +191,7 @@ def smp_five_weights(base: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # onnx export + runtime: ~18 s
 def test_onnx_audits_like_the_original_and_its_metadata_fills_the_card(native):
     import onnx
 
