@@ -7,7 +7,7 @@ DEMO_RUNS ?= runs/demo
 FAULT_DIR ?= runs/demo-fault
 DEMO_ITERS ?= 200
 
-.PHONY: help venv demo demo-fault test test-full bench clean
+.PHONY: help venv demo demo-fault test test-full report-check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -15,18 +15,20 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,hf]'
+	$(BIN)/python -m pip install -q -e '.[dev,hf,tensorboard,mlflow]'
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install segaudit with its test extras
 
-demo: $(STAMP) ## diagnose the embedded synthetic scenes (ends HEALTHY), validate its baseline, draw the plots
+demo: $(STAMP) ## diagnose the embedded synthetic scenes (ends HEALTHY), validate, plots, runs/demo/report.html
 	rm -rf $(DEMO_RUNS)
 	$(BIN)/segaudit diagnose paths.runs=$(DEMO_RUNS) train.iters=$(DEMO_ITERS) run_id=demo \
 		'train.eval_at=[50,100,150]' --plots $(DEMO_RUNS)/plots
 	$(BIN)/segaudit validate demo paths.runs=$(DEMO_RUNS); \
 		echo "validate exit code: $$? (0 = every gate passed, 1 = a gate failed)"
 	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS) --plots $(DEMO_RUNS)/plots
+	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS) --html $(DEMO_RUNS)/report.html
+	@echo "open $(DEMO_RUNS)/report.html in a browser: the verdict, the evidence and the pictures on one page"
 
 demo-fault: $(STAMP) ## diagnose a copy with 30% of its training pairs swapped on disk (ends PIPELINE_FAULT, lists them)
 	rm -rf $(FAULT_DIR) && mkdir -p $(FAULT_DIR)
@@ -44,6 +46,9 @@ test: $(STAMP) ## the test suite without slow end-to-end tests (< 10 min on 2 co
 
 test-full: $(STAMP) ## every test, slow end-to-end ones included
 	$(BIN)/python -m pytest -q
+
+report-check: $(STAMP) ## render an HTML report in headless Chromium (Debian's chromium) and check the screenshot
+	$(BIN)/python -m pytest -q -rs -m slow tests/test_html_report.py
 
 bench: $(STAMP) ## unified loop vs a bare PyTorch loop (per-iteration time ratio)
 	$(BIN)/python scripts/bench_loop.py

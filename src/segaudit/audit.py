@@ -28,6 +28,7 @@ from segaudit.metrics import AgreementMatrix, ConfusionMatrix
 from segaudit.prior import analytic_prior
 from segaudit.probe import probe_card
 from segaudit.sources import CardAdapter
+from segaudit.trackers import publish
 
 CONDITIONS = ("real", "noise", "blank", "shuffled")
 
@@ -143,6 +144,7 @@ def finish_audit(cfg: DictConfig, trained: TrainedModel, dcfg: DictConfig, devic
         None if cfg.run_id is None else str(cfg.run_id), dataset=dcfg, audit=block)
     record["timings"]["total_s"] = time.perf_counter() - t0
     runs.write_record(folder, record)
+    publish(cfg, folder, record)
     return record
 
 

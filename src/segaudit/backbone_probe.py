@@ -30,6 +30,7 @@ from segaudit.errors import ConfigError
 from segaudit.inference import DEFAULT_STRIDE, pad_to_multiple
 from segaudit.metrics import ConfusionMatrix
 from segaudit.prior import analytic_prior
+from segaudit.trackers import publish
 
 
 def find_encoder(model: nn.Module) -> nn.Module:
@@ -176,4 +177,5 @@ def run_probe(cfg: DictConfig, target: str, command: str = "", on_given_dataset:
         metrics=real, metrics_by_condition={"real": real}, finished_at=runs.now(), probe=block)
     record["timings"]["total_s"] = time.perf_counter() - t0
     runs.write_record(folder, record)
+    publish(cfg, folder, record)
     return record

@@ -105,7 +105,9 @@ def train(
   segaudit report --compare strategy               [dim]# before/after against strategy=baseline[/]\n
   segaudit report --scope                          [dim]# mIoU by strategy, model, dataset[/]\n
   segaudit report --classes RUN                    [dim]# per class: shares, prior/real/noise IoU[/]\n
-  segaudit report --plots out/                     [dim]# every picture for these runs[/]""")
+  segaudit report --plots out/                     [dim]# every picture for these runs[/]\n
+  segaudit report --html report.html               [dim]# one self-contained page to share[/]\n
+  segaudit report --diagnose DIAGNOSE_ID --html d.html  [dim]# that diagnose, its steps and gates[/]""")
 def report(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     diagnose_id: Optional[str] = typer.Option(None, "--diagnose", help="Show this diagnose's verdict panel."),
@@ -113,6 +115,7 @@ def report(
     compare: Optional[str] = typer.Option(None, "--compare", help="Before/after by this column (e.g. strategy)."),
     scope_view: bool = typer.Option(False, "--scope", help="The scope analysis of these runs."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write curves, mIoU-by-input, evidence, samples, prior PNGs here."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write one self-contained HTML page (verdict, evidence, pictures, gates, runs)."),
     baseline: str = typer.Option("baseline", "--baseline", help="The group --compare measures deltas against."),
     where: List[str] = typer.Option([], "--where", "-w", help="Keep runs with key=value (repeatable)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | md"),
@@ -139,6 +142,14 @@ def report(
 
                 err.print(f"wrote {class_bars(frame, plots / f'classes_{classes}.png', classes)}")
             _show(class_rich(frame, classes), lambda: format_frame(frame, fmt), fmt)
+            return
+        if html is not None:
+            from segaudit.html_report import write_html_report
+
+            written = write_html_report(cfg, html, where, diagnose_id, _command_line())
+            verdicts = ", ".join(f"{run_id} {name}" for run_id, name in written["verdicts"].items())
+            err.print(f"wrote {written['path']}: {written['runs']} runs" + (f"; {verdicts}" if verdicts else ""),
+                      soft_wrap=True, highlight=False)
             return
         if diagnose_id is not None:
             gate_record = read_gate_record(runs_root(cfg), diagnose_id)

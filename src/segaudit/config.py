@@ -6,6 +6,8 @@ Hydra's own errors are long and name internals; a user typing `model=unett` or
 
 from __future__ import annotations
 
+import importlib.util
+
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -215,7 +217,22 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
         cfg.choices = choices
+    check_extras(cfg)
     return cfg
+
+
+def check_extras(cfg: DictConfig) -> None:
+    """Refuse a chosen option whose optional package is missing (`requires` in its file),
+    naming the extra that installs it, before anything runs.
+
+    Raises:
+        ConfigError: e.g. `logger=mlflow: the mlflow package is not installed (pip install 'segaudit[mlflow]')`.
+    """
+    logger = cfg.get("logger")
+    module = logger.get("requires") if logger is not None else None
+    if module and importlib.util.find_spec(str(module)) is None:
+        raise ConfigError(f"logger={logger.name}: the {module} package is not installed "
+                          f"(pip install '{logger.get('extra', 'segaudit')}')")
 
 
 # --------------------------------------------------------------------------- what may be built
@@ -230,6 +247,7 @@ SAFE_TARGETS = frozenset({
     "torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW",
     "segaudit.losses.TieredLoss",
     "segaudit.data.labels.cityscapes_label_map",
+    "segaudit.trackers.TensorBoardTracker", "segaudit.trackers.MLflowTracker",
 })
 
 
@@ -262,7 +280,7 @@ def check_targets(node: Any, source: str) -> None:
         raise ConfigError(f"{source}: unreadable config ({first_line(err)})") from None
     if bad:
         raise ConfigError(f"{source}: refusing to build {bad[0]!r}: segaudit only builds its own "
-                          f"models, losses, optimizers and label maps (see config.SAFE_TARGETS)")
+                          f"models, losses, optimizers, label maps and trackers (see config.SAFE_TARGETS)")
 
 
 def safe_instantiate(node: DictConfig, source: str, **kwargs: Any) -> Any:

@@ -42,6 +42,8 @@ from segaudit.evaluation import evaluate
 from segaudit.inference import (Inference, build_inference, inference_record, inference_settings,
                                 model_stride, pad_to_multiple)
 from segaudit.models import build_model, check_encoder, freeze_encoder
+from segaudit.samples import write_sample_grid
+from segaudit.trackers import NoTracker, build_tracker
 
 
 # --------------------------------------------------------------------------- DDP
@@ -266,6 +268,7 @@ def train(cfg: DictConfig, command: str = "") -> dict:
     raises `TrainingFailed`.
     """
     check_train_settings(cfg)  # fail on bad settings before a run directory exists
+    build_tracker(cfg)  # a missing extra or a bad logger setting, too
     resolve_device(str(cfg.device))
     amp_dtype(str(cfg.train.amp), torch.device("cpu"))
     inference_settings(cfg.dataset, cfg.get("inference"))
@@ -497,6 +500,8 @@ def _train(run: Run, log: RunLog, ddp: Distributed) -> runs.RunRecord:
     record.update(status="running", error=None, step=state.step, device=device_label(device),
                   world_size=ddp.world_size, inference=inference_record(evals.infer))
     write_record(run.dir, record)
+    tracker = build_tracker(cfg) if ddp.is_main else NoTracker()
+    tracker.open(run.dir, record, cfg)
 
     iters = int(cfg.train.iters)
     eval_steps = {int(s) for s in cfg.train.eval_at if 0 < int(s) < iters} | {iters}
@@ -506,7 +511,8 @@ def _train(run: Run, log: RunLog, ddp: Distributed) -> runs.RunRecord:
     if run.checkpoint is not None:
         restore_rng(run.checkpoint["rng"])
     interval, train_s = IntervalMeans(), 0.0
-    with _progress() if cfg.train.progress and ddp.is_main else nullcontext() as progress:
+    with (_progress() if cfg.train.progress and ddp.is_main else nullcontext() as progress,
+          tracker.closed_on_error(run.dir, record)):
         task = progress.add_task(str(record["run_id"]), total=iters, completed=state.step,
                                  loss="-", ips="-") if progress else None
         while state.step < iters:
@@ -544,16 +550,25 @@ def _train(run: Run, log: RunLog, ddp: Distributed) -> runs.RunRecord:
                 record["timings"]["train_s"] += train_s
                 train_s = 0.0
                 write_record(run.dir, record)
+            tracker.sync(record)
             interval.t0 = time.perf_counter()
 
     record["timings"]["total_s"] += time.perf_counter() - t_start
     record.update(status="completed", step=state.step, finished_at=runs.now(),
                   throughput_ips=_throughput(record["train_log"]))
     write_record(run.dir, record)
+    tracker.close(run.dir, record, tracker.draw(lambda: _sample_grid(run, state, evals)))
     if ddp.active:
         dist.barrier()
     log(f"completed {record['run_id']}: mIoU {record['metrics']['miou']:.2f} after {state.step} iterations")
     return record
+
+
+def _sample_grid(run: Run, state: TrainState, evals: Evaluations) -> Path:
+    """The trained model on 4 val images (real and noise input), for a tracker."""
+    state.model.eval()
+    return write_sample_grid(state.model, run.cfg.dataset, evals.device, evals.dtype, run.dir / "samples.png",
+                             f"{run.record['run_id']} at step {state.step}", evals.infer)
 
 
 def _throughput(train_log: list[dict]) -> float | None:

@@ -26,6 +26,7 @@ from segaudit.losses import IMPLEMENTED_TIERS
 from segaudit.pictures import diagnose_plots
 from segaudit.prior import run_prior
 from segaudit.suspects import check_suspects_settings, find_suspects, summary_line
+from segaudit.trackers import publish
 
 HEALTHY, PIPELINE_FAULT, SPATIAL_SHORTCUT = "HEALTHY", "PIPELINE_FAULT", "SPATIAL_SHORTCUT"
 EXIT_CODES = {HEALTHY: 0, PIPELINE_FAULT: 1, SPATIAL_SHORTCUT: 1}
@@ -279,4 +280,5 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
     runs.write_record(folder, record)
     if plots is not None:
         diagnose_plots(cfg, record, prior, Path(plots))
+    publish(cfg, folder, record)
     return record

@@ -16,63 +16,23 @@ from omegaconf import DictConfig
 
 from segaudit import runs
 from segaudit.checkpoints import load_checkpoint, load_for_eval, load_trained_model
-from segaudit.config import load_group_option, load_yaml
+from segaudit.config import load_yaml
 from segaudit.data import build_dataset, list_samples, prepare_dataset
-from segaudit.data.conditions import DeviceImages
 from segaudit.devices import amp_dtype, resolve_device
 from segaudit.evaluation import predict_labels
-from segaudit.inference import Inference, build_inference
+from segaudit.inference import build_inference
 from segaudit.plots import (
     class_bars,
     evidence_bars,
     learning_curves,
     miou_by_condition,
     prior_heatmaps,
+    prior_overview,
     sample_grid,
 )
 from segaudit.prior import PRIOR_FILE, frequencies
+from segaudit.samples import shown_image, write_sample_grid
 from segaudit.suspects import read_pairs
-
-
-def shown_image(image: torch.Tensor, mean, std) -> np.ndarray:
-    """A normalised 3 x H x W tensor back to the H x W x 3 uint8 picture the model saw."""
-    mean_t = torch.tensor(list(mean)).view(-1, 1, 1)
-    std_t = torch.tensor(list(std)).view(-1, 1, 1)
-    return ((image * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-@torch.inference_mode()
-def sample_predictions(model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
-                       dtype: torch.dtype | None, count: int = 4,
-                       infer: Inference | None = None) -> list[dict]:
-    """The first `count` val samples with the model's predictions on them and on noise.
-
-    Returns:
-        Dicts with `image` (HxWx3 uint8, as the model saw it), `mask`, `pred_real` and
-        `pred_noise` (HxW numpy arrays), for `plots.sample_grid`.
-    """
-    dataset = build_dataset(dcfg, "val", train=False)
-    infer = infer or build_inference(model, dcfg)
-    mean, std = dcfg.transform.mean, dcfg.transform.std
-    noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
-    samples = []
-    for index in range(min(count, len(dataset))):
-        image, mask = dataset[index]
-        batch = image.unsqueeze(0).to(device)
-        pred_real = predict_labels(model, batch, device, dtype, infer=infer)[0]
-        pred_noise = predict_labels(model, noise(batch), device, dtype, infer=infer)[0]
-        samples.append({"image": shown_image(image, mean, std), "mask": mask.numpy(),
-                        "pred_real": pred_real.cpu().numpy(), "pred_noise": pred_noise.cpu().numpy()})
-    return samples
-
-
-def write_sample_grid(model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
-                      dtype: torch.dtype | None, path: Path, title: str,
-                      infer: Inference | None = None) -> Path:
-    """`sample_predictions` drawn as an image / ground truth / real / noise grid."""
-    samples = sample_predictions(model, dcfg, device, dtype, infer=infer)
-    return sample_grid(samples, list(dcfg.class_names), int(dcfg.ignore_index), path, title,
-                       colors=dcfg.get("class_colors"))
 
 
 def _keep(cfg: DictConfig, record: runs.RunRecord, written: list[Path]) -> list[str]:
@@ -119,23 +79,41 @@ def diagnose_pictures(runs_root: Path, record: runs.RunRecord, out_dir: Path, de
     return written
 
 
-def diagnose_plots(cfg: DictConfig, record: runs.RunRecord, prior_record: runs.RunRecord, out_dir: Path) -> list[str]:
-    """Everything `diagnose --plots` draws: the prior's heatmaps, the evidence bars, the
+def diagnose_figures(cfg: DictConfig, record: runs.RunRecord, out_dir: Path) -> list[Path]:
+    """A diagnose's pictures, written to `out_dir` and nowhere else: the evidence bars, the
     baseline's sample grid, its per-class bars, the top suspect pairs (when any is
     flagged) and the learning curves of the steps."""
     out_dir = Path(out_dir)
-    heatmaps = prior_pictures(cfg, prior_record, out_dir)
     runs_root = runs.runs_root(cfg)
     device = resolve_device(str(cfg.device))
-    step_records = [runs.read_record(runs_root / run_id) for run_id in record["steps"].values()]
+    step_records = [runs.read_record(runs_root / run_id) for run_id in record["steps"].values()
+                    if (runs_root / run_id / runs.RECORD).is_file()]
     written = diagnose_pictures(runs_root, record, out_dir, device, amp_dtype(str(cfg.train.amp), device))
     if record.get("classes"):
         frame = pd.DataFrame(record["classes"]["rows"])
         written.append(class_bars(frame, out_dir / f"classes_{record['run_id']}.png", record["run_id"]))
     found = record["steps"].get("suspects")
-    if found:  # the grid lists its path in the suspects record; the diagnose lists it too
-        written += suspect_pictures(cfg, runs.read_record(runs_root / found), read_pairs(runs_root, found), out_dir)
-    return _keep(cfg, record, [*heatmaps, *written, *learning_curves(step_records, out_dir)])
+    if found and (runs_root / found / runs.RECORD).is_file():
+        written += [Path(p) for p in suspect_pictures(cfg, runs.read_record(runs_root / found),
+                                                      read_pairs(runs_root, found), out_dir)]
+    return [*written, *learning_curves(step_records, out_dir)]
+
+
+def prior_overview_figure(cfg: DictConfig, prior_id: str, out_dir: Path) -> list[Path]:
+    """The one-picture overview of a prior run's per-class heatmaps (none if its counts are gone)."""
+    saved_path = runs.runs_root(cfg) / prior_id / PRIOR_FILE
+    if not saved_path.is_file():
+        return []
+    saved = torch.load(saved_path, weights_only=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return [prior_overview(frequencies(saved["counts"]), list(saved["class_names"]), Path(out_dir) / "prior_all.png")]
+
+
+def diagnose_plots(cfg: DictConfig, record: runs.RunRecord, prior_record: runs.RunRecord, out_dir: Path) -> list[str]:
+    """Everything `diagnose --plots` draws: the prior's heatmaps and `diagnose_figures`,
+    listed in the records."""
+    heatmaps = prior_pictures(cfg, prior_record, out_dir)
+    return _keep(cfg, record, [*heatmaps, *diagnose_figures(cfg, record, out_dir)])
 
 
 def report_plots(runs_root: Path, records: list[runs.RunRecord], out_dir: Path, device: str = "cpu") -> list[Path]:

@@ -38,11 +38,11 @@ def prior_heatmaps(frequencies: torch.Tensor, class_names: list[str], out_dir: P
         fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
-    written.append(_prior_overview(frequencies, class_names, out_dir / "prior_all.png"))
+    written.append(prior_overview(frequencies, class_names, out_dir / "prior_all.png"))
     return written
 
 
-def _prior_overview(frequencies: torch.Tensor, class_names: list[str], path: Path) -> Path:
+def prior_overview(frequencies: torch.Tensor, class_names: list[str], path: Path) -> Path:
     """All classes' heatmaps in one picture (up to 40), on one colour scale."""
     shown = min(len(class_names), 40)
     cols = min(shown, 4)

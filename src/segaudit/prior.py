@@ -31,6 +31,7 @@ from segaudit.data.folder import read_mask
 from segaudit.data.labels import label_lut
 from segaudit.errors import DataError
 from segaudit.metrics import confusion_matrix, summarize
+from segaudit.trackers import publish
 
 PRIOR_FILE = "prior.pt"
 
@@ -257,4 +258,5 @@ def run_prior(cfg: DictConfig, command: str = "") -> dict:
     torch.save({"counts": result.counts, "class_names": list(cfg.dataset.class_names)},
                folder / PRIOR_FILE)
     runs.write_record(folder, record)
+    publish(cfg, folder, record)
     return record

@@ -43,6 +43,7 @@ from segaudit.errors import ConfigError
 from segaudit.evaluation import predict_labels
 from segaudit.inference import build_inference
 from segaudit.prior import analytic_prior, prior_map
+from segaudit.trackers import publish
 
 SUSPECTS_FILE = "suspects.json"
 THUMB_PIXELS = 4096  # masks and predictions are matched on grids of at most this many pixels
@@ -271,6 +272,7 @@ def find_suspects(cfg: DictConfig, command: str = "") -> dict:
     runs.atomic_write(folder / SUSPECTS_FILE, lambda fh: fh.write(text))
     record["timings"]["total_s"] = time.perf_counter() - t0
     runs.write_record(folder, record)
+    publish(cfg, folder, record)
     return record
 
 

@@ -35,6 +35,7 @@ from segaudit.errors import ConfigError, DataError
 from segaudit.evaluation import evaluate, predict_labels
 from segaudit.inference import Inference, build_inference, inference_record
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
+from segaudit.trackers import publish
 
 GAUSSIAN = "gaussian"
 
@@ -392,4 +393,5 @@ def _write_record(cfg: DictConfig, item: TrainedModel, measured: dict, test: dic
                                         run_id, gates=passed_of_run, validate=block)
     record["timings"]["total_s"] = seconds
     runs.write_record(folder, record)
+    publish(cfg, folder, record)
     return record

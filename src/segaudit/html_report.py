@@ -1,0 +1,258 @@
+"""`segaudit report --html FILE`: one self-contained page for the people who decide on a
+retrain and will not run a command.
+
+It holds, for the runs `--where` / `--diagnose` select: a summary in plain words (the
+verdict, what it means, what to do next), each diagnose's evidence with the analytic prior
+as the reference line, its pictures, the class table, the validate gates, the scope
+analysis, the sortable run table, and the command, package versions and config behind
+every run. Pictures are embedded PNGs, the styles and the sorting script are inline, and
+nothing is fetched: the file reads the same offline and as a mail attachment. Jinja2
+renders it with autoescaping, so text from a record or config is shown, never run.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+from omegaconf import DictConfig
+
+from segaudit import __version__, runs
+from segaudit.consistency import consistency_lines
+from segaudit.errors import ConfigError
+from segaudit.phases import HEALTHY, PIPELINE_FAULT, SPATIAL_SHORTCUT
+from segaudit.pictures import diagnose_figures, prior_overview_figure
+from segaudit.report import MARKDOWN_COLUMNS, _evidence_rows, filter_table
+from segaudit.scope import run_scope
+
+TEMPLATE = "report.html.j2"
+_STYLE = {HEALTHY: "good", PIPELINE_FAULT: "bad", SPATIAL_SHORTCUT: "warn"}
+_HEADLINE = {
+    HEALTHY: "The model reads the image.",
+    PIPELINE_FAULT: "The model is not learning from images that match their labels.",
+    SPATIAL_SHORTCUT: "The model predicts where classes usually sit, not what the image shows.",
+}
+# Which of a diagnose's pictures the page shows, in order, with what a reader should see.
+_PICTURES = [
+    ("evidence_", "Evidence: mIoU of each step. The dashed line is the analytic prior, a predictor "
+                  "that never sees the image; a model that reads the image stands well above it."),
+    ("samples_", "The baseline model on four val images: the image, the true mask, the prediction on "
+                 "the image and the prediction on pure noise. Reading the image means the third "
+                 "column matches the second and the fourth does not."),
+    ("learning_curves", "mIoU over training steps for every model the diagnose trained."),
+    ("prior_all", "Where each class usually sits: the share of training labels of that class at each "
+                  "pixel. The analytic prior predicts the most frequent class at every pixel."),
+    ("classes_", "Per class: IoU of the prior, of the model on real images and on noise."),
+    ("suspects_", "Training pairs whose mask fits its own image worst, with the image it fits best."),
+]
+
+
+def png_data_uri(path: Path) -> str:
+    """A PNG file as a `data:image/png;base64,...` URI (the page carries its pictures)."""
+    data = Path(path).read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ConfigError(f"{path}: not a PNG file")
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def select_runs(cfg: DictConfig, where: list[str], diagnose_id: str | None) -> tuple[pd.DataFrame, list[dict]]:
+    """The run table rows and the records the page covers: `--where`'s runs, or with
+    `diagnose_id` that diagnose, its steps and the validate runs of its models.
+
+    Raises:
+        ConfigError: an unknown diagnose id or `--where` column, or no runs at all.
+    """
+    root = runs.runs_root(cfg)
+    table = filter_table(runs.load_table(root), where)
+    records = {r["run_id"]: r for r in runs.iter_records(root) if r["run_id"] in set(table.run_id)}
+    if diagnose_id is not None:
+        gate = runs.read_gate_record(root, diagnose_id)
+        members = {gate["run_id"], *gate["steps"].values()}
+        members |= {run_id for run_id, r in records.items()
+                    if (r.get("validate") or {}).get("source_run") in members}
+        table = table[table.run_id.isin(members)]
+        records = {run_id: r for run_id, r in records.items() if run_id in members}
+    if table.empty:
+        raise ConfigError(f"report --html: no runs to report under {root}")
+    return table, [records[run_id] for run_id in table.run_id if run_id in records]
+
+
+def verdict_summary(record: dict) -> dict:
+    """The verdict in plain words: a headline, what it means, and what to do next."""
+    ev, gate, name = record["evidence"], record["gate"], record["verdict"]
+    real, prior = ev["real"], ev["prior"]
+    meaning = [f"Trained on real images, the model scores {real:.1f} mIoU. A predictor that never "
+               f"looks at the image and only knows where each class usually sits in the frame (the "
+               f"analytic prior) scores {prior:.1f}."]
+    if name == HEALTHY:
+        meaning.append(f"The {real - prior:+.1f} points between them come from what the image shows.")
+        if ev.get("shuffled") is not None:
+            meaning.append(f"A model trained on images paired with the wrong masks reaches only "
+                           f"{ev['shuffled']:.1f}, so images and masks line up.")
+        steps = record["steps"]
+        next_steps = ["Keep this pipeline: its mIoU measures what the model sees.",
+                      f"Before trusting a new model's number, run `segaudit validate "
+                      f"{steps.get('baseline', record['run_id'])}` (noise, robustness and "
+                      f"generalization gates)."]
+    elif name == PIPELINE_FAULT:
+        meaning.append("The model does not receive images that match their labels, so no loss "
+                       "function can help: the fix is in the data pipeline. Why:")
+        next_steps = list(gate.get("next_checks") or [])
+        if ev.get("suspect_flagged"):
+            next_steps.insert(0, f"List the misaligned pairs: `segaudit suspects --diagnose {record['run_id']}`.")
+    else:
+        meaning.append("Much of that score survives without the image, so the model has learned the "
+                       "usual layout of the scene more than its content. Why:")
+        next_steps = [f"The decision gate says {gate['decision']}: {gate['why']}.",
+                      f"Retrain as the gate says: `segaudit retrain --from-gate {record['run_id']}`."]
+    return {"headline": _HEADLINE.get(name, name), "meaning": meaning, "reasons": list(record["reasons"]),
+            "next_steps": next_steps, "style": _STYLE.get(name, "warn")}
+
+
+def evidence_rows(record: dict) -> list[dict]:
+    """The evidence table's rows, with each bar's length and the prior's mark in percent."""
+    prior = record["evidence"]["prior"]
+    return [{"label": label, "miou": value, "run": run, "bar": None if value is None else max(0.0, min(value, 100.0)),
+             "prior": prior, "is_prior": label.startswith("analytic prior")}
+            for label, value, run in _evidence_rows(record)]
+
+
+def diagnose_section(cfg: DictConfig, record: dict, workdir: Path) -> dict:
+    """Everything the page shows about one diagnose (its pictures drawn into `workdir`)."""
+    out_dir = workdir / record["run_id"]
+    drawn = diagnose_figures(cfg, record, out_dir)
+    if record["steps"].get("prior"):
+        drawn += prior_overview_figure(cfg, record["steps"]["prior"], out_dir)
+    pictures = [{"title": path.stem.replace("_", " "), "caption": caption, "src": png_data_uri(path)}
+                for prefix, caption in _PICTURES for path in drawn if path.name.startswith(prefix)]
+    classes = (record.get("classes") or {}).get("rows") or []
+    return {"record": record, "summary": verdict_summary(record), "evidence": evidence_rows(record),
+            "gain": record["evidence"]["real"] - record["evidence"]["prior"], "pictures": pictures,
+            "classes": classes, "class_line": (record.get("classes") or {}).get("line"),
+            "split_lines": _split_lines(record.get("split"))}
+
+
+def _split_lines(split: dict | None) -> list[str]:
+    return consistency_lines(split) if split and not split.get("consistent", True) else []
+
+
+def validate_section(record: dict) -> dict:
+    block = record["validate"]
+    return {"run_id": record["run_id"], "source": block.get("source"), "passed": block.get("passed"),
+            "gates": [{**gate, "result": gate.get("result") or {True: "PASS", False: "FAIL"}.get(gate.get("passed"), "SKIP")}
+                      for gate in block.get("gates", [])]}
+
+
+def provenance(root: Path, records: list[dict]) -> list[dict]:
+    """Per run: the command, package versions and resolved config that produced it."""
+    out = []
+    for record in records:
+        saved = root / record["run_id"] / runs.CONFIG
+        out.append({"run_id": record["run_id"], "command": record.get("command") or "",
+                    "versions": record.get("versions") or {}, "started_at": record.get("started_at"),
+                    "device": record.get("device"),
+                    "config": saved.read_text(encoding="utf-8", errors="replace") if saved.is_file() else None})
+    return out
+
+
+def _scope(cfg: DictConfig, table: pd.DataFrame) -> dict | None:
+    try:
+        return run_scope(cfg, table=table)
+    except ConfigError:  # no completed training run among these: nothing to analyse
+        return None
+
+
+def _run_rows(table: pd.DataFrame) -> tuple[list[str], list[list]]:
+    columns = [c for c in MARKDOWN_COLUMNS if c in table.columns]
+    rows = [[None if pd.isna(v) else v for v in row] for row in table[columns].itertuples(index=False)]
+    return columns, rows
+
+
+def build_context(cfg: DictConfig, where: list[str], diagnose_id: str | None, command: str,
+                  workdir: Path) -> dict:
+    """What the template renders (every value already measured; nothing computed there)."""
+    root = runs.runs_root(cfg)
+    table, records = select_runs(cfg, where, diagnose_id)
+    gates = sorted((r for r in records if r.get("phase") == "gate" and r.get("evidence")),
+                   key=lambda r: r.get("started_at") or "", reverse=True)
+    columns, rows = _run_rows(table)
+    return {
+        "title": f"segaudit report: {diagnose_id or root.name or root}",
+        "generated": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "version": __version__, "runs_root": str(root), "command": command, "where": where,
+        "diagnoses": [diagnose_section(cfg, r, workdir) for r in gates],
+        "validations": [validate_section(r) for r in records if r.get("phase") == "validate" and r.get("validate")],
+        "scope": _scope(cfg, table), "columns": columns, "rows": rows,
+        "provenance": provenance(root, records),
+    }
+
+
+def render(context: dict) -> str:
+    """The page's HTML (Jinja2, autoescaped)."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("segaudit", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda v, digits=2: "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+    return env.get_template(TEMPLATE).render(**context)
+
+
+def write_html_report(cfg: DictConfig, path: Path, where: list[str] = (), diagnose_id: str | None = None,
+                      command: str = "") -> dict:
+    """`segaudit report --html PATH`: select, draw, render, then write the file atomically.
+
+    Returns:
+        `{"path", "runs", "verdicts"}`: what was written, for the command's one line.
+    """
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--html {path}: expected a .html file name")
+    with tempfile.TemporaryDirectory(prefix="segaudit-html-") as workdir:
+        context = build_context(cfg, list(where), diagnose_id, command, Path(workdir))
+        page = render(context)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write(path, lambda fh: fh.write(page))
+    return {"path": path, "runs": len(context["rows"]),
+            "verdicts": {d["record"]["run_id"]: d["record"]["verdict"] for d in context["diagnoses"]}}
+
+
+# Headless Chromium on a machine with no network: no sandbox (root in containers), and no
+# background connections to Google's hosts, which a closed network refuses one by one.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--hide-scrollbars"]
+
+
+def find_chromium() -> str | None:
+    """The Chromium (or Chrome) binary on PATH, if any (Debian: `apt-get install chromium`)."""
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+def screenshot(page: Path, png: Path, width: int = 1200, height: int = 3000, browser: str | None = None) -> Path:
+    """The page as headless Chromium draws it, saved as `png` (to check a report or to
+    show one in a README).
+
+    Raises:
+        ConfigError: no Chromium on PATH, or it wrote no picture (its last message is named).
+    """
+    browser = browser or find_chromium()
+    if browser is None:
+        raise ConfigError("no chromium on PATH (Debian: apt-get install chromium)")
+    png = Path(png).resolve()
+    with tempfile.TemporaryDirectory(prefix="segaudit-chromium-") as profile:
+        done = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                               f"--window-size={int(width)},{int(height)}", f"--screenshot={png}",
+                               Path(page).resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    if not png.is_file():
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise ConfigError(f"{browser}: no screenshot of {page} ({lines[-1] if lines else f'exit {done.returncode}'})")
+    return png
+
+
+__all__ = ["build_context", "find_chromium", "png_data_uri", "render", "screenshot", "verdict_summary",
+           "write_html_report"]
