@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from segaudit.cli import app
-from segaudit.html_report import find_chromium, png_data_uri, screenshot
+from segaudit.html_report import find_chromium, png_data_uri, screenshot, verdict_summary
 from segaudit.report import _evidence_rows
 
 runner = CliRunner()
@@ -25,7 +25,7 @@ URL_ATTRIBUTES = ("href", "src", "srcset", "action", "formaction", "poster", "da
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory, synth_root):
     """A tiny diagnose (pair scoring on), a validate of its baseline, a run whose strategy
-    is markup, and the page `report --html` writes for them."""
+    is markup, its audit, and the page `report --html` writes for them."""
     base = tmp_path_factory.mktemp("html")
     runs = base / "runs"
     tiny = ["dataset=folder", f"dataset.root={synth_root}", "dataset.transform.crop=[32,32]",
@@ -39,6 +39,8 @@ def reported(tmp_path_factory, synth_root):
     assert validated.exit_code in (0, 1), validated.output
     marked = runner.invoke(app, ["train", *tiny, "strategy='<script>alert(1)</script>'", "run_id=marked"])
     assert marked.exit_code == 0, marked.output
+    audited = runner.invoke(app, ["audit", "marked", *tiny, "run_id=aud"])
+    assert audited.exit_code in (0, 1), audited.output  # 1: red flags of a 2-step model
     page = base / "out" / "report.html"
     result = runner.invoke(app, ["report", f"paths.runs={runs}", "--html", str(page)])
     assert result.exit_code == 0, result.output
@@ -106,6 +108,18 @@ def test_nothing_points_outside_the_file(reported):
     assert "@import" not in reported["page"].read_text()
 
 
+def test_audits_show_each_input_against_the_prior(reported):
+    audit = next(r for r in _records(reported["runs"]) if r["phase"] == "audit")["audit"]
+    soup = reported["soup"]
+    headers = [th.get_text(strip=True) for th in soup.select("#audits thead th")]
+    cells = [td.get_text(strip=True) for td in soup.select_one('tr[data-audit="aud"]').find_all("td")]
+    shown = dict(zip(headers, cells))
+    assert {name: shown[name] for name in audit["miou"]} == {
+        name: "-" if value is None else f"{value:.2f}" for name, value in audit["miou"].items()}
+    assert shown["prior"] == f"{audit['prior_miou']:.2f}" and shown["content gain"] == f"{audit['content_gain']:+.2f}"
+    assert (shown["red flags"] == "none") == (not audit["red_flags"])
+
+
 def test_run_table_provenance_and_markup_shown_as_text(reported):
     soup, records = reported["soup"], _records(reported["runs"])
     rows = soup.select("#runs tbody tr")
@@ -151,6 +165,23 @@ def test_refusals_are_one_line_and_write_nothing(reported, tmp_path, args, messa
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name, first_command, style", [
+    ("HEALTHY", "segaudit validate d", "good"),
+    ("PIPELINE_FAULT", "segaudit suspects --diagnose d", "bad"),
+    ("SPATIAL_SHORTCUT", "segaudit retrain --from-gate d", "warn"),
+])
+def test_each_verdict_says_what_it_means_and_what_to_do(name, first_command, style):
+    record = {"run_id": "d", "verdict": name, "reasons": ["the reason"], "steps": {"baseline": "b"},
+              "evidence": {"prior": 30.0, "real": 40.0, "shuffled": 31.0, "suspect_flagged": 5},
+              "gate": {"preset": "default", "decision": "2A", "why": "tier-1 within range",
+                       "next_checks": ["look at the sort order"]}}
+    summary = verdict_summary(record)
+    assert summary["style"] == style and "30.0" in summary["meaning"][0] and "40.0" in summary["meaning"][0]
+    assert [s["command"] for s in summary["next_steps"] if s["command"]] == [first_command]
+    if name == "PIPELINE_FAULT":  # the data checks follow the suspects listing
+        assert summary["next_steps"][1]["text"] == "look at the sort order"
 
 
 def test_png_data_uri_refuses_what_is_not_a_png(tmp_path):

@@ -444,3 +444,34 @@ def test_suspects_and_class_table_on_cityscapes_at_1024x2048(cityscapes_root, tm
     assert classes.exit_code == 0, classes.output
     rows = json.loads(classes.stdout)
     assert len(rows) == 19 and sum(r["train_share"] for r in rows) == pytest.approx(100.0)
+
+
+@pytest.mark.slow
+def test_html_report_and_tensorboard_at_1024x2048(cityscapes_root, tmp_path):
+    """A Cityscapes-size run logged to TensorBoard (its sample grid drawn at 1024x2048),
+    audited, and put on one page with its audit row."""
+    from bs4 import BeautifulSoup
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = tmp_path / "runs"
+    common = ["dataset=cityscapes", f"dataset.root={cityscapes_root}", f"paths.runs={runs}",
+              "train.progress=false", "train.eval_batch_size=1"]
+    trained = runner.invoke(app, ["train", *common, "dataset.transform.crop=[512,1024]", "train.iters=2",
+                                  "train.batch_size=2", "train.log_every=1", "logger=tensorboard", "run_id=cs"])
+    assert trained.exit_code == 0, trained.output
+    record = json.loads((runs / "cs" / "record.json").read_text())
+    events = EventAccumulator(str(runs / "cs" / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    assert [e.value for e in events.Scalars("real/miou")] == pytest.approx([record["metrics"]["miou"]], abs=1e-4)
+    assert events.Images("samples")[0].width > 200
+    audited = runner.invoke(app, ["audit", "cs", *common, "run_id=audit-cs"])
+    assert audited.exit_code in (0, 1), audited.output
+    page = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", f"paths.runs={runs}", "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    assert page.stat().st_size < 3_000_000
+    soup = BeautifulSoup(page.read_text(), "html.parser")
+    assert {r.find("td").get_text(strip=True) for r in soup.select("#runs tbody tr")} == {"cs", "audit-cs"}
+    audit = json.loads((runs / "audit-cs" / "record.json").read_text())["audit"]
+    cells = [td.get_text(strip=True) for td in soup.select_one('tr[data-audit="audit-cs"]').find_all("td")]
+    assert cells[2] == f"{audit['miou']['real']:.2f}" and cells[-2] == f"{audit['content_gain']:+.2f}"

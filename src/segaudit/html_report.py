@@ -95,24 +95,26 @@ def verdict_summary(record: dict) -> dict:
         if ev.get("shuffled") is not None:
             meaning.append(f"A model trained on images paired with the wrong masks reaches only "
                            f"{ev['shuffled']:.1f}, so images and masks line up.")
-        steps = record["steps"]
-        next_steps = ["Keep this pipeline: its mIoU measures what the model sees.",
-                      f"Before trusting a new model's number, run `segaudit validate "
-                      f"{steps.get('baseline', record['run_id'])}` (noise, robustness and "
-                      f"generalization gates)."]
+        next_steps = [_step("Keep this pipeline: its mIoU measures what the model sees."),
+                      _step("Before trusting a model's number, pass the validation gates (noise, "
+                            "robustness, generalization):", f"segaudit validate {record['run_id']}")]
     elif name == PIPELINE_FAULT:
         meaning.append("The model does not receive images that match their labels, so no loss "
                        "function can help: the fix is in the data pipeline. Why:")
-        next_steps = list(gate.get("next_checks") or [])
+        next_steps = [_step(check) for check in gate.get("next_checks") or []]
         if ev.get("suspect_flagged"):
-            next_steps.insert(0, f"List the misaligned pairs: `segaudit suspects --diagnose {record['run_id']}`.")
+            next_steps.insert(0, _step("List the misaligned pairs:", f"segaudit suspects --diagnose {record['run_id']}"))
     else:
         meaning.append("Much of that score survives without the image, so the model has learned the "
                        "usual layout of the scene more than its content. Why:")
-        next_steps = [f"The decision gate says {gate['decision']}: {gate['why']}.",
-                      f"Retrain as the gate says: `segaudit retrain --from-gate {record['run_id']}`."]
+        next_steps = [_step(f"The decision gate says {gate['decision']}: {gate['why']}."),
+                      _step("Retrain as the gate says:", f"segaudit retrain --from-gate {record['run_id']}")]
     return {"headline": _HEADLINE.get(name, name), "meaning": meaning, "reasons": list(record["reasons"]),
             "next_steps": next_steps, "style": _STYLE.get(name, "warn")}
+
+
+def _step(text: str, command: str | None = None) -> dict:
+    return {"text": text, "command": command}
 
 
 def evidence_rows(record: dict) -> list[dict]:
@@ -149,6 +151,18 @@ def validate_section(record: dict) -> dict:
                       for gate in block.get("gates", [])]}
 
 
+def audit_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
+    """One row per audit (models trained anywhere): mIoU per input against the prior,
+    content gain and red flags; the input columns are those any audit measured."""
+    audits = [r for r in records if r.get("phase") == "audit" and r.get("audit")]
+    inputs = list(dict.fromkeys(name for r in audits for name in r["audit"]["miou"]))
+    rows = [{"run_id": r["run_id"], "model": f"{r.get('model')}/{r.get('encoder')}", "source": r["audit"]["source"],
+             "miou": [r["audit"]["miou"].get(name) for name in inputs], "prior": r["audit"]["prior_miou"],
+             "gain": r["audit"]["content_gain"], "red_flags": list(r["audit"].get("red_flags") or [])}
+            for r in audits]
+    return inputs, rows
+
+
 def provenance(root: Path, records: list[dict]) -> list[dict]:
     """Per run: the command, package versions and resolved config that produced it."""
     out = []
@@ -182,12 +196,14 @@ def build_context(cfg: DictConfig, where: list[str], diagnose_id: str | None, co
     gates = sorted((r for r in records if r.get("phase") == "gate" and r.get("evidence")),
                    key=lambda r: r.get("started_at") or "", reverse=True)
     columns, rows = _run_rows(table)
+    audit_inputs, audits = audit_rows(records)
     return {
         "title": f"segaudit report: {diagnose_id or root.name or root}",
         "generated": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "version": __version__, "runs_root": str(root), "command": command, "where": where,
         "diagnoses": [diagnose_section(cfg, r, workdir) for r in gates],
         "validations": [validate_section(r) for r in records if r.get("phase") == "validate" and r.get("validate")],
+        "audit_inputs": audit_inputs, "audits": audits,
         "scope": _scope(cfg, table), "columns": columns, "rows": rows,
         "provenance": provenance(root, records),
     }
