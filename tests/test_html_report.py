@@ -42,15 +42,21 @@ def reported(tmp_path_factory, synth_root):
     audited = runner.invoke(app, ["audit", "marked", *tiny, "run_id=aud"])
     assert audited.exit_code in (0, 1), audited.output  # 1: red flags of a 2-step model
     page = base / "out" / "report.html"
+    before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
     result = runner.invoke(app, ["report", f"paths.runs={runs}", "--html", str(page)])
     assert result.exit_code == 0, result.output
     assert f"wrote {page}" in result.stderr and "diag " in result.stderr
-    return {"runs": runs, "tiny": tiny, "page": page, "gate": gate, "result": result,
+    after = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
+    return {"runs": runs, "tiny": tiny, "page": page, "gate": gate, "result": result, "unchanged": before == after,
             "soup": BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")}
 
 
 def _records(runs: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
+
+
+def test_the_report_reads_the_runs_folder_and_writes_nothing_there(reported):
+    assert reported["unchanged"]  # pictures are drawn in a temp folder; no record lists them
 
 
 def test_page_shows_the_verdict_in_plain_words(reported):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -141,3 +142,23 @@ def test_only_segaudit_trackers_are_built_from_a_config(runs_root):
 def test_flat_params_spell_every_leaf():
     assert flat_params({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}}) == {
         "a.b": "1", "a.c": "[1, 2]", "d": "None", "e": "{}"}
+
+
+def test_tensorboard_logs_a_cityscapes_size_picture_and_the_final_numbers(runs_root):
+    """A 1024x2048 PNG in a record (what a Cityscapes-size audit draws) lands whole."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = runs_root / "audit-cs"
+    run_dir.mkdir(parents=True)
+    picture = run_dir / "samples_audit-cs.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1024, 2048, 3), dtype=np.uint8)).save(picture)
+    record = {"run_id": "audit-cs", "phase": "audit", "status": "completed", "step": 0, "plots": [str(picture)],
+              "metrics": {"miou": 41.5, "macc": 50.0, "aacc": 90.0}, "audit": {"content_gain": 9.5}}
+    publish(compose([f"paths.runs={runs_root}", "logger=tensorboard"]), run_dir, record)
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    (image,) = events.Images("samples_audit-cs")
+    assert (image.width, image.height) == (2048, 1024)
+    assert events.Scalars("final/miou")[0].value == pytest.approx(41.5)
+    assert events.Scalars("audit/content_gain")[0].value == pytest.approx(9.5)

@@ -94,8 +94,7 @@ def diagnose_figures(cfg: DictConfig, record: runs.RunRecord, out_dir: Path) -> 
         written.append(class_bars(frame, out_dir / f"classes_{record['run_id']}.png", record["run_id"]))
     found = record["steps"].get("suspects")
     if found and (runs_root / found / runs.RECORD).is_file():
-        written += [Path(p) for p in suspect_pictures(cfg, runs.read_record(runs_root / found),
-                                                      read_pairs(runs_root, found), out_dir)]
+        written += suspect_grid(cfg, runs.read_record(runs_root / found), read_pairs(runs_root, found), out_dir)
     return [*written, *learning_curves(step_records, out_dir)]
 
 
@@ -145,9 +144,15 @@ SUSPECT_GRID_COLUMNS = [("image", "image"), ("mask", "its mask"), ("pred_real", 
 @torch.inference_mode()
 def suspect_pictures(cfg: DictConfig, record: runs.RunRecord, pairs: list[dict], out_dir: Path,
                      top: int = 8) -> list[str]:
-    """A grid of the top flagged pairs of a suspects run: the image, its mask, the
-    prediction on the image by the fold model that never trained on it, and the image
-    the mask fits best when one stands out."""
+    """`suspect_grid`, listed in the suspects run's record."""
+    return _keep(cfg, record, suspect_grid(cfg, record, pairs, out_dir, top))
+
+
+def suspect_grid(cfg: DictConfig, record: runs.RunRecord, pairs: list[dict], out_dir: Path,
+                 top: int = 8) -> list[Path]:
+    """A grid of the top flagged pairs of a suspects run (none when no pair is flagged):
+    the image, its mask, the prediction on the image by the fold model that never
+    trained on it, and the image the mask fits best when one stands out."""
     flagged = [p for p in pairs if p["flagged"]][:min(top, 8)]
     if not flagged:
         return []
@@ -179,4 +184,4 @@ def suspect_pictures(cfg: DictConfig, record: runs.RunRecord, pairs: list[dict],
                        Path(out_dir) / f"suspects_{record['run_id']}.png",
                        f"top suspect pairs ({record['run_id']})", colors=dcfg.get("class_colors"),
                        columns=SUSPECT_GRID_COLUMNS)
-    return _keep(cfg, record, [path])
+    return [path]

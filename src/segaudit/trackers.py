@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
+from rich.markup import escape
 
 from segaudit.config import check_extras, safe_instantiate
 from segaudit.console import console
@@ -39,6 +40,7 @@ class Tracker:
     """
 
     name = "tracker"
+    wants_pictures = False  # draw a trained model's sample grid for it at the end
 
     def __init__(self) -> None:
         self.broken = False
@@ -64,7 +66,7 @@ class Tracker:
         except Exception as err:  # a tracker never fails the run: one line, then silence
             self.broken = True
             console.print(f"[yellow]warning:[/] logger={self.name} stopped logging this run "
-                          f"({type(err).__name__}: {first_line(err)}); the run goes on and its "
+                          f"({type(err).__name__}: {escape(first_line(err))}); the run goes on and its "
                           f"record has every number", soft_wrap=True, highlight=False)
 
     def open(self, run_dir: Path, record: RunRecord, cfg: DictConfig) -> None:
@@ -84,7 +86,7 @@ class Tracker:
     def draw(self, make: Callable[[], Path]) -> list[Path]:
         """`make()`'s picture for the tracker, when it logs pictures (none if drawing fails)."""
         drawn: list[Path] = []
-        if getattr(self, "wants_pictures", False):
+        if self.wants_pictures:
             self._guard(lambda: drawn.append(make()))
         return drawn
 
@@ -215,7 +217,6 @@ class MLflowTracker(Tracker):
         self.tracking_uri, self.experiment, self.artifacts = tracking_uri, str(experiment), bool(artifacts)
         self.http_timeout, self.http_retries = int(http_timeout), int(http_retries)
         self.client, self.run_id = None, None
-        self.wants_pictures = False
 
     def _uri(self, cfg: DictConfig) -> tuple[str, str]:
         """The tracking URI and where a new experiment keeps its artifacts: both in the runs
@@ -276,7 +277,6 @@ class NoTracker(Tracker):
     """`logger=none` (and every rank but the first under torchrun): every call does nothing."""
 
     name = "none"
-    wants_pictures = False
 
     def _guard(self, action: Callable[[], None]) -> None:
         return
