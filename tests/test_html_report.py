@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from segaudit.cli import app
 from segaudit.html_report import find_chromium, png_data_uri, screenshot, verdict_summary
-from segaudit.report import _evidence_rows
+from segaudit.report import evidence_frame
 
 runner = CliRunner()
 # Attributes through which a page could fetch or send something.
@@ -71,7 +71,8 @@ def test_page_shows_the_verdict_in_plain_words(reported):
 def test_every_evidence_row_is_there_with_its_number_and_the_prior_line(reported):
     soup, gate = reported["soup"], reported["gate"]
     rows = soup.select("#diagnose-diag table.evidence tbody tr")
-    expected = _evidence_rows(gate)
+    expected = [(row.step, None if np.isnan(row.miou) else row.miou, row.run_id)
+                for row in evidence_frame(gate).itertuples(index=False)]
     assert [r["data-step"] for r in rows] == [label for label, _, _ in expected]
     prior_x = f"{gate['evidence']['prior'] * 2.6:.1f}"
     for row, (label, value, run) in zip(rows, expected):

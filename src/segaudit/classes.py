@@ -16,7 +16,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from segaudit import runs
+from segaudit.config import load_yaml
+from segaudit.consistency import split_consistency
+from segaudit.data import prepare_dataset
 from segaudit.errors import ConfigError
+from segaudit.prior import analytic_prior
 
 CLASS_COLUMNS = ["class", "train_share", "val_share", "prior_iou", "real_iou", "noise_iou",
                  "content_gain", "location_only"]
@@ -91,11 +95,6 @@ def class_table(cfg: DictConfig, run_id: str) -> pd.DataFrame:
     Raises:
         ConfigError: unknown run, or a run without a model evaluation.
     """
-    from segaudit.consistency import split_consistency
-    from segaudit.data import prepare_dataset
-    from segaudit.config import load_yaml
-    from segaudit.prior import analytic_prior
-
     root = runs.runs_root(cfg)
     gate_record = runs.read_record(root / runs.check_run_id(run_id))
     if gate_record["phase"] == "gate" and gate_record.get("classes"):

@@ -7,7 +7,6 @@ Hydra's own errors are long and name internals; a user typing `model=unett` or
 from __future__ import annotations
 
 import importlib.util
-
 from pathlib import Path
 from typing import Any, Iterable
 

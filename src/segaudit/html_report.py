@@ -28,7 +28,7 @@ from segaudit.consistency import consistency_lines
 from segaudit.errors import ConfigError
 from segaudit.phases import HEALTHY, PIPELINE_FAULT, SPATIAL_SHORTCUT
 from segaudit.pictures import diagnose_figures, prior_overview_figure
-from segaudit.report import MARKDOWN_COLUMNS, _evidence_rows, filter_table
+from segaudit.report import MARKDOWN_COLUMNS, evidence_frame, filter_table
 from segaudit.scope import run_scope
 
 TEMPLATE = "report.html.j2"
@@ -118,11 +118,17 @@ def _step(text: str, command: str | None = None) -> dict:
 
 
 def evidence_rows(record: dict) -> list[dict]:
-    """The evidence table's rows, with each bar's length and the prior's mark in percent."""
+    """The evidence table's rows (`report.evidence_frame`), with each bar's length and the
+    prior's mark in percent."""
     prior = record["evidence"]["prior"]
-    return [{"label": label, "miou": value, "run": run, "bar": None if value is None else max(0.0, min(value, 100.0)),
-             "prior": prior, "is_prior": label.startswith("analytic prior")}
-            for label, value, run in _evidence_rows(record)]
+    rows = []
+    for step in evidence_frame(record).itertuples(index=False):
+        value = None if pd.isna(step.miou) else float(step.miou)
+        rows.append({"label": step.step, "miou": value, "run": None if pd.isna(step.run_id) else step.run_id,
+                     "prior": prior,
+                     "bar": None if value is None else max(0.0, min(value, 100.0)),
+                     "is_prior": step.step.startswith("analytic prior")})
+    return rows
 
 
 def diagnose_section(cfg: DictConfig, record: dict, workdir: Path) -> dict:

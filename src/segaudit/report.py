@@ -227,10 +227,15 @@ def _suspects_texts(record: RunRecord) -> list[Text]:
     if ev.get("suspect_share") is None:
         return []
     text = (f"pair scoring: {ev['suspect_flagged']} of {ev['suspect_pairs']} training pairs look "
-            f"misaligned ({ev['suspect_share']:.1f}%)")
+            f"misaligned ({ev['suspect_share']:.1f}%")
+    if ev.get("suspect_val_share") is not None:  # the verdict counts the excess over val
+        text += f"; val pairs: {ev['suspect_val_share']:.1f}%"
+    text += ")"
     if ev["suspect_flagged"]:
         text += f"; list them: segaudit suspects --diagnose {record['run_id']}"
-    return [Text(text, style="red" if ev["suspect_flagged"] else "")]
+    # Red when the pair rule decided the verdict; yellow for flags below the rule's limit.
+    decided = any("look misaligned" in reason for reason in record.get("reasons", []))
+    return [Text(text, style="red" if decided else "yellow" if ev["suspect_flagged"] else "")]
 
 
 def _evidence_rows(record: RunRecord) -> list[tuple[str, float | None, str | None]]:
