@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from segaudit.cli import app
@@ -84,15 +85,19 @@ def test_a_verdict_is_a_tag(runs_root, tracking_uri, tmp_path):
     import mlflow
 
     cfg = compose([f"paths.runs={runs_root}", "logger=mlflow", f"logger.tracking_uri={tracking_uri}"])
+    (runs_root / "gate-x").mkdir(parents=True)
+    bars = runs_root / "gate-x" / "evidence_gate-x.png"
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(bars)
     record = {"run_id": "gate-x", "phase": "gate", "strategy": "diagnose", "status": "completed", "step": 0,
               "verdict": "SPATIAL_SHORTCUT", "evidence": {"prior": 31.5, "real": 40.0, "notes": []},
-              "metrics": {"miou": 40.0, "macc": 50.0, "aacc": 80.0}}
-    (runs_root / "gate-x").mkdir(parents=True)
+              "metrics": {"miou": 40.0, "macc": 50.0, "aacc": 80.0}, "plots": [str(bars)]}
     publish(cfg, runs_root / "gate-x", record)
     run = mlflow.search_runs(experiment_names=["segaudit"], filter_string="tags.`segaudit.run_id` = 'gate-x'",
                              ).iloc[0]
     assert run["tags.segaudit.verdict"] == "SPATIAL_SHORTCUT" and run["metrics.evidence/prior"] == 31.5
     assert run["metrics.final/miou"] == 40.0
+    plots = mlflow.MlflowClient(tracking_uri).list_artifacts(run["run_id"], "plots")
+    assert [a.path for a in plots] == ["plots/evidence_gate-x.png"]  # the record's PNGs
 
 
 def test_mlflow_by_default_keeps_everything_in_the_runs_folder(tiny, runs_root, tmp_path, monkeypatch):
@@ -146,7 +151,6 @@ def test_flat_params_spell_every_leaf():
 
 def test_tensorboard_logs_a_cityscapes_size_picture_and_the_final_numbers(runs_root):
     """A 1024x2048 PNG in a record (what a Cityscapes-size audit draws) lands whole."""
-    from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = runs_root / "audit-cs"
