@@ -71,7 +71,7 @@ def main() -> None:
         ratios = [a / b for a, b in zip(per_iter[name], per_iter["none"])]
         extra = [a - b for a, b in zip(one_off[name], one_off["none"])]
         print(f"  {name}: per-iteration ratio vs none {statistics.median(ratios):.3f} "
-              f"(range {min(ratios):.3f}-{max(ratios):.3f}); one-off +{statistics.median(extra):.2f} s "
+              f"(range {min(ratios):.3f}-{max(ratios):.3f}); one-off {statistics.median(extra):+.2f} s "
               f"(range {min(extra):+.2f} to {max(extra):+.2f})")
 
 
