@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 import shutil
 import subprocess
 import tempfile
@@ -69,8 +70,9 @@ def select_runs(cfg: DictConfig, where: list[str], diagnose_id: str | None) -> t
         ConfigError: an unknown diagnose id or `--where` column, or no runs at all.
     """
     root = runs.runs_root(cfg)
-    table = filter_table(runs.load_table(root), where)
-    records = {r["run_id"]: r for r in runs.iter_records(root) if r["run_id"] in set(table.run_id)}
+    read = list(runs.iter_records(root))  # once: a bad record warns once
+    table = filter_table(runs.table_of(read), where)
+    records = {r["run_id"]: r for r in read if r["run_id"] in set(table.run_id)}
     if diagnose_id is not None:
         gate = runs.read_gate_record(root, diagnose_id)
         members = {gate["run_id"], *gate["steps"].values()}
@@ -215,12 +217,19 @@ def build_context(cfg: DictConfig, where: list[str], diagnose_id: str | None, co
     }
 
 
+def _number(value, digits: int = 2) -> str:
+    """A table cell: floats to `digits` places, "-" for missing (None, NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
 def render(context: dict) -> str:
     """The page's HTML (Jinja2, autoescaped)."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("segaudit", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = lambda v, digits=2: "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+    env.filters["num"] = _number
     return env.get_template(TEMPLATE).render(**context)
 
 

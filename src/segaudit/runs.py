@@ -482,8 +482,12 @@ def load_table(root: str | Path) -> pd.DataFrame:
     on noise input when the run evaluated it (`noise_miou`), a validate run's passed/run
     gates (`gates`, e.g. "3/4"), throughput and the per-evaluation `history` (a list of dicts with `step`, `miou`, ...).
     """
-    rows = [_row(r) for r in iter_records(Path(root))]
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table_of(list(iter_records(Path(root))))
+
+
+def table_of(records: list[RunRecord]) -> pd.DataFrame:
+    """`load_table` of records already read (one row per record, oldest first)."""
+    table = pd.DataFrame([_row(r) for r in records], columns=COLUMNS)
     for col in ("miou", "macc", "aacc", "noise_miou", "ips", "duration_s"):
         table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
     for col in ("seed", "step", "iters"):  # whole numbers, missing where a record has none
