@@ -107,7 +107,7 @@ def train(
   segaudit report --classes RUN                    [dim]# per class: shares, prior/real/noise IoU[/]\n
   segaudit report --plots out/                     [dim]# every picture for these runs[/]\n
   segaudit report --html report.html               [dim]# one self-contained page to share[/]\n
-  segaudit report --diagnose DIAGNOSE_ID --html d.html  [dim]# that diagnose, its steps and gates[/]""")
+  segaudit report --diagnose ID --html d.html      [dim]# one diagnose, its steps, gates[/]""")
 def report(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     diagnose_id: Optional[str] = typer.Option(None, "--diagnose", help="Show this diagnose's verdict panel."),
