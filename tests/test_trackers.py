@@ -136,6 +136,16 @@ def test_a_missing_extra_is_one_line_before_a_run_exists(tiny, runs_root):
     assert "pip install 'segaudit[tensorboard]'" in result.stderr and not runs_root.exists()
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("logger.subdir=../outside", "logger.subdir='../outside': expected one folder name"),
+    ("+logger.colour=red", "logger=tensorboard: "),
+])
+def test_a_bad_logger_setting_is_one_line_before_a_run_exists(tiny, runs_root, setting, message):
+    result = runner.invoke(app, ["train", *tiny, "logger=tensorboard", setting])
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not runs_root.exists()
+
+
 def test_only_segaudit_trackers_are_built_from_a_config(runs_root):
     cfg = compose([f"paths.runs={runs_root}", "logger=tensorboard", "logger._target_=os.system"])
     with pytest.raises(ConfigError, match="refusing to build 'os.system'"):

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from rich.markup import escape
@@ -168,11 +168,13 @@ class TensorBoardTracker(Tracker):
     Args:
         subdir: the folder inside the run directory that holds the event files.
         images: log the run's PNGs (and a training run's sample grid) as images.
+        name, requires, extra: the config file's own keys (`config.check_extras` reads them).
     """
 
     name = "tensorboard"
 
-    def __init__(self, subdir: str = "tensorboard", images: bool = True, **_: Any) -> None:
+    def __init__(self, subdir: str = "tensorboard", images: bool = True, name: str = "tensorboard",
+                 requires: str | None = None, extra: str | None = None) -> None:
         super().__init__()
         if Path(subdir).name != subdir or subdir in ("", ".", ".."):
             raise ConfigError(f"logger.subdir={subdir!r}: expected one folder name inside the run directory")
@@ -207,12 +209,14 @@ class MLflowTracker(Tracker):
         artifacts: log the record, the config and the PNGs as artifacts.
         http_timeout: seconds per request to a tracking server.
         http_retries: retries per request (few: a dead server must not hold up a run).
+        name, requires, extra: the config file's own keys (`config.check_extras` reads them).
     """
 
     name = "mlflow"
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "segaudit", artifacts: bool = True,
-                 http_timeout: int = 10, http_retries: int = 0, **_: Any) -> None:
+                 http_timeout: int = 10, http_retries: int = 0, name: str = "mlflow",
+                 requires: str | None = None, extra: str | None = None) -> None:
         super().__init__()
         self.tracking_uri, self.experiment, self.artifacts = tracking_uri, str(experiment), bool(artifacts)
         self.http_timeout, self.http_retries = int(http_timeout), int(http_retries)
@@ -288,7 +292,12 @@ def build_tracker(cfg: DictConfig) -> Tracker:
     if node is None or node.get("_target_") is None:
         return NoTracker()
     check_extras(cfg)  # a resumed run's saved config did not pass through `compose`
-    return safe_instantiate(node, "logger", _convert_="all")
+    try:
+        return safe_instantiate(node, "logger", _convert_="all")
+    except InstantiationException as err:  # Hydra wraps the tracker's own one-line error
+        cause = err.__cause__ or err
+        raise (cause if isinstance(cause, ConfigError) else
+               ConfigError(f"logger={node.get('name')}: {first_line(cause)}")) from None
 
 
 def publish(cfg: DictConfig, run_dir: Path, record: RunRecord, pictures: list[Path] = ()) -> None:
