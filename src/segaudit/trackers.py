@@ -178,8 +178,8 @@ class TensorBoardTracker(Tracker):
         super().__init__()
         if Path(subdir).name != subdir or subdir in ("", ".", ".."):
             raise ConfigError(f"logger.subdir={subdir!r}: expected one folder name inside the run directory")
-        self.subdir, self.images, self.writer = subdir, bool(images), None
-        self.wants_pictures = self.images
+        self.subdir, self.writer = subdir, None
+        self.wants_pictures = bool(images)
 
     def _open(self, run_dir: Path, record: RunRecord, cfg: DictConfig) -> None:
         from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard`
@@ -193,7 +193,7 @@ class TensorBoardTracker(Tracker):
     def _close(self, run_dir: Path, record: RunRecord, pictures: list[Path]) -> None:
         step = int(record.get("step") or 0)
         self.writer.add_text("record", "```\n" + json.dumps(record, indent=1, default=str)[:60000] + "\n```", step)
-        for path in pictures if self.images else []:
+        for path in pictures if self.wants_pictures else []:
             picture = np.asarray(Image.open(path).convert("RGB"))
             self.writer.add_image(path.stem, picture, step, dataformats="HWC")
         self.writer.close()
@@ -300,11 +300,11 @@ def build_tracker(cfg: DictConfig) -> Tracker:
                ConfigError(f"logger={node.get('name')}: {first_line(cause)}")) from None
 
 
-def publish(cfg: DictConfig, run_dir: Path, record: RunRecord, pictures: list[Path] = ()) -> None:
+def publish(cfg: DictConfig, run_dir: Path, record: RunRecord) -> None:
     """Mirror a finished record that has no training steps (a diagnose verdict, an audit,
     a validate or prior run) into the configured tracker."""
     tracker = build_tracker(cfg)
     if isinstance(tracker, NoTracker):
         return
     tracker.open(run_dir, record, cfg)
-    tracker.close(run_dir, record, list(pictures))
+    tracker.close(run_dir, record)
