@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_RUNS ?= runs/demo
 FAULT_DIR ?= runs/demo-fault
-DEMO_ITERS ?= 200
+HARD_RUNS ?= runs/demo-hard
 
-.PHONY: help venv demo demo-fault test test-full report-check bench clean
+.PHONY: help venv demo demo-hard demo-fault test test-full report-check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,19 +22,29 @@ venv: $(STAMP) ## create .venv and install segaudit with its test extras
 
 demo: $(STAMP) ## diagnose the embedded synthetic scenes (ends HEALTHY), validate, plots, runs/demo/report.html
 	rm -rf $(DEMO_RUNS)
-	$(BIN)/segaudit diagnose paths.runs=$(DEMO_RUNS) train.iters=$(DEMO_ITERS) run_id=demo \
-		'train.eval_at=[50,100,150]' --plots $(DEMO_RUNS)/plots
+	$(BIN)/segaudit diagnose paths.runs=$(DEMO_RUNS) run_id=demo --plots $(DEMO_RUNS)/plots
 	$(BIN)/segaudit validate demo paths.runs=$(DEMO_RUNS); \
 		echo "validate exit code: $$? (0 = every gate passed, 1 = a gate failed)"
 	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS) --plots $(DEMO_RUNS)/plots
 	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS) --html $(DEMO_RUNS)/report.html
 	@echo "open $(DEMO_RUNS)/report.html in a browser: the verdict, the evidence and the pictures on one page"
 
+demo-hard: $(STAMP) ## the slow-to-learn texture scenes: a short budget is INCONCLUSIVE, the adaptive one HEALTHY (~15 min)
+	rm -rf $(HARD_RUNS)
+	$(BIN)/segaudit diagnose dataset=synthetic_hard train.iters=400 run_id=short paths.runs=$(HARD_RUNS) \
+		--no-noise-train --no-suspects diagnose.tier1=false; \
+		echo "diagnose exit code: $$? (3 = INCONCLUSIVE: 400 steps cannot decide on these scenes)"
+	$(BIN)/segaudit diagnose dataset=synthetic_hard run_id=adaptive paths.runs=$(HARD_RUNS) \
+		--no-noise-train --no-suspects diagnose.tier1=false; \
+		echo "diagnose exit code: $$? (0 = HEALTHY once the stages have trained enough)"
+	$(BIN)/segaudit report paths.runs=$(HARD_RUNS) --html $(HARD_RUNS)/report.html
+	@echo "open $(HARD_RUNS)/report.html: the learning curves with intervals, the stages from INCONCLUSIVE to HEALTHY"
+
 demo-fault: $(STAMP) ## diagnose a copy with 30% of its training pairs swapped on disk (ends PIPELINE_FAULT, lists them)
 	rm -rf $(FAULT_DIR) && mkdir -p $(FAULT_DIR)
 	$(BIN)/segaudit data synth --out $(FAULT_DIR)/data
 	$(BIN)/python scripts/scramble_pairs.py $(FAULT_DIR)/data --share 0.3
-	$(BIN)/segaudit diagnose dataset=folder dataset.root=$(FAULT_DIR)/data train.iters=$(DEMO_ITERS) \
+	$(BIN)/segaudit diagnose dataset=folder dataset.root=$(FAULT_DIR)/data \
 		paths.runs=$(FAULT_DIR)/runs run_id=fault --plots $(FAULT_DIR)/plots; \
 		status=$$?; echo "diagnose exit code: $$status (1 = flagged, as expected here)"; test $$status -eq 1
 	$(BIN)/segaudit suspects --diagnose fault paths.runs=$(FAULT_DIR)/runs --top 10 \
@@ -54,4 +64,4 @@ bench: $(STAMP) ## unified loop vs a bare PyTorch loop (per-iteration time ratio
 	$(BIN)/python scripts/bench_loop.py
 
 clean: ## remove the virtual environment and demo runs
-	rm -rf $(VENV) $(DEMO_RUNS) $(FAULT_DIR)
+	rm -rf $(VENV) $(DEMO_RUNS) $(HARD_RUNS) $(FAULT_DIR)

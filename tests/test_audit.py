@@ -1,5 +1,7 @@
 """Eval-only audit of a trained checkpoint."""
 
+import json
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -61,7 +63,36 @@ def test_audit_by_checkpoint_path_via_cli(trained, tiny, runs_root):
     # Two iterations of training: the model scores below the prior, and the audit says so.
     assert result.exit_code == 1, result.output
     assert "content gain" in result.stdout and "shuffled" in result.stdout
-    assert "RED FLAG: real-image mIoU" in result.stdout and "no better than its analytic prior" in result.stdout
+    assert "RED FLAG: real-image predictions explain no more than the analytic prior" in result.stdout
+    record = load_table(runs_root).query("phase == 'audit'").iloc[-1]
+    block = json.loads((runs_root / record.run_id / "record.json").read_text())["audit"]
+    content = block["evidence"]["information"]["content"]
+    assert content["low"] <= content["value"] <= content["high"] and content["high"] < 0
+
+
+def _found(content, versus, retained, bits=True) -> dict:
+    est = lambda v: {"value": v[0], "low": v[1], "high": v[2]}  # noqa: E731
+    return {"bits": bits, "information": {"content": est(content)} if bits else None,
+            "versus": {"shuffled": {"bits": est(versus) if bits else None, "miou": est(versus)}},
+            "noise_retained": est(retained) if bits else None, "miou_gain": est(content)}
+
+
+def test_evidence_flags_follow_the_intervals():
+    from segaudit.audit import evidence_flags
+
+    gate = compose([]).gate
+    miou = {"real": 23.0, "noise": 10.0, "blank": 5.0, "shuffled": 21.5}
+    # 1.5 mIoU over the prior, but content significantly above zero in bits: no flag.
+    assert evidence_flags(_found((0.05, 0.03, 0.07), (0.06, 0.04, 0.08), (0.5, 0.4, 0.6)), miou, 21.5, gate) == []
+    # The same mIoU with content not above zero: at the prior.
+    flags = evidence_flags(_found((0.01, -0.01, 0.03), (0.06, 0.04, 0.08), (0.5, 0.4, 0.6)), miou, 21.5, gate)
+    assert len(flags) == 1 and "no more than the analytic prior" in flags[0]
+    # Not better than on another image's pixels, and keeping most of it on noise.
+    flags = evidence_flags(_found((0.05, 0.03, 0.07), (0.0, -0.02, 0.02), (0.9, 0.8, 1.0)), miou, 21.5, gate)
+    assert len(flags) == 2 and "another image's pixels" in flags[0] and "on noise input it keeps" in flags[1]
+    # Predictions only (no probabilities): the same questions on mIoU intervals.
+    flags = evidence_flags(_found((1.5, -0.5, 3.5), (1.5, 0.5, 2.5), None, bits=False), miou, 21.5, gate)
+    assert len(flags) == 1 and "not above the analytic prior" in flags[0]
 
 
 def test_bad_checkpoints_are_one_line_errors(trained, tiny, runs_root, tmp_path):

@@ -28,7 +28,7 @@ def test_config_composes_instantiates_and_trains_one_step(group, option, tiny, s
     if group == "dataset":
         overrides = [o for o in overrides if not o.startswith("dataset.")]
         overrides += [f"dataset={option}", "dataset.transform.crop=[32,32]"]
-        if option == "synthetic":
+        if option in ("synthetic", "synthetic_hard"):
             overrides += ["dataset.generate.n_train=4", "dataset.generate.n_val=2",
                           "dataset.generate.n_test=2", "dataset.generate.size=32"]
         elif option in ("folder", "outside15k"):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from segaudit.config import compose
 from segaudit.checkpoints import load_checkpoint
 from segaudit.engine import train
 from segaudit.errors import ConfigError, TrainingFailed
+from segaudit.information import PER_IMAGE_FILE, load_per_image
 from segaudit.runs import CHECKPOINT, read_record
 
 
@@ -67,6 +69,36 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, runs_root, monkeypatch
     a = load_checkpoint(runs_root / "straight" / CHECKPOINT)["model"]
     b = load_checkpoint(runs_root / "bumpy" / CHECKPOINT)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stages_train_exactly_the_uninterrupted_run(tiny, runs_root):
+    """`stop_at` pauses a run at a stage under its full schedule; resuming it stage by
+    stage ends bit-identical to one uninterrupted run, and its per-image scores are kept
+    for every stage's evaluation."""
+    base = tiny + ["train.iters=6", "train.ckpt_every=100"]
+    reference = train(compose(base + ["run_id=straight", "train.eval_at=[2,4]"]))
+    first = train(compose(base + ["run_id=staged"]), stop_at=2)
+    assert first["status"] == "paused" and first["step"] == 2 and first["finished_at"] is None
+    again = train(compose([f"paths.runs={runs_root}", "resume=staged"]), stop_at=2)  # already there
+    assert again["step"] == 2 and [h["step"] for h in again["history"]] == [2]
+    train(compose([f"paths.runs={runs_root}", "resume=staged"]), stop_at=4)
+    done = train(compose([f"paths.runs={runs_root}", "resume=staged"]))
+    assert done["status"] == "completed" and done["step"] == 6
+    assert [h["step"] for h in done["history"]] == [h["step"] for h in reference["history"]]
+    a = load_checkpoint(runs_root / "straight" / CHECKPOINT)["model"]
+    b = load_checkpoint(runs_root / "staged" / CHECKPOINT)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    entries, stems = load_per_image(runs_root / "staged" / PER_IMAGE_FILE)
+    assert sorted(entries) == ["2/real", "4/real", "6/real"] and len(stems) == 8
+    straight, _ = load_per_image(runs_root / "straight" / PER_IMAGE_FILE)
+    assert all(np.array_equal(entries[k].tp, straight[k].tp) for k in entries)
+    assert entries["6/real"].miou() == pytest.approx(done["metrics"]["miou"])
+    assert entries["6/real"].bits_per_pixel == pytest.approx(done["metrics"]["nll_bits"])
+
+
+def test_auto_iters_are_for_diagnose_only(tiny):
+    with pytest.raises(ConfigError, match="train.iters=auto: only `segaudit diagnose`"):
+        train(compose(tiny + ["train.iters=auto"]))
 
 
 @pytest.mark.slow  # resume is tested in-process by test_interrupted_run_resumes_to_the_same_result

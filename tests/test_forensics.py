@@ -21,7 +21,7 @@ from segaudit.consistency import split_consistency
 from segaudit.data import prepare_dataset
 from segaudit.data.synthetic import SynthSpec, write_synthetic
 from segaudit.metrics import summarize
-from segaudit.phases import HEALTHY, PIPELINE_FAULT, Evidence, verdict
+from segaudit.verdict import HEALTHY, PIPELINE_FAULT, Evidence, verdict
 from segaudit.prior import prior_map, score_map
 
 from scenes import write_band_and_square

@@ -25,7 +25,7 @@ from segaudit.cli import app
 from segaudit.config import SMP_ARCHITECTURES, compose, load_group_option, unsafe_targets
 from segaudit.engine import train
 from segaudit.errors import ConfigError
-from segaudit.phases import Evidence, verdict
+from segaudit.verdict import Evidence, verdict
 from segaudit.runs import check_run_id, load_table, run_lock
 
 runner = CliRunner()

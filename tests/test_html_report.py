@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from segaudit.cli import app
 from segaudit.html_report import find_chromium, png_data_uri, screenshot, verdict_summary
 from segaudit.report import evidence_frame
+from segaudit.verdict import EXIT_CODES
 
 runner = CliRunner()
 # Attributes through which a page could fetch or send something.
@@ -33,7 +34,7 @@ def reported(tmp_path_factory, synth_root):
             "train.progress=false", f"paths.runs={runs}", f"paths.cache={base / 'cache'}"]
     diagnosed = runner.invoke(app, ["diagnose", *tiny, "run_id=diag", "suspects.iters=2"])
     gate = json.loads((runs / "diag" / "record.json").read_text())
-    assert diagnosed.exit_code == (0 if gate["verdict"] == "HEALTHY" else 1), diagnosed.output
+    assert diagnosed.exit_code == EXIT_CODES[gate["verdict"]], diagnosed.output
     validated = runner.invoke(app, ["validate", "diag", *tiny, "gate.validate.robustness.severities=[1]",
                                     "gate.validate.robustness.corruptions=[gaussian_noise]"])
     assert validated.exit_code in (0, 1), validated.output

@@ -13,6 +13,7 @@ from segaudit.cli import app
 from segaudit.config import compose
 from segaudit.engine import train
 from segaudit.plots import class_colors, sample_grid
+from segaudit.verdict import EXIT_CODES
 
 runner = CliRunner()
 
@@ -69,7 +70,7 @@ def test_audit_and_diagnose_plots(tiny, runs_root, tmp_path):
     gate = _exit_code_follows_the_verdict(result, runs_root)
     assert sorted(gate["plots"]) == sorted(map(str, out.glob("*.png")))  # the record lists them
     assert sorted(map(_kind, out.glob("*.png"))) == [
-        "classes", "evidence", "learning_curves", *["prior"] * 8, "prior_all", "samples"]
+        "classes", "curve", "evidence", "learning_curves", *["prior"] * 8, "prior_all", "samples"]
     for png in out.glob("*.png"):
         _not_blank(png)
 
@@ -78,7 +79,7 @@ def _exit_code_follows_the_verdict(result, runs_root):
     """2-iteration models may get any verdict; the exit code must be the verdict's."""
     gate = next(r for r in map(lambda p: json.loads(p.read_text()), runs_root.glob("*/record.json"))
                 if r.get("verdict"))
-    assert result.exit_code == (0 if gate["verdict"] == "HEALTHY" else 1), result.output
+    assert result.exit_code == EXIT_CODES[gate["verdict"]], result.output
     return gate
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 from segaudit.config import compose
 from segaudit.errors import DataError
 from segaudit.pictures import prior_pictures
-from segaudit.prior import analytic_prior, run_prior
+from segaudit.prior import (PSEUDO_COUNTS, analytic_prior, choose_pseudo_count, global_frequencies,
+                            leave_one_out_log_likelihood, run_prior)
 from segaudit.runs import load_table
 
 
@@ -59,6 +60,47 @@ def test_hand_computed_prior(tmp_path):
     assert result.majority["iou"][0] == pytest.approx(25.0)
     assert result.majority["iou"][1:] == [0.0, 0.0]
     assert result.n_train == 3 and result.size == (2, 2)
+
+
+def test_prior_log_likelihood_of_val_labels_by_hand(tmp_path):
+    """The reference of the information evidence: the val labels' log2-likelihood under
+    the smoothed per-pixel frequencies (c + a g) / (n + a) and under g alone."""
+    train = [[[0, 1], [2, 1]], [[0, 1], [0, 255]], [[0, 255], [2, 255]]]
+    val = [[[0, 1], [2, 2]], [[1, 255], [0, 0]]]
+    result = analytic_prior(_dcfg(_folder(tmp_path, train, val)), workers=2)
+    a = result.pseudo_count
+    g = np.array([4 + 1, 3 + 1, 2 + 1]) / (9 + 3)  # global counts, add-one smoothed
+    counts = result.counts.numpy().astype(float)
+    probs = (counts + a * g[:, None, None]) / (counts.sum(0) + a)
+    for image, labels in enumerate(val):
+        labels = np.array(labels)
+        cells = [(y, x) for y in range(2) for x in range(2) if labels[y, x] != 255]
+        location = -sum(np.log2(probs[labels[y, x], y, x]) for y, x in cells)
+        glob = -sum(np.log2(g[labels[y, x]]) for y, x in cells)
+        assert result.reference["location"].nll[image] == pytest.approx(location)
+        assert result.reference["global"].nll[image] == pytest.approx(glob)
+        assert result.reference["location"].pixels[image] == len(cells)
+    assert result.val_stems == ["0", "1"]
+    # the prior map's per-image counts give back its dataset-level mIoU
+    assert result.reference["location"].miou() == pytest.approx(result.per_pixel["miou"])
+
+
+def test_pseudo_count_maximises_the_leave_one_out_likelihood():
+    """The closed form equals leaving each training map out in turn, by brute force."""
+    rng = np.random.default_rng(0)
+    maps = rng.choice([0, 0, 0, 1, 2], size=(6, 2, 3))
+    counts = torch.from_numpy(np.stack([(maps == k).sum(0) for k in range(3)]))
+    g = global_frequencies(counts)
+    for a in (0.5, 4.0):
+        brute = 0.0
+        for held in maps:
+            rest = counts.numpy() - np.stack([(held == k) for k in range(3)])
+            probs = (rest + a * g[:, None, None]) / (rest.sum(0) + a)
+            brute += sum(np.log(probs[held[y, x], y, x]) for y in range(2) for x in range(3))
+        assert leave_one_out_log_likelihood(counts, g, a) == pytest.approx(brute)
+    best = choose_pseudo_count(counts, g)
+    assert all(leave_one_out_log_likelihood(counts, g, best) >= leave_one_out_log_likelihood(counts, g, a)
+               for a in PSEUDO_COUNTS)
 
 
 def test_streaming_matches_one_shot_numpy(synth_root):

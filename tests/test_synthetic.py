@@ -68,3 +68,38 @@ def test_a_test_split_leaves_train_and_val_unchanged(tmp_path):
     val = (with_test / "masks" / "val" / "val_00000.png").read_bytes()
     assert (with_test / "masks" / "test" / "test_00000.png").read_bytes() != val  # new scenes
     assert SynthSpec(n_test=2).folder_name() != SynthSpec().folder_name()
+
+
+def test_texture_style_keeps_the_masks_and_gives_no_colour_cue(tmp_path):
+    """The texture scenes have the colour scenes' masks (hence the same prior) and no class
+    is brighter or more colourful than another on average: content is in the grain only."""
+    colour = write_synthetic(tmp_path / "c", SynthSpec(n_train=40, n_val=1, size=64))
+    texture = write_synthetic(tmp_path / "t", SynthSpec(n_train=40, n_val=1, size=64, style="texture", content=0.35))
+    again = write_synthetic(tmp_path / "t2", SynthSpec(n_train=40, n_val=1, size=64, style="texture", content=0.35))
+    assert _files(texture) == _files(again)  # same spec, same bytes
+    means, spreads = {k: [] for k in range(len(CLASS_NAMES))}, []
+    for path in sorted((texture / "masks" / "train").glob("*.png")):
+        mask = np.array(Image.open(path))
+        assert np.array_equal(mask, np.array(Image.open(colour / "masks" / "train" / path.name)))
+        image = np.array(Image.open(texture / "images" / "train" / path.name)).astype(float)
+        offsets = image - image.mean(2, keepdims=True)  # grey up to one tint per image and sensor noise
+        spreads.append((offsets - offsets.mean((0, 1))).std())
+        for k in means:
+            if (mask == k).sum() > 20:
+                means[k].append(image[mask == k].mean())
+    assert max(spreads) < 5  # beyond the image's tint, channels differ by sensor noise (std 4) only
+    overall = np.mean([m for v in means.values() for m in v])
+    for k, values in means.items():
+        if len(values) >= 10:  # classes seen often enough to average
+            assert abs(np.mean(values) - overall) < 20, (CLASS_NAMES[k], np.mean(values), overall)
+
+
+def test_distinct_classes_alone_stand_out(tmp_path):
+    root = write_synthetic(tmp_path, SynthSpec(n_train=8, n_val=1, size=64, style="texture", content=1.0,
+                                               distinct=("car", "person")))
+    for path in sorted((root / "masks" / "train").glob("*.png")):
+        mask = np.array(Image.open(path))
+        grey = np.array(Image.open(root / "images" / "train" / path.name)).astype(float).mean(2)
+        rows = [grey[y][(mask[y] != 255) & ~np.isin(mask[y], [5, 6])] for y in range(64)]
+        # without the lighting gradient and sensor noise, every other class is one flat grey
+        assert max(np.std(r) for r in rows if r.size > 8) < 8

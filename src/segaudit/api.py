@@ -100,9 +100,10 @@ def audit_model(model: nn.Module | Callable[[torch.Tensor], Any], dataset: str =
 
 def check_model(model: nn.Module | Callable[[torch.Tensor], Any], *args, raise_on_flag: bool = True,
                 **kwargs) -> list[str]:
-    """`audit_model`, reduced to its red flags: noise input keeps more than 0.7 x the
-    real-image mIoU, or the real-image mIoU is within a few points of the prior or of
-    another image's pixels (thresholds: `gate.red_flags`).
+    """`audit_model`, reduced to its red flags, each decided by a 95% interval over the val
+    images: real images explain no more of the labels than the analytic prior, or no more
+    than another image's pixels, or noise input keeps over 70% of what real images explain
+    (`gate.evidence`; `gate=seed`: the investigation's mIoU margins, `gate.red_flags`).
 
     Returns:
         The red flags (empty: the model reads the image), when `raise_on_flag` is False.

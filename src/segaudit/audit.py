@@ -2,7 +2,9 @@
 
 One pass over the validation split feeds each batch four ways — real images, noise,
 a blank image, and another sample's image (a fixed derangement) — and compares the
-scores with the analytic prior of the training labels.
+scores with the analytic prior of the training labels. Every image is scored on its own
+(`segaudit.information`), so each number comes with a bootstrap interval over the val
+images and the red flags rest on the information evidence (`segaudit.evidence`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from segaudit.data import build_dataset, eval_loader, prepare_dataset
 from segaudit.data.conditions import DeviceImages
 from segaudit.devices import amp_dtype, device_label, resolve_device
 from segaudit.errors import ConfigError
-from segaudit.evaluation import predict_labels
+from segaudit.evaluation import batch_indices, predict_logits
+from segaudit.evidence import Bootstrap, Estimate, audit_evidence
+from segaudit.information import ImageScores, PerImage
 from segaudit.inference import Inference, build_inference, inference_record
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
 from segaudit.prior import analytic_prior
@@ -115,25 +119,33 @@ def audit_trained(cfg: DictConfig, trained: TrainedModel, dcfg: DictConfig, devi
     """The audit of a model already loaded on `device` (`audit`, and `segaudit.audit_model`)."""
     t0 = time.perf_counter() if t0 is None else t0
     infer = build_inference(trained.model, dcfg, cfg.get("inference"))
-    results = measure_conditions(cfg, trained.model, dcfg, device, infer)
-    return finish_audit(cfg, trained, dcfg, device, results, inference_record(infer), command, t0)
+    results, per_image = measure_conditions(cfg, trained.model, dcfg, device, infer)
+    return finish_audit(cfg, trained, dcfg, device, results, inference_record(infer), command, t0, per_image)
 
 
 def finish_audit(cfg: DictConfig, trained: TrainedModel, dcfg: DictConfig, device: torch.device,
-                 results: dict[str, dict], inference: dict, command: str, t0: float) -> dict:
-    """The audit record of measured conditions: prior, content gain, red flags, the finding
-    against a reported mIoU, and the card probe for a card-wrapped model near the prior."""
+                 results: dict[str, dict], inference: dict, command: str, t0: float,
+                 per_image: dict[str, PerImage]) -> dict:
+    """The audit record of measured conditions: prior, content gain, the information
+    evidence with its intervals, red flags, the finding against a reported mIoU, and the
+    card probe for a card-wrapped model near the prior."""
     prior = analytic_prior(dcfg)
     miou = {name: results[name]["miou"] for name in CONDITIONS}
+    rules = cfg.gate.evidence
+    found = audit_evidence(per_image, prior.reference["location"], prior.reference["global"],
+                           Bootstrap(len(per_image["real"]), int(rules.draws), float(rules.confidence)))
+    literal = cfg.gate.get("rule", "evidence") == "miou"
+    flags = (red_flags(miou, prior.per_pixel["miou"], cfg.gate) if literal
+             else evidence_flags(found, miou, prior.per_pixel["miou"], cfg.gate))
     block = {
         "source": str(trained.ckpt_path), "source_run": trained.source_run,
         "miou": miou, "prior_miou": prior.per_pixel["miou"], "majority_miou": prior.majority["miou"],
         "content_gain": miou["real"] - prior.per_pixel["miou"], "inference": inference,
         "agreement_real_noise": results["noise"]["agreement"], "metrics": results,
-        "red_flags": red_flags(miou, prior.per_pixel["miou"], cfg.gate),
+        "evidence": found, "red_flags": flags,
         "reported_miou": cfg.audit.reported_miou,
         "finding": reported_finding(miou["real"], prior.per_pixel["miou"], cfg.audit.reported_miou,
-                                    float(cfg.gate.fault_margin)),
+                                    float(cfg.gate.fault_margin), None if literal else _at_prior(found)),
         "probe": None,
     }
     near_prior = miou["real"] - block["prior_miou"] <= float(cfg.audit.probe_below_prior_plus)
@@ -149,11 +161,11 @@ def finish_audit(cfg: DictConfig, trained: TrainedModel, dcfg: DictConfig, devic
 
 
 @torch.inference_mode()
-def measure_conditions(cfg: DictConfig, model: torch.nn.Module, dcfg: DictConfig,
-                       device: torch.device, infer: Inference) -> dict[str, dict]:
+def measure_conditions(cfg: DictConfig, model: torch.nn.Module, dcfg: DictConfig, device: torch.device,
+                       infer: Inference) -> tuple[dict[str, dict], dict[str, PerImage]]:
     """Metrics of `model` on each audit condition, in one pass over the val split: real,
     noise (with its agreement with the real predictions), blank and shuffled, each image
-    seen the way `infer` says."""
+    seen the way `infer` says; and every image's scores under each condition."""
     dtype = amp_dtype(str(cfg.train.amp), device)
     num_classes, ignore_index = int(dcfg.num_classes), int(dcfg.ignore_index)
     triples = RealAndShuffled(
@@ -161,7 +173,7 @@ def measure_conditions(cfg: DictConfig, model: torch.nn.Module, dcfg: DictConfig
         build_dataset(dcfg, "val", train=False, condition=load_group_option("condition", "shuffled")),
     )
     loader = eval_loader(triples, int(cfg.train.eval_batch_size))
-    predict = partial(predict_labels, model, device=device, dtype=dtype, infer=infer)
+    predict = partial(predict_logits, model, device=device, dtype=dtype, infer=infer)
     mean, std = dcfg.transform.mean, dcfg.transform.std
     noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
     blank = DeviceImages(load_group_option("condition", "blank"), mean, std, device, seeded=True)
@@ -169,14 +181,24 @@ def measure_conditions(cfg: DictConfig, model: torch.nn.Module, dcfg: DictConfig
                "noise": AgreementMatrix(num_classes, ignore_index),  # noise vs real predictions
                "blank": ConfusionMatrix(num_classes, ignore_index),
                "shuffled": ConfusionMatrix(num_classes, ignore_index)}
-    for images, others, target in loader:
+    scores = {name: ImageScores(num_classes, ignore_index, len(triples)) for name in metrics}
+    real_labels = None
+    for indices, (images, others, target) in zip(batch_indices(loader), loader):
         images, others, target = images.to(device), others.to(device), target.to(device)
-        real = predict(images)
-        metrics["real"].update(real, target)
-        metrics["noise"].update(predict(noise(images)), target, real)
-        metrics["blank"].update(predict(blank(images)), target)
-        metrics["shuffled"].update(predict(others), target)
-    return {name: m.compute() for name, m in metrics.items()}
+        for name, inputs in (("real", images), ("noise", noise(images)), ("blank", blank(images)),
+                             ("shuffled", others)):
+            logits = predict(inputs, size=target.shape[-2:])
+            labels = logits.argmax(1)
+            if name == "real":
+                real_labels = labels
+                metrics[name].update(labels, target)
+            elif name == "noise":  # noise vs the real predictions
+                metrics[name].update(labels, target, real_labels)
+            else:
+                metrics[name].update(labels, target)
+            scores[name].update(indices, logits, target, labels)
+    return ({name: m.compute() for name, m in metrics.items()},
+            {name: s.compute() for name, s in scores.items()})
 
 
 # --------------------------------------------------------------------------- verdict
@@ -198,12 +220,60 @@ def red_flags(miou: dict[str, float], prior: float, gate: DictConfig) -> list[st
     return flags
 
 
-def reported_finding(real: float, prior: float, reported: float | None, margin: float) -> str | None:
-    """Which side to look at, given the mIoU the user's own pipeline reported."""
+def _at_prior(found: dict) -> bool:
+    """The model's real-image predictions are not significantly better than the prior's."""
+    key = found["information"]["content"] if found["bits"] else found["miou_gain"]
+    return not Estimate.from_dict(key).above_zero
+
+
+def evidence_flags(found: dict, miou: dict[str, float], prior: float, gate: DictConfig) -> list[str]:
+    """The red flags on the information evidence (`segaudit.evidence.audit_evidence`),
+    each decided by an interval: the model's real-image predictions explain no more than
+    the prior, or no more than its predictions on another image's pixels, or it keeps more
+    than `gate.evidence.location_share` of what it explains when fed noise. Without
+    probabilities (predictions-only audits) the same questions are asked of mIoU."""
+    flags = []
+    if found["bits"]:
+        content = Estimate.from_dict(found["information"]["content"])
+        if _at_prior(found):
+            flags.append(f"real-image predictions explain no more than the analytic prior: content "
+                         f"{content.text(3)} bits/pixel (mIoU {miou['real']:.1f} vs prior {prior:.1f}): "
+                         f"it does not use the image's content")
+        versus = Estimate.from_dict(found["versus"]["shuffled"]["bits"])
+        if not versus.above_zero:
+            flags.append(f"its own image helps no more than another image's pixels: {versus.text(3)} "
+                         f"bits/pixel (mIoU {miou['real']:.1f} vs {miou['shuffled']:.1f} on another image)")
+        kept = Estimate.from_dict(found["noise_retained"])
+        share = float(gate.evidence.location_share)
+        if kept.low > share:
+            flags.append(f"on noise input it keeps {kept.value:.0%} [{kept.low:.0%}, {kept.high:.0%}] of what "
+                         f"it explains on real images (> {share:.0%}): it predicts where classes usually "
+                         f"are, not what it sees")
+        return flags
+    gain = Estimate.from_dict(found["miou_gain"])
+    if _at_prior(found):
+        flags.append(f"real-image mIoU {miou['real']:.1f} is not above the analytic prior {prior:.1f} "
+                     f"({gain.text(1)} points): it does not use the image's content")
+    versus = Estimate.from_dict(found["versus"]["shuffled"]["miou"])
+    if not versus.above_zero:
+        flags.append(f"real-image mIoU {miou['real']:.1f} is not above its score on another image's "
+                     f"pixels {miou['shuffled']:.1f} ({versus.text(1)} points)")
+    ratio = gate.red_flags.noise_ratio
+    if ratio is not None and miou["noise"] > float(ratio) * miou["real"]:
+        flags.append(f"noise input scores {miou['noise']:.1f}, more than {ratio:g} x its real-image "
+                     f"{miou['real']:.1f}: it predicts where classes usually are, not what it sees")
+    return flags
+
+
+def reported_finding(real: float, prior: float, reported: float | None, margin: float,
+                     at_prior: bool | None = None) -> str | None:
+    """Which side to look at, given the mIoU the user's own pipeline reported. `at_prior`:
+    whether the model is at the prior (default: its mIoU within `margin` of the prior's;
+    an audit passes what the information evidence says)."""
     if reported is None:
         return None
     reported = float(reported)
-    if real - prior <= margin:
+    if real - prior <= margin if at_prior is None else at_prior:
         return (f"your pipeline reported {reported:.1f}; it scores {real:.1f} here, at the prior "
                 f"{prior:.1f} too, so the model never learned content: look at training")
     if real - reported > margin:

@@ -321,10 +321,13 @@ def validate(
 
 @app.command(epilog="""[bold]Examples[/]\n
   segaudit diagnose                                [dim]# phase 1 on the synthetic scenes[/]\n
-  segaudit diagnose dataset=folder dataset.root=/data/mine train.iters=2000\n
+  segaudit diagnose dataset=folder dataset.root=/data/mine diagnose.max_iters=6400\n
+  segaudit diagnose train.iters=2000               [dim]# a fixed budget instead of stages[/]\n
   segaudit diagnose --no-noise-train gate=seed     [dim]# the investigation's literal gate[/]\n
   segaudit diagnose --plots out/                   [dim]# heatmaps, evidence, curves, samples[/]\n\n
-Exit code: 0 HEALTHY, 1 PIPELINE_FAULT or SPATIAL_SHORTCUT, 2 bad input.""")
+Trains in stages (train.iters=auto: diagnose.first_iters, doubling, up to diagnose.max_iters)
+until the evidence decides, unless train.iters is given.\n
+Exit code: 0 HEALTHY, 1 PIPELINE_FAULT or SPATIAL_SHORTCUT, 2 bad input, 3 INCONCLUSIVE.""")
 def diagnose(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     noise_train: bool = typer.Option(True, "--noise-train/--no-noise-train",
@@ -335,12 +338,14 @@ def diagnose(
                                   help="Score every pair with cross-fitted models (segaudit suspects)."),
 ) -> None:
     """Phase 1: prior, baseline, shuffled-pairing and noise training, pair scoring, verdict, decision gate."""
-    from segaudit.config import compose
-    from segaudit.phases import EXIT_CODES, diagnose as run_diagnose
+    from segaudit.config import compose, override_keys
+    from segaudit.phases import diagnose as run_diagnose
     from segaudit.report import verdict_panel
+    from segaudit.verdict import EXIT_CODES
 
     with user_errors():
-        cfg = compose([*(overrides or []), f"diagnose.noise_train={str(noise_train).lower()}",
+        staged = [] if "train.iters" in override_keys(overrides or []) else ["train.iters=auto"]
+        cfg = compose([*staged, *(overrides or []), f"diagnose.noise_train={str(noise_train).lower()}",
                        f"diagnose.suspects={str(suspects).lower()}",
                        f"data_check.skip_bad={str(skip_bad).lower()}"])
         record = run_diagnose(cfg, command=_command_line(), plots=plots)
@@ -504,6 +509,8 @@ def data_check(
 
 @data_app.command("synth", epilog="""[bold]Examples[/]\n
   segaudit data synth --out data/synth\n
+  segaudit data synth --out data/hard --style texture  [dim]# classes as grey textures: learned slowly[/]\n
+  segaudit data synth --out data/faint --style texture --content 1 --distinct car,person\n
   segaudit data synth --out data/big --n-train 2000 --size 128 --seed 1\n
   segaudit data synth --out data/cs --layout cityscapes --n-train 8 --n-val 4\n
   segaudit train dataset=folder dataset.root=data/synth""")
@@ -516,23 +523,31 @@ def data_synth(
     seed: int = typer.Option(0, help="Same seed, byte-identical files."),
     layout: str = typer.Option("folder", help="folder | cityscapes (the official layout at 1024x2048, "
                                               "raw label ids: try dataset=cityscapes)"),
+    style: str = typer.Option("colour", help="colour: a colour per class (learned in 100 steps) | texture: "
+                                             "grey textures under one brightness law (learned slowly)"),
+    content: float = typer.Option(0.35, help="--style texture: how strongly classes stand out, 0..1 "
+                                            "(0.35: the hard scenes of dataset=synthetic_hard)"),
+    distinct: Optional[str] = typer.Option(None, help="--style texture: only these classes stand out, "
+                                                      "comma-separated (e.g. car,person: content nearly absent)"),
 ) -> None:
     """Write the embedded procedural street scenes as a folder dataset."""
-    from segaudit.data.synthetic import SynthSpec, write_cityscapes_layout, write_synthetic
+    from segaudit.data.synthetic import SynthSpec, check_style, write_cityscapes_layout, write_synthetic
 
     with user_errors():
         if layout not in ("folder", "cityscapes"):
             raise SegauditError(f"--layout {layout}: choose folder or cityscapes")
+        spec = SynthSpec(n_train=n_train, n_val=n_val, size=size, seed=seed, n_test=n_test,
+                         distinct=None if distinct is None else tuple(distinct.split(",")),
+                         **check_style(style, content))
         if out_dir.exists() and any(out_dir.iterdir()):
             raise SegauditError(f"{out_dir}: folder is not empty; choose a new --out")
         if layout == "cityscapes":
-            write_cityscapes_layout(out_dir, {"train": n_train, "val": n_val}, seed=seed)
+            write_cityscapes_layout(out_dir, {"train": n_train, "val": n_val}, seed=seed, spec=spec)
             size, n_test = "1024x2048", 0  # the preset's layout has train and val
         else:
-            write_synthetic(out_dir, SynthSpec(n_train=n_train, n_val=n_val, size=size, seed=seed,
-                                                  n_test=n_test))
+            write_synthetic(out_dir, spec)
         out.print(f"wrote {n_train} train + {n_val} val + {n_test} test scenes ({size}px, {layout} "
-                  f"layout) to {out_dir}")
+                  f"layout, {style} style) to {out_dir}")
 
 
 def main() -> None:

@@ -101,6 +101,8 @@ def _compatible(default: Any, value: Any) -> bool:
 
 # Keys that take null to mean "off" whatever their default (gate thresholds).
 NULLABLE_PREFIXES = ("gate.",)
+# Keys that take a word beside values of their default's type.
+KEYWORDS = {"train.iters": ("auto",)}
 
 
 def _check_key(tree: dict, override: Override, text: str) -> None:
@@ -113,7 +115,7 @@ def _check_key(tree: dict, override: Override, text: str) -> None:
         valid = ", ".join(sorted(siblings)) if isinstance(siblings, dict) else "none"
         raise ConfigError(f"unknown config key '{key}' (keys {where}: {valid})")
     value = override.value()
-    if value is None and key.startswith(NULLABLE_PREFIXES):
+    if value is None and key.startswith(NULLABLE_PREFIXES) or value in KEYWORDS.get(key, ()):
         return
     if not _compatible(default, value):
         raise ConfigError(

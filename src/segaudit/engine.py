@@ -39,6 +39,7 @@ from segaudit.data.sampler import StepBatchSampler
 from segaudit.devices import amp_dtype, autocast, device_label, resolve_device
 from segaudit.errors import ConfigError, TrainingFailed, first_line
 from segaudit.evaluation import evaluate
+from segaudit.information import PER_IMAGE_FILE, ImageScores, PerImage, load_per_image, save_per_image
 from segaudit.inference import (Inference, build_inference, inference_record, inference_settings,
                                 model_stride, pad_to_multiple)
 from segaudit.models import build_model, check_encoder, freeze_encoder
@@ -224,7 +225,8 @@ class RunLog:
             self.file.close()
 
 
-def _whole(value, key: str, least: int) -> int:
+def check_whole(value, key: str, least: int) -> int:
+    """`value` if it is a whole number >= `least`, else a one-line ConfigError naming `key`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ConfigError(f"{key}={value}: expected a whole number >= {least}")
     return value
@@ -243,10 +245,13 @@ def check_train_settings(cfg: DictConfig) -> None:
     if cfg.resume:
         return
     train_cfg = cfg.train
-    iters = _whole(train_cfg.iters, "train.iters", 1)
+    if train_cfg.iters == "auto":
+        raise ConfigError("train.iters=auto: only `segaudit diagnose` trains in stages until the "
+                          "evidence decides; give a number of steps")
+    iters = check_whole(train_cfg.iters, "train.iters", 1)
     for key in ("batch_size", "eval_batch_size", "log_every", "ckpt_every"):
-        _whole(train_cfg[key], f"train.{key}", 1)
-    _whole(train_cfg.num_workers, "train.num_workers", 0)
+        check_whole(train_cfg[key], f"train.{key}", 1)
+    check_whole(train_cfg.num_workers, "train.num_workers", 0)
     _positive(train_cfg.poly_power, "train.poly_power", allow_zero=True)
     if train_cfg.grad_clip is not None:
         _positive(train_cfg.grad_clip, "train.grad_clip")
@@ -260,13 +265,18 @@ def check_train_settings(cfg: DictConfig) -> None:
                           f"(the final step is always evaluated)")
 
 
-def train(cfg: DictConfig, command: str = "") -> dict:
+def train(cfg: DictConfig, command: str = "", stop_at: int | None = None) -> dict:
     """Train one model as configured and return its run record.
 
     A run killed at any point resumes with `resume=<run_id>` from its last checkpoint
     and ends at the same final step. A non-finite loss marks the record `failed` and
-    raises `TrainingFailed`.
+    raises `TrainingFailed`. With `stop_at` below `train.iters` the run stops there,
+    evaluated and checkpointed, with status `paused`: the learning-rate schedule is the
+    full run's, so resuming it (to a later `stop_at`, or to the end) trains exactly what
+    an uninterrupted run would (`segaudit diagnose` trains in stages this way).
     """
+    if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 1):
+        raise ConfigError(f"stop_at={stop_at}: expected a whole number >= 1")
     check_train_settings(cfg)  # fail on bad settings before a run directory exists
     build_tracker(cfg)  # a missing extra or a bad logger setting, too
     resolve_device(str(cfg.device))
@@ -281,11 +291,12 @@ def train(cfg: DictConfig, command: str = "") -> dict:
         if ddp.is_main:
             runs.remove_stale_temp_files(folder)  # a kill mid-write leaves these behind
         run = reopen_run(folder)
-        if run.record["status"] == "completed":
-            if ddp.is_main:
+        if run.record["status"] == "completed" or (stop_at is not None and run.record["status"] == "paused"
+                                                   and run.record["step"] >= stop_at):
+            if ddp.is_main and run.record["status"] == "completed":
                 console.print(f"run {run.record['run_id']} is already completed")
             return run.record
-        return _train_recording_failure(run, ddp)
+        return _train_recording_failure(run, ddp, stop_at)
 
 
 @contextmanager
@@ -306,12 +317,12 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train_recording_failure(run: Run, ddp: Distributed) -> runs.RunRecord:
+def _train_recording_failure(run: Run, ddp: Distributed, stop_at: int | None = None) -> runs.RunRecord:
     """`_train`, with any way out but success written to the record before it propagates."""
     record = run.record
     log = RunLog(run.dir, enabled=ddp.is_main)
     try:
-        return _train(run, log, ddp)
+        return _train(run, log, ddp, stop_at)
     except (KeyboardInterrupt, Exception) as err:  # record why, then let the caller report it
         interrupted = isinstance(err, KeyboardInterrupt)
         record.update(status="failed", finished_at=runs.now(), error=(
@@ -369,6 +380,16 @@ def restore(state: TrainState, checkpoint: dict, record: runs.RunRecord) -> None
     record["train_log"] = [h for h in record["train_log"] if h["step"] <= state.step]
 
 
+def earlier_per_image(folder: Path, step: int) -> dict[str, PerImage]:
+    """The per-image scores a resumed run already saved, up to its checkpoint's `step`
+    (later evaluations run again)."""
+    path = folder / PER_IMAGE_FILE
+    if step == 0 or not path.is_file():
+        return {}
+    entries, _ = load_per_image(path)
+    return {key: value for key, value in entries.items() if int(key.split("/", 1)[0]) <= step}
+
+
 def save_state(state: TrainState, cfg: DictConfig, path: Path) -> None:
     """The full checkpoint: model, optimizer, scheduler, step, RNG state, resolved config."""
     save_checkpoint(path, {
@@ -390,23 +411,31 @@ class Evaluations:
     channels_last: bool
     mean: list[float]
     std: list[float]
+    stems: list[str]  # the val images, in the order per-image scores are indexed by
+    per_image: dict[str, PerImage]  # "<step>/<condition>" -> that evaluation's per-image scores
 
 
 def evaluate_all(state: TrainState, evals: Evaluations, cfg: DictConfig, record: runs.RunRecord,
                  log: RunLog) -> dict:
-    """Evaluate on every condition, append each result to the history, and return the
-    main (`eval_condition`) metrics."""
+    """Evaluate on every condition, append each result (with the mean log-likelihood in
+    bits per labelled pixel, `nll_bits`) to the history, keep every image's scores in
+    `evals.per_image`, and return the main (`eval_condition`) metrics."""
     t0 = time.perf_counter()
     results = {}
+    num_classes = int(cfg.dataset.num_classes)
     for condition, loader in evals.loaders:
         images_fn = DeviceImages(condition, evals.mean, evals.std, evals.device, seeded=True)
-        result = evaluate(state.forward_model, loader, int(cfg.dataset.num_classes),
+        scores = ImageScores(num_classes, int(cfg.dataset.ignore_index), len(evals.stems))
+        result = evaluate(state.forward_model, loader, num_classes,
                           int(cfg.dataset.ignore_index), evals.device, evals.dtype,
-                          evals.channels_last, images_fn, evals.infer)
+                          evals.channels_last, images_fn, evals.infer, scores)
+        per_image = scores.compute()
+        evals.per_image[f"{state.step}/{condition.name}"] = per_image
+        result["nll_bits"] = per_image.bits_per_pixel
         results[condition.name] = result
         record["history"].append({"step": state.step, "condition": condition.name, **result})
         log(f"step {state.step} [{condition.name}]: mIoU {result['miou']:.2f}  "
-            f"mAcc {result['macc']:.2f}  aAcc {result['aacc']:.2f}")
+            f"mAcc {result['macc']:.2f}  aAcc {result['aacc']:.2f}  {result['nll_bits']:.3f} bits/pixel")
     record["timings"]["eval_s"] += time.perf_counter() - t0
     record["metrics_by_condition"] = results
     return results[cfg.eval_condition.name]
@@ -474,7 +503,7 @@ def _wrap_for_steps(model: nn.Module, cfg: DictConfig, ddp: Distributed, device:
 # --------------------------------------------------------------------------- the loop
 # About 80 lines on purpose: the loop reads top to bottom like nanoGPT's train.py (setup,
 # restore, then steps with logging, evaluation and checkpoints at their boundaries).
-def _train(run: Run, log: RunLog, ddp: Distributed) -> runs.RunRecord:
+def _train(run: Run, log: RunLog, ddp: Distributed, stop_at: int | None = None) -> runs.RunRecord:
     cfg, record = run.cfg, run.record
     t_start = time.perf_counter()
     device, dtype, channels_last = _device_setup(cfg, ddp)
@@ -494,7 +523,9 @@ def _train(run: Run, log: RunLog, ddp: Distributed) -> runs.RunRecord:
     mean, std = list(cfg.dataset.transform.mean), list(cfg.dataset.transform.std)
     evals = Evaluations([(c, val_loader(cfg, c, pin, ddp)) for c in eval_conditions(cfg)],
                         build_inference(state.model, cfg.dataset, cfg.get("inference")),
-                        device, dtype, channels_last, mean, std)
+                        device, dtype, channels_last, mean, std,
+                        [s.stem for s in list_samples(cfg.dataset, "val")],
+                        earlier_per_image(run.dir, state.step))
     loader = train_loader(cfg, state.step, pin, ddp)
     train_images = DeviceImages(cfg.train_condition, mean, std, device, seeded=False)
     record.update(status="running", error=None, step=state.step, device=device_label(device),
@@ -504,7 +535,8 @@ def _train(run: Run, log: RunLog, ddp: Distributed) -> runs.RunRecord:
     tracker.open(run.dir, record, cfg)
 
     iters = int(cfg.train.iters)
-    eval_steps = {int(s) for s in cfg.train.eval_at if 0 < int(s) < iters} | {iters}
+    end = iters if stop_at is None else min(stop_at, iters)  # a stage of a longer schedule
+    eval_steps = {int(s) for s in cfg.train.eval_at if 0 < int(s) < end} | {end}
     log_every, ckpt_every = max(1, int(cfg.train.log_every)), max(1, int(cfg.train.ckpt_every))
     state.model.train()
     data = iter(loader)  # creating the iterator draws from the RNG: restore after it
@@ -515,7 +547,7 @@ def _train(run: Run, log: RunLog, ddp: Distributed) -> runs.RunRecord:
           tracker.closed_on_error(run.dir, record)):
         task = progress.add_task(str(record["run_id"]), total=iters, completed=state.step,
                                  loss="-", ips="-") if progress else None
-        while state.step < iters:
+        while state.step < end:
             images, target = next(data)
             images = train_images(images.to(device, non_blocking=True))
             images = pad_to_multiple(images, multiple).contiguous(memory_format=memory_format)
@@ -543,7 +575,9 @@ def _train(run: Run, log: RunLog, ddp: Distributed) -> runs.RunRecord:
                                 ips=f"{ips:.0f}")
             if step in eval_steps:
                 record["metrics"] = evaluate_all(state, evals, cfg, record, log)
-            if step % ckpt_every == 0 or step == iters:
+                if ddp.is_main:
+                    save_per_image(run.dir / PER_IMAGE_FILE, evals.per_image, evals.stems)
+            if step % ckpt_every == 0 or step == end:
                 if ddp.is_main:
                     save_state(state, cfg, run.dir / runs.CHECKPOINT)
                 record["step"] = step
@@ -554,13 +588,33 @@ def _train(run: Run, log: RunLog, ddp: Distributed) -> runs.RunRecord:
             interval.t0 = time.perf_counter()
 
     record["timings"]["total_s"] += time.perf_counter() - t_start
-    record.update(status="completed", step=state.step, finished_at=runs.now(),
-                  throughput_ips=_throughput(record["train_log"]))
+    paused = state.step < iters
+    record.update(status="paused" if paused else "completed", step=state.step,
+                  finished_at=None if paused else runs.now(), throughput_ips=_throughput(record["train_log"]))
     write_record(run.dir, record)
+    if paused:
+        tracker.close(run.dir, record)
+        log(f"paused {record['run_id']} at step {state.step}/{iters}: mIoU {record['metrics']['miou']:.2f} "
+            f"(continue with: segaudit train resume={record['run_id']})")
+        return record
     tracker.close(run.dir, record, tracker.draw(lambda: _sample_grid(run, state, evals)))
     if ddp.active:
         dist.barrier()
     log(f"completed {record['run_id']}: mIoU {record['metrics']['miou']:.2f} after {state.step} iterations")
+    return record
+
+
+def end_paused_run(folder: Path, why: str) -> runs.RunRecord:
+    """Mark a run paused at a stage boundary `completed` where it stands: it is a finished
+    measurement at that step (`stopped_early` says where and why; its checkpoint stays,
+    and `train.iters` is the schedule it was trained under)."""
+    with runs.run_lock(folder):
+        record = runs.read_record(folder)
+        if record["status"] != "paused":
+            return record
+        record.update(status="completed", finished_at=runs.now(),
+                      stopped_early={"step": record["step"], "schedule": record.get("iters"), "why": why})
+        runs.write_record(folder, record)
     return record
 
 

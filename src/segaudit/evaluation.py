@@ -8,24 +8,40 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from segaudit.devices import autocast
 from segaudit.inference import Inference, model_stride
+from segaudit.information import ImageScores
 from segaudit.metrics import ConfusionMatrix
 
 
-def predict_labels(model: nn.Module, images: torch.Tensor, device: torch.device,
+def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
                    dtype: torch.dtype | None, size=None, infer: Inference | None = None) -> torch.Tensor:
-    """Per-pixel class ids (N x H x W) of `model` on a batch, run the way `infer` says
-    (default: whole image, padded to the model's stride), at `size` (default: the input's)."""
+    """Logits (N x K x H x W) of `model` on a batch, run the way `infer` says (default:
+    whole image, padded to the model's stride), at `size` (default: the input's)."""
     infer = infer or Inference(multiple=model_stride(model))
     with autocast(device, dtype):
         logits = infer(model, images)
     size = tuple(size or images.shape[-2:])
     if tuple(logits.shape[-2:]) != size:
         logits = F.interpolate(logits.float(), size=size, mode="bilinear")
-    return logits.argmax(1)
+    return logits
+
+
+def predict_labels(model: nn.Module, images: torch.Tensor, device: torch.device,
+                   dtype: torch.dtype | None, size=None, infer: Inference | None = None) -> torch.Tensor:
+    """Per-pixel class ids (N x H x W) of `model` on a batch (see `predict_logits`)."""
+    return predict_logits(model, images, device, dtype, size, infer).argmax(1)
+
+
+def batch_indices(loader: DataLoader) -> list[torch.Tensor]:
+    """The dataset positions of each batch `loader` yields, in order (through a `Subset`,
+    the positions in the dataset under it)."""
+    dataset = loader.dataset
+    outer = list(dataset.indices) if isinstance(dataset, Subset) else None
+    return [torch.tensor([outer[i] for i in batch] if outer else list(batch))
+            for batch in loader.batch_sampler]
 
 
 @torch.inference_mode()
@@ -39,23 +55,31 @@ def evaluate(
     channels_last: bool = False,
     images_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     infer: Inference | None = None,
+    scores: ImageScores | None = None,
 ) -> dict:
     """Dataset-level metrics of `model` over `loader` (see `segaudit.metrics`).
 
     `images_fn` replaces each batch's images on the device (the noise/blank conditions);
-    `infer` says how the model sees each image (`segaudit.inference`; default whole).
+    `infer` says how the model sees each image (`segaudit.inference`; default whole);
+    `scores`, when given, also receives every image's log-likelihood and class counts
+    (`segaudit.information`), indexed by the image's position in the dataset.
     """
     was_training = model.training
     model.eval()
     metric = ConfusionMatrix(num_classes, ignore_index)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for images, target in loader:
+    indices = batch_indices(loader) if scores is not None else None
+    for batch, (images, target) in enumerate(loader):
         images = images.to(device, non_blocking=True)
         if images_fn is not None:
             images = images_fn(images)
         images = images.contiguous(memory_format=memory_format)
         target = target.to(device, non_blocking=True)
-        metric.update(predict_labels(model, images, device, dtype, target.shape[-2:], infer), target)
+        logits = predict_logits(model, images, device, dtype, target.shape[-2:], infer)
+        pred = logits.argmax(1)
+        metric.update(pred, target)
+        if scores is not None:
+            scores.update(indices[batch], logits, target, pred)
     if dist.is_available() and dist.is_initialized():
         metric.all_reduce(device)
     model.train(was_training)

@@ -27,20 +27,26 @@ from omegaconf import DictConfig
 from segaudit import __version__, runs
 from segaudit.consistency import consistency_lines
 from segaudit.errors import ConfigError
-from segaudit.phases import HEALTHY, PIPELINE_FAULT, SPATIAL_SHORTCUT
+from segaudit.verdict import HEALTHY, INCONCLUSIVE, PIPELINE_FAULT, SPATIAL_SHORTCUT
 from segaudit.pictures import diagnose_figures, prior_overview_figure
 from segaudit.report import MARKDOWN_COLUMNS, evidence_frame, filter_table
 from segaudit.scope import run_scope
 
 TEMPLATE = "report.html.j2"
-_STYLE = {HEALTHY: "good", PIPELINE_FAULT: "bad", SPATIAL_SHORTCUT: "warn"}
+_STYLE = {HEALTHY: "good", PIPELINE_FAULT: "bad", SPATIAL_SHORTCUT: "warn", INCONCLUSIVE: "open"}
 _HEADLINE = {
     HEALTHY: "The model reads the image.",
     PIPELINE_FAULT: "The model is not learning from images that match their labels.",
     SPATIAL_SHORTCUT: "The model predicts where classes usually sit, not what the image shows.",
+    INCONCLUSIVE: "Not decided yet: the evidence cannot tell these cases apart at this budget.",
 }
 # Which of a diagnose's pictures the page shows, in order, with what a reader should see.
 _PICTURES = [
+    ("curve_", "The learning curve, with 95% intervals over the val images. Left: mIoU of the model "
+               "trained on real pairs and of the control trained on shuffled pairs, against the "
+               "analytic prior. Right: what the image adds, in bits per pixel, over the prior and over "
+               "the control. A model that reads the image pulls away from both; one still climbing "
+               "is undertrained, not a shortcut."),
     ("evidence_", "Evidence: mIoU of each step. The dashed line is the analytic prior, a predictor "
                   "that never sees the image; a model that reads the image stands well above it."),
     ("samples_", "The baseline model on four val images: the image, the true mask, the prediction on "
@@ -92,6 +98,12 @@ def verdict_summary(record: dict) -> dict:
     meaning = [f"Trained on real images, the model scores {real:.1f} mIoU. A predictor that never "
                f"looks at the image and only knows where each class usually sits in the frame (the "
                f"analytic prior) scores {prior:.1f}."]
+    info = ev.get("information")
+    if info:
+        meaning.append(f"In information: of the {info['entropy']['value']:.2f} bits per pixel the labels hold, "
+                       f"where classes usually sit explains {info['location']['value']:.2f} and the image "
+                       f"{info['content']['value']:+.2f} more (95% interval {info['content']['low']:+.2f} to "
+                       f"{info['content']['high']:+.2f}); {info['remaining']['value']:.2f} remain.")
     if name == HEALTHY:
         meaning.append(f"The {real - prior:+.1f} points between them come from what the image shows.")
         if ev.get("shuffled") is not None:
@@ -106,9 +118,14 @@ def verdict_summary(record: dict) -> dict:
         next_steps = [_step(check) for check in gate.get("next_checks") or []]
         if ev.get("suspect_flagged"):
             next_steps.insert(0, _step("List the misaligned pairs:", f"segaudit suspects --diagnose {record['run_id']}"))
+    elif name == INCONCLUSIVE:
+        meaning.append("The model has not trained long enough to say whether it reads the image, "
+                       "has a broken pipeline, or relies on where classes sit. A model still learning is "
+                       "undertrained, not a shortcut. Why:")
+        next_steps = [_step(step) for step in gate.get("next_steps") or []]
     else:
-        meaning.append("Much of that score survives without the image, so the model has learned the "
-                       "usual layout of the scene more than its content. Why:")
+        meaning.append("Learning has stopped and most of what the model explains comes from where "
+                       "classes usually sit, not from the image. Why:")
         next_steps = [_step(f"The decision gate says {gate['decision']}: {gate['why']}."),
                       _step("Retrain as the gate says:", f"segaudit retrain --from-gate {record['run_id']}")]
     return {"headline": _HEADLINE.get(name, name), "meaning": meaning, "reasons": list(record["reasons"]),
@@ -143,9 +160,39 @@ def diagnose_section(cfg: DictConfig, record: dict, workdir: Path) -> dict:
                 for prefix, caption in _PICTURES for path in drawn if path.name.startswith(prefix)]
     classes = (record.get("classes") or {}).get("rows") or []
     return {"record": record, "summary": verdict_summary(record), "evidence": evidence_rows(record),
+            "information": information_rows(record["evidence"]), "curve": curve_rows(record["evidence"]),
+            "stages": ((record["evidence"].get("budget") or {}).get("stages") or []),
+            "budget": record["evidence"].get("budget"),
             "gain": record["evidence"]["real"] - record["evidence"]["prior"], "pictures": pictures,
             "classes": classes, "class_line": (record.get("classes") or {}).get("line"),
             "split_lines": _split_lines(record.get("split"))}
+
+
+def _interval(value: dict | None, digits: int) -> str:
+    if not value:
+        return "-"
+    return f"{value['value']:+.{digits}f} [{value['low']:+.{digits}f}, {value['high']:+.{digits}f}]"
+
+
+def information_rows(ev: dict) -> list[dict]:
+    """What location and content explain of each model's val labels, in bits per pixel."""
+    rows = []
+    for key, who in (("information", "trained on real pairs"), ("shuffled_information", "shuffled-pair control"),
+                     ("noise_information", "real-trained, fed noise")):
+        info = ev.get(key)
+        if info:
+            rows.append({"who": who, "entropy": info["entropy"]["value"], "location": info["location"]["value"],
+                         "content": _interval(info["content"], 3), "remaining": info["remaining"]["value"],
+                         "share": info["content_share"]})
+    return rows
+
+
+def curve_rows(ev: dict) -> list[dict]:
+    """The learning curve as table rows, each number with its 95% interval."""
+    stages = {s["step"]: s["verdict"] for s in (ev.get("budget") or {}).get("stages", [])}
+    return [{"step": p["step"], "miou": p["miou"], "content": _interval(p["content"], 3),
+             "versus": _interval(p.get("versus_shuffled"), 3), "verdict": stages.get(p["step"], "")}
+            for p in ev.get("curve") or []]
 
 
 def _split_lines(split: dict | None) -> list[str]:

@@ -2,14 +2,21 @@
 
 Every step is a run in the table sharing one `diagnose_id`; the verdict and the gate's
 decision are stored in a final record (`phase=gate`, run id = diagnose id) that
-`segaudit retrain --from-gate ID` follows.
+`segaudit retrain --from-gate ID` follows. The rules live in `segaudit.verdict`; the
+numbers they read come from `segaudit.evidence`.
+
+The baseline and the shuffled-pair control train side by side. With `train.iters=auto`
+(the command's default) they train in stages, doubling from `diagnose.first_iters` up to
+`diagnose.max_iters`, each stage resumed from the last one's checkpoint under one
+learning-rate schedule (nothing is trained twice), until the verdict is decisive. With a
+number, they train that many steps and are evaluated half-way too, for the learning curve.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -21,128 +28,48 @@ from segaudit.consistency import consistency_lines, split_consistency
 from segaudit.console import console
 from segaudit.data import list_samples, prepare_dataset
 from segaudit.data.check import preflight
-from segaudit.engine import check_train_settings, train
+from segaudit.engine import check_train_settings, check_whole, end_paused_run, train
+from segaudit.errors import ConfigError
+from segaudit.evidence import Bootstrap, diagnose_evidence
+from segaudit.information import PER_IMAGE_FILE, PerImage, load_per_image
 from segaudit.losses import IMPLEMENTED_TIERS
 from segaudit.pictures import diagnose_plots
 from segaudit.prior import run_prior
 from segaudit.suspects import check_suspects_settings, find_suspects, summary_line
 from segaudit.trackers import publish
-
-HEALTHY, PIPELINE_FAULT, SPATIAL_SHORTCUT = "HEALTHY", "PIPELINE_FAULT", "SPATIAL_SHORTCUT"
-EXIT_CODES = {HEALTHY: 0, PIPELINE_FAULT: 1, SPATIAL_SHORTCUT: 1}
-
-NEXT_CHECKS = [
-    "every image has its own mask (same scene), sizes match, label ids are in range",
-    "look at image/mask pairs side by side after your dataloader (not on disk): same scene?",
-    "sort order: are image and mask lists sorted the same way (e.g. 10.png before 2.png)?",
-    "augmentations: does every geometric transform (crop, flip, resize) hit the mask too?",
-    "label ids: are raw ids mapped to train ids (e.g. Cityscapes labelIds -> trainIds)?",
-    "masks resized with nearest-neighbour, never bilinear",
-]
+from segaudit.verdict import (DECISIVE, NEXT_CHECKS, PIPELINE_FAULT, Evidence, decide, next_steps,
+                              verdict)
 
 
 @dataclass
-class Evidence:
-    """The numbers behind a verdict (mIoU in percent; None when a step did not run)."""
+class Budget:
+    """How long the diagnose's models train: stop points `stages` (the last is the most a
+    diagnose spends) under one schedule of `schedule` steps."""
 
-    prior: float
-    real: float
-    majority: float | None = None
-    real_on_noise: float | None = None
-    shuffled: float | None = None
-    noise_trained: float | None = None
-    tier1: float | None = None
-    suspect_share: float | None = None  # % of training pairs the pair scoring flagged
-    suspect_flagged: int | None = None
-    suspect_pairs: int | None = None
-    suspect_val_share: float | None = None  # ... of val pairs: how often the same models flag a clean pair
-    notes: list[str] = field(default_factory=list)
+    auto: bool
+    stages: list[int]
+    schedule: int
 
 
-def _no_better_than(real: float, reference: float, name: str, margin: float) -> str:
-    """Why a real-trained mIoU counts as no better than a reference that never saw content."""
-    if real >= reference - margin:
-        return f"real-trained mIoU {real:.1f} is within {margin:g} points of the {name} {reference:.1f}"
-    return (f"real-trained mIoU {real:.1f} is {reference - real:.1f} points below the {name} "
-            f"{reference:.1f}: usually train and val labels disagree (layout, label ids), the "
-            f"train-time augmentation breaks a fixed layout, or training did not converge")
+def plan_budget(cfg: DictConfig) -> Budget:
+    """The stages of `train.iters=auto` (doubling from `diagnose.first_iters` up to
+    `diagnose.max_iters`), or the one stage of a fixed `train.iters`.
 
-
-def verdict(ev: Evidence, gate: DictConfig) -> tuple[str, list[str]]:
-    """PIPELINE_FAULT, SPATIAL_SHORTCUT or HEALTHY, with the reasons that decided it.
-
-    PIPELINE_FAULT wins: if the real-trained model is no better than a predictor that
-    never sees the image (the prior) or than a model fed mismatched images, the model is
-    not receiving image content aligned with its labels, and no loss can fix that. A
-    partial break counts too: the cross-fitted pair scoring (`segaudit.suspects`) flags more
-    than `gate.suspects_max_share` percent of the training pairs beyond the share it flags
-    among the val pairs (scored by the same models, so weak fold models that flag clean
-    pairs do not read as a fault).
+    Raises:
+        ConfigError: a budget no diagnose can run.
     """
-    margin = float(gate.fault_margin)
-    faults = []
-    for reference, name in ((ev.prior, "analytic prior"), (ev.shuffled, "shuffled-pairing model")):
-        if reference is not None and ev.real - reference <= margin:
-            faults.append(_no_better_than(ev.real, reference, name, margin))
-    limit = gate.get("suspects_max_share")
-    excess = None if ev.suspect_share is None else ev.suspect_share - (ev.suspect_val_share or 0.0)
-    if excess is not None and limit is not None and excess > float(limit):
-        val = f" (val pairs: {ev.suspect_val_share:.1f}%)" if ev.suspect_val_share else ""
-        faults.append(f"{ev.suspect_flagged} of {ev.suspect_pairs} training pairs ({ev.suspect_share:.1f}%) "
-                      f"look misaligned{val}, more than {float(limit):g}% over val: the model learns "
-                      f"from the rest, and these pairs teach it wrong labels")
-    if faults:
-        return PIPELINE_FAULT, faults
-    shortcuts = []
-    # With noise training skipped, the prior stands in for it: it is what that model learns.
-    noise_input = ev.noise_trained if ev.noise_trained is not None else ev.prior
-    source = "noise-trained" if ev.noise_trained is not None else "analytic prior (noise-trained stand-in)"
-    if gate.shortcut_ratio is not None and noise_input > float(gate.shortcut_ratio) * ev.real:
-        shortcuts.append(f"{source} mIoU {noise_input:.1f} > {gate.shortcut_ratio:g} x real "
-                         f"{ev.real:.1f}")
-    if ev.real_on_noise is not None:
-        if gate.noise_eval_max is not None and ev.real_on_noise >= float(gate.noise_eval_max):
-            shortcuts.append(f"real-trained model scores {ev.real_on_noise:.1f} on noise input "
-                             f"(>= {gate.noise_eval_max:g})")
-        ratio = gate.get("noise_eval_ratio")
-        if ratio is not None and ev.real_on_noise > float(ratio) * ev.real:
-            shortcuts.append(f"real-trained model keeps {ev.real_on_noise:.1f} of its {ev.real:.1f} "
-                             f"mIoU on noise input (> {ratio:g} x)")
-    if shortcuts:
-        return SPATIAL_SHORTCUT, shortcuts
-    healthy = [f"real-trained mIoU {ev.real:.1f} is {ev.real - ev.prior:+.1f} points over the "
-               f"analytic prior {ev.prior:.1f}"]
-    if ev.shuffled is not None:
-        healthy.append(f"and {ev.real - ev.shuffled:+.1f} over the shuffled-pairing model: the "
-                       f"model reads image content aligned with its labels")
-    return HEALTHY, healthy
-
-
-def decide(ev: Evidence, gate: DictConfig) -> tuple[str, str]:
-    """The decision gate: phase `2A`, `2B`, `inconclusive`, or `pending` (no tier-1 run).
-
-    `absolute` (gate=seed) applies the investigation's numbers to tier-1 mIoU directly.
-    `relative` (default) places tier-1 on the scale t = (tier1 - prior) / (baseline - prior)
-    (0 = the prior, 1 = the baseline); with the investigation's numbers (baseline 40,
-    prior ~32) its 30/35 thresholds are t = -0.25 / 0.375, and "stays at 40+" is t >= 1.0,
-    which the default preset relaxes to 0.9 so that seed noise does not decide it.
-    """
-    if ev.tier1 is None:
-        return "pending", "no tier-1 diagnostic run to compare with the baseline"
-    rule = gate.decision
-    if rule.rule == "absolute":
-        value, unit = ev.tier1, ""
-    else:
-        gain = ev.real - ev.prior
-        if gain <= 0:
-            return "inconclusive", "the baseline does not beat the analytic prior: fix the data first"
-        value, unit = (ev.tier1 - ev.prior) / gain, "t="
-    lo, hi = (float(v) for v in rule.phase_2a)
-    if lo <= value <= hi:
-        return "2A", f"tier-1 at {unit}{value:.2f} within [{lo:g}, {hi:g}]: retrain with tier 1"
-    if value >= float(rule.phase_2b):
-        return "2B", f"tier-1 at {unit}{value:.2f} >= {rule.phase_2b:g}: retrain with tier 2"
-    return "inconclusive", f"tier-1 at {unit}{value:.2f} outside both ranges"
+    iters = cfg.train.iters
+    if iters != "auto":
+        check_whole(iters, "train.iters", 1)
+        return Budget(False, [iters], iters)
+    first = check_whole(cfg.diagnose.first_iters, "diagnose.first_iters", 1)
+    cap = check_whole(cfg.diagnose.max_iters, "diagnose.max_iters", first)
+    stages = [first]
+    while stages[-1] * 2 <= cap:
+        stages.append(stages[-1] * 2)
+    if stages[-1] != cap:
+        stages.append(cap)
+    return Budget(True, stages, cap)
 
 
 def _step_cfg(cfg: DictConfig, strategy: str, train_on: str, eval_on: str, **extra) -> DictConfig:
@@ -157,17 +84,125 @@ def _step_cfg(cfg: DictConfig, strategy: str, train_on: str, eval_on: str, **ext
     return step
 
 
-def _refuse_early(cfg: DictConfig) -> None:
-    """Every refusal comes before the first step writes anything: bad training settings,
-    and a diagnose id that is unsafe or taken (it names the gate record written last)."""
+def _refuse_early(cfg: DictConfig) -> Budget:
+    """Every refusal comes before the first step writes anything: the budget, bad training
+    settings, and a diagnose id that is unsafe or taken (it names the gate record written
+    last)."""
+    budget = plan_budget(cfg)
+    cfg.train.iters = budget.schedule
     check_train_settings(cfg)
     if cfg.diagnose.suspects:
         check_suspects_settings(cfg)
     if cfg.run_id is not None:
         runs.check_new_run_id(runs.runs_root(cfg), str(cfg.run_id))
+    return budget
 
 
-def _tier1_step(cfg: DictConfig, command: str, steps: dict, ev: Evidence) -> None:
+class StagedRun:
+    """One model a diagnose trains in stages: the first `advance` starts the run, later
+    ones resume it to the next stop."""
+
+    def __init__(self, cfg: DictConfig, command: str):
+        self.cfg, self.command = cfg, command
+        self.record: dict | None = None
+
+    def advance(self, stop: int) -> dict:
+        cfg = self.cfg
+        if self.record is not None:
+            cfg = self.cfg.copy()
+            cfg.resume = self.record["run_id"]
+        self.record = train(cfg, self.command, stop_at=stop)
+        return self.record
+
+    def per_image(self, stems: list[str]) -> dict[str, PerImage]:
+        """Its per-image scores of every evaluation so far, checked to be of `stems`' images."""
+        entries, own = load_per_image(runs.runs_root(self.cfg) / self.record["run_id"] / PER_IMAGE_FILE)
+        if own != stems:
+            raise ConfigError(f"run {self.record['run_id']}: its val images differ from the prior's "
+                              f"(the dataset changed during the diagnose?)")
+        return entries
+
+    def end(self, why: str) -> None:
+        """Mark the run completed where it stopped (when it stopped before its schedule's end)."""
+        if self.record is not None and self.record["status"] == "paused":
+            self.record = end_paused_run(runs.runs_root(self.cfg) / self.record["run_id"], why)
+
+
+def _by_step(entries: dict[str, PerImage], condition: str) -> dict[int, PerImage]:
+    return {int(key.split("/", 1)[0]): value for key, value in entries.items()
+            if key.split("/", 1)[1] == condition}
+
+
+def _reference(prior: dict, cfg: DictConfig) -> dict[str, PerImage]:
+    entries, stems = load_per_image(runs.runs_root(cfg) / prior["run_id"] / PER_IMAGE_FILE)
+    return {"location": entries["0/location"], "global": entries["0/global"], "stems": stems}
+
+
+def _stage_evidence(prior: dict, reference: dict, baseline: StagedRun,
+                    shuffled: StagedRun, boot: Bootstrap) -> Evidence:
+    """The evidence after one stage: mIoU of the prior and both models, and the
+    information evidence of `segaudit.evidence` at the stage's step."""
+    base, shuf = baseline.record, shuffled.record
+    base_images = baseline.per_image(reference["stems"])
+    ev = Evidence(prior=prior["metrics"]["miou"], majority=prior["prior"]["majority"]["miou"],
+                  real=base["metrics"]["miou"], real_on_noise=base["metrics_by_condition"]["noise"]["miou"],
+                  shuffled=shuf["metrics"]["miou"], step=int(base["step"]))
+    found = diagnose_evidence(reference["location"], reference["global"], _by_step(base_images, "real"),
+                              _by_step(shuffled.per_image(reference["stems"]), "real"),
+                              _by_step(base_images, "noise"),
+                              ev.step, boot)
+    for key, value in found.items():
+        setattr(ev, key, value)
+    return ev
+
+
+def _train_side_by_side(cfg: DictConfig, command: str, prior: dict, budget: Budget,
+                        steps: dict) -> tuple[Evidence, StagedRun]:
+    """Baseline (evaluated on real and noise) and shuffled-pair control, stage by stage,
+    until the verdict is decisive or the budget is spent."""
+    # Half-way through the first stage (auto) or at a quarter and half of a fixed budget:
+    # the first verdict already sees where the curve is going.
+    eval_at = [budget.stages[0] // 2] if budget.auto else [budget.schedule // 4, budget.schedule // 2]
+    eval_at = sorted(set(eval_at) - {0})
+    baseline = StagedRun(_step_cfg(cfg, "baseline", "real", "real", eval_also=["noise"]), command)
+    shuffled = StagedRun(_step_cfg(cfg, "shuffled-pairing", "shuffled", "real"), command)
+    for run in (baseline, shuffled):
+        run.cfg.train.eval_at = sorted({*run.cfg.train.eval_at, *eval_at})
+    reference = _reference(prior, cfg)
+    boot = Bootstrap(len(reference["stems"]), int(cfg.gate.evidence.draws), float(cfg.gate.evidence.confidence))
+    stages = []
+    for stop in budget.stages:
+        baseline.advance(stop)
+        shuffled.advance(stop)
+        steps["baseline"], steps["shuffled"] = baseline.record["run_id"], shuffled.record["run_id"]
+        ev = _stage_evidence(prior, reference, baseline, shuffled, boot)
+        name, reasons = verdict(ev, cfg.gate)
+        stages.append({"step": stop, "verdict": name, "reason": reasons[0]})
+        console.print(f"[bold]step {stop}[/]: {name} - {reasons[0]}", highlight=False)
+        if name in DECISIVE:
+            break
+    spent = stages[-1]["step"]
+    why = (f"the evidence decided ({stages[-1]['verdict']})" if stages[-1]["verdict"] in DECISIVE
+           else "the budget's last stage")
+    for run in (baseline, shuffled):
+        run.end(why)
+    ev.budget = {"mode": "auto" if budget.auto else "fixed", "schedule": budget.schedule,
+                 "step": spent, "stages": stages,
+                 "stopped": "decisive" if stages[-1]["verdict"] in DECISIVE else
+                            "cap" if budget.auto else "fixed"}
+    return ev, baseline
+
+
+def _later_step(cfg: DictConfig, command: str, strategy: str, train_on: str, eval_on: str,
+                stop: int, **extra) -> dict:
+    """A step trained after the verdict, under the same schedule and stop as the baseline."""
+    run = StagedRun(_step_cfg(cfg, strategy, train_on, eval_on, **extra), command)
+    run.advance(stop)
+    run.end("the baseline's stop")
+    return run.record
+
+
+def _tier1_step(cfg: DictConfig, command: str, steps: dict, ev: Evidence, stop: int) -> None:
     """Train the tier-1 diagnostic the decision gate compares with the baseline."""
     if not cfg.diagnose.tier1:
         ev.notes.append("tier-1 diagnostic skipped (diagnose.tier1=false)")
@@ -175,20 +210,22 @@ def _tier1_step(cfg: DictConfig, command: str, steps: dict, ev: Evidence) -> Non
     if 1 not in IMPLEMENTED_TIERS:
         ev.notes.append("tier-1 diagnostic skipped: loss tier 1 is not available in this version")
         return
-    tier1_cfg = _step_cfg(cfg, "tier1", "real", "real", loss=load_group_option("loss", "tier1"),
-                          eval_also=["noise"])
+    tier1_cfg = cfg.copy()
     tier1_cfg.choices.loss = "tier1"
-    tier1 = train(tier1_cfg, command)
+    tier1 = _later_step(tier1_cfg, command, "tier1", "real", "real", stop,
+                        loss=load_group_option("loss", "tier1"), eval_also=["noise"])
     steps["tier1"] = tier1["run_id"]
     ev.tier1 = tier1["metrics"]["miou"]
 
 
-def _pair_scoring(cfg: DictConfig, command: str, steps: dict, ev: Evidence) -> None:
+def _pair_scoring(cfg: DictConfig, command: str, steps: dict, ev: Evidence, stop: int) -> None:
     """Run `segaudit suspects` as a step and put its share of flagged training pairs in `ev`."""
     if not cfg.diagnose.suspects:
         ev.notes.append("pair scoring skipped (--no-suspects): a partial pairing fault can read HEALTHY")
         return
-    found = find_suspects(_step_cfg(cfg, "suspects", "real", "real"), command)
+    step_cfg = _step_cfg(cfg, "suspects", "real", "real")
+    step_cfg.train.iters = stop  # about one baseline's training over all folds
+    found = find_suspects(step_cfg, command)
     steps["suspects"] = found["run_id"]
     train_pairs = found["suspects"]["train"]
     ev.suspect_share, ev.suspect_flagged, ev.suspect_pairs = (
@@ -206,17 +243,33 @@ def _classes_block(cfg: DictConfig, split: dict, prior: dict, baseline: dict) ->
     return {"rows": frame.to_dict(orient="records"), "line": content_line(frame, cfg.gate.classes)}
 
 
+def _cost(root: Path, steps: dict) -> dict:
+    """Training seconds of every step (the suspects step counts its fold models), in all
+    and over the baseline's own: the diagnose's cost in baseline-training equivalents."""
+    seconds = {}
+    for name, run_id in steps.items():
+        record = runs.read_record(root / run_id)
+        folds = record.get("steps", {}).get("folds", []) if name == "suspects" else []
+        seconds[name] = sum(runs.read_record(root / f)["timings"]["train_s"] for f in folds) \
+            if folds else record["timings"]["train_s"]
+    base = seconds.get("baseline") or 0.0
+    return {"train_s": sum(seconds.values()),
+            "baseline_equivalents": sum(seconds.values()) / base if base > 0 else None}
+
+
 def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> dict:
     """Run phase 1 and return the gate record (verdict, decision, evidence, step run ids).
 
-    Steps: data preflight (`segaudit data check`; bad input exits before any training); analytic prior; baseline (tier 0, real images, evaluated on real
-    and noise); shuffled-pairing training; noise training (`diagnose.noise_train`); tier-1
-    diagnostic (when loss tier 1 exists); verdict and decision gate. With `plots`, the
-    prior heatmaps, the evidence bars, the learning curves and the baseline's sample grid
-    are written there as PNGs.
+    Steps: data preflight (`segaudit data check`; bad input exits before any training);
+    analytic prior; baseline (tier 0, real images, evaluated on real and noise) and the
+    shuffled-pairing control, in stages until the verdict is decisive; then at the
+    baseline's step: noise training (`diagnose.noise_train`), the tier-1 diagnostic (when
+    loss tier 1 exists) and the pair scoring; verdict and decision gate. With `plots`,
+    the prior heatmaps, the evidence bars, the learning curves and the baseline's sample
+    grid are written there as PNGs.
     """
     cfg = cfg.copy()
-    _refuse_early(cfg)
+    budget = _refuse_early(cfg)
     diagnose_id = str(cfg.run_id) if cfg.run_id is not None else (
         f"{dt.datetime.now(dt.timezone.utc):%y%m%d-%H%M%S}-diagnose-{secrets.token_hex(2)}")
     cfg.diagnose_id = diagnose_id
@@ -231,8 +284,10 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
         say(f"[yellow]skipping {sum(map(len, skipped.values()))} bad pair(s):[/] "
             + ", ".join(f"{split}/{stem}" for split, stems in skipped.items() for stem in stems[:5]))
     counts = {split: len(list_samples(cfg.dataset, split)) for split in ("train", "val")}
+    plan = (f"in stages {', '.join(map(str, budget.stages))} until the evidence decides" if budget.auto
+            else f"{budget.schedule} iters")
     say(f"[bold]diagnose {diagnose_id}[/]: {cfg.dataset.name} ({counts['train']} train / "
-        f"{counts['val']} val), {cfg.choices.model}/{cfg.model.encoder}, {cfg.train.iters} iters")
+        f"{counts['val']} val), {cfg.choices.model}/{cfg.model.encoder}, {plan}")
     # b. Analytic prior.
     prior = run_prior(cfg, command)
     say(f"analytic prior: mIoU {prior['metrics']['miou']:.2f} "
@@ -241,41 +296,37 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
     split = split_consistency(cfg.dataset, cfg.gate.split)
     if not split["consistent"]:
         say("[yellow]" + "\n".join(consistency_lines(split)) + "[/]")
-    # c. Baseline on real images, evaluated on real and on noise.
-    baseline = train(_step_cfg(cfg, "baseline", "real", "real", eval_also=["noise"]), command)
-    steps["baseline"] = baseline["run_id"]
-    ev = Evidence(prior=prior["metrics"]["miou"], majority=prior["prior"]["majority"]["miou"],
-                  real=baseline["metrics"]["miou"],
-                  real_on_noise=baseline["metrics_by_condition"]["noise"]["miou"])
-    # d. Shuffled pairing: the pipeline-fault reference.
-    shuffled = train(_step_cfg(cfg, "shuffled-pairing", "shuffled", "real"), command)
-    steps["shuffled"] = shuffled["run_id"]
-    ev.shuffled = shuffled["metrics"]["miou"]
-    # e. Noise training: the investigation's sanity test (the prior predicts its result).
+    # c. Baseline and shuffled-pairing control, side by side, stage by stage.
+    ev, baseline = _train_side_by_side(cfg, command, prior, budget, steps)
+    stop = ev.budget["step"]
+    # d. Noise training: the investigation's sanity test (the prior predicts its result).
     if cfg.diagnose.noise_train:
-        noise = train(_step_cfg(cfg, "noise-input", "noise", "noise"), command)
+        noise = _later_step(cfg, command, "noise-input", "noise", "noise", stop)
         steps["noise"] = noise["run_id"]
         ev.noise_trained = noise["metrics"]["miou"]
     else:
         ev.notes.append("noise training skipped (--no-noise-train); the analytic prior stands in")
-    # f. Tier-1 diagnostic for the decision gate.
-    _tier1_step(cfg, command, steps, ev)
-    # g. Pair scoring: which training pairs look misaligned (cross-fitted models).
-    _pair_scoring(cfg, command, steps, ev)
-    # h. Verdict and decision gate.
+    # e. Tier-1 diagnostic for the decision gate.
+    _tier1_step(cfg, command, steps, ev, stop)
+    # f. Pair scoring: which training pairs look misaligned (cross-fitted models).
+    _pair_scoring(cfg, command, steps, ev, stop)
+    # g. Verdict and decision gate.
     name, reasons = verdict(ev, cfg.gate)
-    decision, why = decide(ev, cfg.gate)
+    decision, why = decide(ev, cfg.gate, name)
+    ev.budget.update(_cost(runs.runs_root(cfg), steps))
     for note in ev.notes:
         say(f"[yellow]note:[/] {note}")
     gcfg = cfg.copy()
     gcfg.phase, gcfg.strategy, gcfg.run_id = "gate", "diagnose", diagnose_id
+    gcfg.train.iters = stop  # what a later `segaudit suspects --diagnose` cross-fits with
     folder, record = runs.open_run(
         gcfg, command, model=cfg.choices.model, encoder=cfg.model.encoder,
-        status="completed", metrics=baseline["metrics"], finished_at=runs.now(),
+        status="completed", metrics=baseline.record["metrics"], finished_at=runs.now(),
         verdict=name, reasons=reasons, evidence=asdict(ev), steps=steps, split=split,
-        classes=_classes_block(cfg, split, prior, baseline),
-        gate={"preset": cfg.gate.name, "decision": decision, "why": why,
-              "next_checks": NEXT_CHECKS if name == PIPELINE_FAULT else []},
+        classes=_classes_block(cfg, split, prior, baseline.record), step=stop, iters=budget.schedule,
+        gate={"preset": cfg.gate.name, "rule": cfg.gate.get("rule", "evidence"), "decision": decision,
+              "why": why, "next_checks": NEXT_CHECKS if name == PIPELINE_FAULT else [],
+              "next_steps": next_steps(ev, name, cfg.gate, diagnose_id)},
     )
     runs.write_record(folder, record)
     if plots is not None:

@@ -24,6 +24,7 @@ from segaudit.inference import build_inference
 from segaudit.plots import (
     class_bars,
     evidence_bars,
+    evidence_curve,
     learning_curves,
     miou_by_condition,
     prior_heatmaps,
@@ -66,9 +67,9 @@ def prior_pictures(cfg: DictConfig, record: runs.RunRecord, out_dir: Path) -> li
 
 def diagnose_pictures(runs_root: Path, record: runs.RunRecord, out_dir: Path, device: torch.device,
                       dtype: torch.dtype | None = None) -> list[Path]:
-    """A diagnose's evidence bars and the sample grid of its baseline model (when the
-    baseline's checkpoint is still there)."""
-    written = evidence_bars(record, out_dir)
+    """A diagnose's evidence bars, its learning curve with intervals, and the sample grid
+    of its baseline model (when the baseline's checkpoint is still there)."""
+    written = evidence_bars(record, out_dir) + evidence_curve(record, out_dir)
     baseline = (record.get("steps") or {}).get("baseline")
     ckpt_path = Path(runs_root).expanduser() / str(baseline) / runs.CHECKPOINT
     if baseline and ckpt_path.is_file():

@@ -211,6 +211,60 @@ def evidence_bars(record: dict, out_dir: Path) -> list[Path]:
     return [path]
 
 
+def _band(ax, steps, points, color, label):
+    """A line with its interval as a shaded band (points: {value, low, high} dicts)."""
+    shown = [(s, p) for s, p in zip(steps, points) if p]
+    if not shown:
+        return
+    xs = [s for s, _ in shown]
+    ax.plot(xs, [p["value"] for _, p in shown], marker="o", color=color, label=label)
+    ax.fill_between(xs, [p["low"] for _, p in shown], [p["high"] for _, p in shown], color=color, alpha=0.2)
+
+
+def evidence_curve(record: dict, out_dir: Path) -> list[Path]:
+    """A diagnose's learning curve with 95% intervals: mIoU of the baseline and of the
+    shuffled-pair control against the prior (left), and in bits per pixel the baseline's
+    content information and its advantage over the control (right), each stage's verdict
+    written under its step. Nothing when the diagnose has no curve (older records)."""
+    ev = record["evidence"]
+    curve = ev.get("curve") or []
+    if not curve:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = [p["step"] for p in curve]
+    fig, (miou_ax, bits_ax) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    _band(miou_ax, steps, [p["miou"] for p in curve], "#4c72b0", "baseline (real pairs)")
+    _band(miou_ax, steps, [p.get("shuffled_miou") for p in curve], "#c44e52", "shuffled-pair control")
+    miou_ax.axhline(ev["prior"], color="black", linestyle="--", label=f"analytic prior {ev['prior']:.1f}")
+    miou_ax.set(title="validation mIoU", xlabel="training step", ylabel="mIoU (%)")
+    _band(bits_ax, steps, [p["content"] for p in curve], "#4c72b0", "content information (vs prior)")
+    _band(bits_ax, steps, [p.get("versus_shuffled") for p in curve], "#55a868", "advantage over the control")
+    bits_ax.axhline(0.0, color="black", linestyle="--", linewidth=1)
+    bits_ax.set(xlabel="training step", ylabel="bits per pixel")
+    bits_ax.set_title("information from the image", pad=14)
+    for ax in (miou_ax, bits_ax):
+        if len(steps) > 1 and steps[-1] / max(steps[0], 1) >= 4:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(steps, [str(s) for s in steps], fontsize=7)
+        ax.minorticks_off()
+        ax.legend(fontsize=7)
+    stages = {s["step"]: s["verdict"] for s in (ev.get("budget") or {}).get("stages", [])}
+    colours = {"HEALTHY": "#1a7f37", "PIPELINE_FAULT": "#cf222e", "SPATIAL_SHORTCUT": "#9a6700",
+               "INCONCLUSIVE": "#0550ae"}
+    for step in steps:
+        if step in stages:  # each stage's verdict along the top
+            bits_ax.annotate(stages[step].replace("_", " ").lower(), (step, 1.0), xycoords=("data", "axes fraction"),
+                             xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                             color=colours.get(stages[step], "black"), annotation_clip=False)
+    fig.suptitle(f"diagnose {record['run_id']}: {record['verdict']} (95% intervals over val images)", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / f"curve_{record['run_id']}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
+
+
 def class_bars(frame, path: Path, run_id: str) -> Path:
     """Per-class IoU of the prior, the model on real images and on noise input, side by
     side: a class whose real bar does not rise above its prior bar is read from location."""

@@ -29,6 +29,7 @@ from segaudit.config import load_group_option
 from segaudit.data import build_dataset, eval_loader, prepare_dataset
 from segaudit.data.conditions import DeviceImages
 from segaudit.errors import ConfigError, DataError, first_line
+from segaudit.information import label_scores, stack_rows
 from segaudit.metrics import AgreementMatrix, ConfusionMatrix
 
 MANIFEST = "manifest.json"
@@ -124,6 +125,7 @@ def score_predictions(cfg: DictConfig, folder: Path, command: str = "") -> dict:
                "shuffled": ConfusionMatrix(num_classes, ignore_index)}
     # Only the labels are needed: a device condition skips decoding the (full-size) images.
     val = build_dataset(dcfg, "val", train=False, condition=load_group_option("condition", "blank"))
+    rows = {name: [] for name in CONDITIONS}  # per image: labels only, so no log-likelihood
     for sample, (_, mask) in zip(val.samples, val):
         size = tuple(mask.shape[-2:])
         read = {name: _read_prediction(folder / name / f"{sample.stem}.png", size)[None]
@@ -133,7 +135,10 @@ def score_predictions(cfg: DictConfig, folder: Path, command: str = "") -> dict:
         metrics["noise"].update(read["noise"], target, read["real"])
         metrics["blank"].update(read["blank"], target)
         metrics["shuffled"].update(read["shuffled"], target)
+        for name in CONDITIONS:
+            rows[name].append(label_scores(None, read[name][0].numpy(), mask.numpy(), num_classes, ignore_index))
     results = {name: m.compute() for name, m in metrics.items()}
+    per_image = {name: stack_rows(rows[name]) for name in CONDITIONS}
     trained = TrainedModel(folder, None, 0, None, external_identity(cfg, dcfg, "predictions", folder, None))
     inference = {"mode": "predictions", "source": str(folder)}
-    return finish_audit(cfg, trained, dcfg, torch.device("cpu"), results, inference, command, t0)
+    return finish_audit(cfg, trained, dcfg, torch.device("cpu"), results, inference, command, t0, per_image)

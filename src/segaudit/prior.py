@@ -9,6 +9,12 @@ that do not match their labels, can only learn this map. The global-majority bas
 The reported prior is the one at evaluation resolution, without the train-time random
 rescale/crop/flip (which would blur the map toward the mean; the unaugmented map is the
 stronger input-agnostic predictor, hence the ceiling).
+
+As probabilities, the prior is the reference of the information evidence
+(`segaudit.evidence`): per pixel, the smoothed class frequencies
+(count + a * g) / (n + a), with g the global class frequencies and the pseudo-count a
+chosen by leave-one-out likelihood on the training labels (no val label is looked at).
+Every val image gets its log-likelihood under these frequencies and under g alone.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ from segaudit.data import list_samples, prepare_dataset
 from segaudit.data.folder import read_mask
 from segaudit.data.labels import label_lut
 from segaudit.errors import DataError
+from segaudit.information import PER_IMAGE_FILE, PerImage, label_scores, save_per_image, stack_rows
 from segaudit.metrics import confusion_matrix, summarize
 from segaudit.trackers import publish
 
 PRIOR_FILE = "prior.pt"
+PSEUDO_COUNTS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # leave-one-out picks one
 
 
 @dataclass
@@ -48,6 +56,9 @@ class PriorResult:
     n_train: int
     n_val: int
     seconds: float
+    pseudo_count: float = 1.0  # the smoothing of `location_probabilities`
+    reference: dict[str, PerImage] | None = None  # val images under "location" and "global"
+    val_stems: list[str] | None = None
 
     @property
     def frequencies(self) -> torch.Tensor:
@@ -59,6 +70,48 @@ def frequencies(counts: torch.Tensor) -> torch.Tensor:
     """K x H x W label counts to per-pixel class frequencies (0 where never labelled)."""
     total = counts.sum(0, keepdim=True).clamp(min=1)
     return counts.double().div(total).float()
+
+
+def global_frequencies(counts: torch.Tensor) -> np.ndarray:
+    """The class frequencies over every training pixel, add-one smoothed so that a class
+    never seen in training keeps a small probability (K, sums to 1)."""
+    totals = counts.sum((1, 2)).double().numpy()
+    return (totals + 1.0) / (totals.sum() + len(totals))
+
+
+def leave_one_out_log_likelihood(counts: torch.Tensor, glob: np.ndarray, pseudo_count: float) -> float:
+    """Log-likelihood (nats) of every training label under the smoothed frequencies of
+    the other labels: sum over pixels x and classes k of
+    c_k(x) log((c_k(x) - 1 + a g_k) / (n(x) - 1 + a)). Needs the counts only."""
+    c = counts.double()
+    n = c.sum(0)
+    g = torch.from_numpy(glob).view(-1, 1, 1)
+    seen = c > 0
+    numerator = torch.where(seen, c - 1 + pseudo_count * g, torch.ones_like(c))
+    per_class = (c * (numerator.log() - (n - 1 + pseudo_count).clamp(min=1e-12).log())).where(seen, 0.0)
+    return float(per_class.sum())
+
+
+def choose_pseudo_count(counts: torch.Tensor, glob: np.ndarray) -> float:
+    """The pseudo-count in `PSEUDO_COUNTS` whose smoothing best predicts each training
+    label from the others (leave-one-out likelihood)."""
+    return max(PSEUDO_COUNTS, key=lambda a: leave_one_out_log_likelihood(counts, glob, a))
+
+
+def location_log2_probabilities(counts: torch.Tensor, glob: np.ndarray, pseudo_count: float) -> np.ndarray:
+    """log2 of the smoothed per-pixel class frequencies (c + a g) / (n + a), K x H x W."""
+    c = counts.double()
+    g = torch.from_numpy(glob).view(-1, 1, 1)
+    probs = (c + pseudo_count * g) / (c.sum(0, keepdim=True) + pseudo_count)
+    return probs.log2().float().numpy()
+
+
+def grid_index(shape: tuple[int, int], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of the `size` grid each pixel of an image of `shape` reads (nearest,
+    pixel centres aligned: torch's `nearest-exact`)."""
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * size[0] / shape[0]).astype(np.int64), size[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * size[1] / shape[1]).astype(np.int64), size[1] - 1)
+    return rows, cols
 
 
 MAX_PRIOR_SIDE = 2048  # Cityscapes stays exact; a 4000x6000 Mapillary frame is counted at 1365x2048
@@ -187,19 +240,40 @@ def score_map(predicted: torch.Tensor, counts: torch.Tensor) -> dict:
     return summarize(cm)
 
 
-def _score_chunk(paths, predicted, majority_class, size, num_classes, ignore_index, label_lut):
-    cm_prior = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+@dataclass
+class _Reference:
+    """What scoring a val label needs: the prior's map and its log2-probabilities."""
+
+    predicted: np.ndarray  # H x W prior map
+    location: np.ndarray  # K x H x W log2 smoothed frequencies
+    glob: np.ndarray  # K log2 global frequencies
+    majority_class: int
+    num_classes: int
+    ignore_index: int
+
+
+def _score_chunk(paths, ref: _Reference, label_lut):
+    """Confusion matrices of the prior map and the majority class over some val labels,
+    and each label's per-image rows (`segaudit.information`) for both as probabilities."""
+    k, ignore = ref.num_classes, ref.ignore_index
+    cm_prior = torch.zeros(k, k, dtype=torch.int64)
     cm_major = torch.zeros_like(cm_prior)
+    rows = []
     for path in paths:
-        target = torch.from_numpy(_load(path, size, label_lut).astype(np.int64))
-        pred = predicted
-        if pred.shape != target.shape:  # each val label is scored at its own size
-            pred = torch.nn.functional.interpolate(
-                predicted[None, None].float(), size=target.shape, mode="nearest-exact")[0, 0].long()
-        cm_prior += confusion_matrix(pred, target, num_classes, ignore_index)
-        cm_major += confusion_matrix(torch.full_like(target, majority_class), target, num_classes,
-                                     ignore_index)
-    return cm_prior, cm_major
+        target = _load(path, None, label_lut)
+        ys, xs = grid_index(target.shape, ref.predicted.shape)  # each label at its own size
+        pred = ref.predicted[np.ix_(ys, xs)]
+        cm_prior += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target.astype(np.int64)), k, ignore)
+        major = np.full_like(pred, ref.majority_class)
+        cm_major += confusion_matrix(torch.from_numpy(major), torch.from_numpy(target.astype(np.int64)), k, ignore)
+        valid = target != ignore
+        labels, (py, px) = target[valid].astype(np.int64), np.nonzero(valid)
+        location = label_scores(None, pred, target, k, ignore)
+        location["nll"] = float(-ref.location[labels, ys[py], xs[px]].astype(np.float64).sum())
+        glob = label_scores(None, major, target, k, ignore)
+        glob["nll"] = float(-ref.glob[labels].astype(np.float64).sum())
+        rows.append((location, glob))
+    return cm_prior, cm_major, rows
 
 
 def analytic_prior(dcfg: DictConfig, workers: int | None = None) -> PriorResult:
@@ -212,25 +286,32 @@ def analytic_prior(dcfg: DictConfig, workers: int | None = None) -> PriorResult:
     workers = workers or min(8, os.cpu_count() or 1)
     num_classes, ignore_index = int(dcfg.num_classes), int(dcfg.ignore_index)
     train = [s.mask for s in list_samples(dcfg, "train")]
-    val = [s.mask for s in list_samples(dcfg, "val")]
+    val_samples = list_samples(dcfg, "val")
+    val = [s.mask for s in val_samples]
     size = eval_size(dcfg, train[0])
     lut = label_lut(dcfg)
     counts = count_labels(train, size, num_classes, ignore_index, workers, lut)
     class_totals = counts.sum((1, 2))
     majority_class = int(class_totals.argmax())
-    predicted = prior_map(counts)
+    glob = global_frequencies(counts)
+    pseudo_count = choose_pseudo_count(counts, glob)
+    ref = _Reference(prior_map(counts).numpy(), location_log2_probabilities(counts, glob, pseudo_count),
+                     np.log2(glob).astype(np.float32), majority_class, num_classes, ignore_index)
     cm_prior = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     cm_major = torch.zeros_like(cm_prior)
+    rows = []
     with ThreadPoolExecutor(max_workers=workers) as pool:  # val labels at their native size
-        jobs = [pool.submit(_score_chunk, c, predicted, majority_class, None, num_classes,
-                            ignore_index, lut) for c in _chunks(val, workers * 4)]
-        for job in jobs:
-            a, b = job.result()
+        jobs = [pool.submit(_score_chunk, c, ref, lut) for c in _chunks(val, workers * 4)]
+        for job in jobs:  # in order: rows line up with the val stems
+            a, b, chunk_rows = job.result()
             cm_prior += a
             cm_major += b
+            rows += chunk_rows
+    reference = {"location": stack_rows([r[0] for r in rows]), "global": stack_rows([r[1] for r in rows])}
     return PriorResult(counts=counts, per_pixel=summarize(cm_prior), majority=summarize(cm_major),
                        majority_class=majority_class, size=size, n_train=len(train),
-                       n_val=len(val), seconds=time.perf_counter() - t0)
+                       n_val=len(val), seconds=time.perf_counter() - t0, pseudo_count=pseudo_count,
+                       reference=reference, val_stems=[s.stem for s in val_samples])
 
 
 def run_prior(cfg: DictConfig, command: str = "") -> dict:
@@ -251,12 +332,16 @@ def run_prior(cfg: DictConfig, command: str = "") -> dict:
                "majority_class_name": cfg.dataset.class_names[result.majority_class],
                "majority": result.majority, "per_pixel": result.per_pixel,
                "reported": "per-pixel argmax at evaluation resolution, no augmentation",
-               "labels_per_s": result.n_train / max(result.seconds, 1e-9)},
+               "labels_per_s": result.n_train / max(result.seconds, 1e-9),
+               "pseudo_count": result.pseudo_count,
+               "nll_bits": {name: ref.bits_per_pixel for name, ref in result.reference.items()}},
         finished_at=runs.now(),
     )
     record["timings"]["total_s"] = result.seconds
     torch.save({"counts": result.counts, "class_names": list(cfg.dataset.class_names)},
                folder / PRIOR_FILE)
+    save_per_image(folder / PER_IMAGE_FILE, {f"0/{name}": ref for name, ref in result.reference.items()},
+                   result.val_stems)
     runs.write_record(folder, record)
     publish(cfg, folder, record)
     return record

@@ -33,7 +33,7 @@ MARKDOWN_COLUMNS = [
 # Caps that keep the terminal table within 100 columns; full values are in --format.
 _MAX_WIDTH = {"run_id": 28, "dataset": 10, "model": 13, "conditions": 15, "strategy": 14}
 _MIN_WIDTH = {"miou": 6, "noise_miou": 6, "macc": 6, "status": 9, "run_id": 22, "gates": 5}
-_STATUS_STYLE = {"completed": "green", "running": "yellow", "failed": "red"}
+_STATUS_STYLE = {"completed": "green", "running": "yellow", "paused": "cyan", "failed": "red"}
 
 
 def filter_table(table: pd.DataFrame, where: list[str]) -> pd.DataFrame:
@@ -184,7 +184,8 @@ def export_frame(frame: pd.DataFrame, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- panels
-_VERDICT_STYLE = {"HEALTHY": "green", "PIPELINE_FAULT": "red", "SPATIAL_SHORTCUT": "yellow"}
+_VERDICT_STYLE = {"HEALTHY": "green", "PIPELINE_FAULT": "red", "SPATIAL_SHORTCUT": "yellow",
+                  "INCONCLUSIVE": "cyan"}
 
 
 def _evidence_table(rows: list[tuple[str, float | None, str]]) -> Table:
@@ -198,17 +199,22 @@ def _evidence_table(rows: list[tuple[str, float | None, str]]) -> Table:
 
 
 def verdict_panel(record: RunRecord) -> Panel:
-    """The diagnose verdict, the decision gate and the evidence table, as one panel."""
+    """The diagnose verdict, the information evidence with its intervals, the learning
+    curve, the budget, the decision gate and the mIoU evidence table, as one panel."""
     ev, gate = record["evidence"], record["gate"]
     rows = _evidence_rows(record)
     style = _VERDICT_STYLE.get(record["verdict"], "white")
     parts = [
         Text.assemble(("verdict: ", "bold"), (record["verdict"], f"bold {style}")),
         *[Text(f"  - {reason}") for reason in record["reasons"]],
-        Text(f"content gain (real - prior): {ev['real'] - ev['prior']:+.2f} points"),
+        *_information_texts(ev),
+        Text(f"content gain (real - prior): {ev['real'] - ev['prior']:+.2f} points"
+             + _interval_suffix(ev, "miou_gain", 1)),
         *([Text(f"classes: {record['classes']['line']}")] if record.get("classes") else []),
         *(consistency_texts(record["split"]) if record.get("split") else []),
         *_suspects_texts(record),
+        *_curve_table(ev),
+        *_budget_texts(ev),
         _evidence_table(rows),
         Text.assemble(("decision gate ", "bold"), (f"({gate['preset']}): ", "dim"),
                       (gate["decision"], "bold"), f" - {gate['why']}"),
@@ -216,10 +222,66 @@ def verdict_panel(record: RunRecord) -> Panel:
     if gate.get("next_checks"):
         parts.append(Text("the fix is in the data pipeline, not the loss. check next:", style="bold"))
         parts += [Text(f"  - {check}") for check in gate["next_checks"]]
+    if gate.get("next_steps"):
+        parts.append(Text("what would decide it, next:", style="bold"))
+        parts += [Text(f"  - {step}") for step in gate["next_steps"]]
     for note in ev.get("notes") or []:
         parts.append(Text(f"note: {note}", style="yellow"))
     return Panel(Group(*parts), title=f"segaudit diagnose {record['run_id']}", border_style=style,
                  expand=False)
+
+
+def _interval_suffix(ev: dict, key: str, digits: int) -> str:
+    value = (ev.get("information") or {}).get(key)
+    return "" if not value else f" [{value['low']:+.{digits}f}, {value['high']:+.{digits}f}], 95% interval"
+
+
+def _information_texts(ev: dict) -> list[Text]:
+    """The bits-per-pixel decomposition of the baseline and of the shuffled-pair control."""
+    texts = []
+    for key, who in (("information", "baseline"), ("shuffled_information", "shuffled-pair control")):
+        info = ev.get(key)
+        if info:
+            texts.append(Text(f"{who}: of {info['entropy']['value']:.2f} bits/pixel, location explains "
+                              f"{info['location']['value']:.2f}, content {_est(info['content'], 3)}, "
+                              f"{info['remaining']['value']:.2f} remain"))
+    return texts
+
+
+def _est(value: dict | None, digits: int = 2) -> str:
+    if not value:
+        return "-"
+    return f"{value['value']:+.{digits}f} [{value['low']:+.{digits}f}, {value['high']:+.{digits}f}]"
+
+
+def _curve_table(ev: dict) -> list[Table]:
+    """The baseline's learning curve: per evaluated step, mIoU, content information and
+    the advantage over the shuffled-pair control, each with its interval."""
+    curve = ev.get("curve") or []
+    if not curve:
+        return []
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold",
+                  title="learning curve (95% intervals over val images)", title_justify="left")
+    for name in ("step", "mIoU", "content bits/pixel", "over control bits/pixel"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for point in curve:
+        miou = point["miou"]
+        table.add_row(str(point["step"]), f"{miou['value']:.1f} [{miou['low']:.1f}, {miou['high']:.1f}]",
+                      _est(point["content"], 3), _est(point.get("versus_shuffled"), 3))
+    return [table]
+
+
+def _budget_texts(ev: dict) -> list[Text]:
+    budget = ev.get("budget")
+    if not budget:
+        return []
+    path = " -> ".join(f"{s['step']} {s['verdict']}" for s in budget["stages"])
+    how = {"decisive": "stopped: the evidence decided", "cap": "stopped: diagnose.max_iters reached",
+           "fixed": "a fixed budget (train.iters)"}[budget["stopped"]]
+    cost = budget.get("baseline_equivalents")
+    cost_text = f"; cost {cost:.1f} baseline trainings" if cost else ""
+    return [Text(f"budget ({budget['mode']}, schedule {budget['schedule']} steps): {path}; {how}{cost_text}",
+                 style="dim")]
 
 
 def _suspects_texts(record: RunRecord) -> list[Text]:
@@ -253,9 +315,24 @@ def _evidence_rows(record: RunRecord) -> list[tuple[str, float | None, str | Non
 
 def evidence_frame(record: RunRecord) -> pd.DataFrame:
     """A diagnose's evidence as a table (for `report --diagnose ID --format json|csv|md`),
-    with the verdict and decision on every row."""
+    with the verdict and decision on every row. Where the information evidence covers a
+    row: the mIoU's 95% interval (`miou_low`, `miou_high`) and the content information in
+    bits per pixel with its interval (`content_bits`, `content_low`, `content_high`)."""
     frame = pd.DataFrame(_evidence_rows(record), columns=["step", "miou", "run_id"])
-    return frame.assign(verdict=record["verdict"], decision=record["gate"]["decision"])
+    ev = record["evidence"]
+    blocks = {2: ev.get("information"), 3: ev.get("noise_information"), 4: ev.get("shuffled_information")}
+    columns = {name: [None] * len(frame) for name in ("miou_low", "miou_high", "content_bits", "content_low",
+                                                      "content_high")}
+    for row, info in blocks.items():
+        if info:
+            columns["miou_low"][row], columns["miou_high"][row] = info["miou"]["low"], info["miou"]["high"]
+            content = info["content"]
+            columns["content_bits"][row], columns["content_low"][row], columns["content_high"][row] = (
+                content["value"], content["low"], content["high"])
+    if ev.get("information"):
+        prior = ev["information"]["prior_miou"]
+        columns["miou_low"][0], columns["miou_high"][0] = prior["low"], prior["high"]
+    return frame.assign(**columns, verdict=record["verdict"], decision=record["gate"]["decision"])
 
 
 def prior_panel(record: RunRecord) -> Panel:
@@ -280,12 +357,19 @@ def prior_panel(record: RunRecord) -> Panel:
 def audit_panel(record: RunRecord) -> Panel:
     """An audit's mIoU per input condition against the prior."""
     block = record["audit"]
+    found = block.get("evidence") or {}
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
     table.add_column("input")
     table.add_column("mIoU", justify="right")
+    if found:
+        table.add_column("95% interval", justify="right")
+        table.add_column("content bits/pixel [95%]", justify="right")
     for name, value in block["miou"].items():
-        table.add_row(name, _cell(value))
-    table.add_row("analytic prior", _cell(block["prior_miou"]))
+        measured = (found.get("inputs") or {}).get(name)
+        extra = [f"[{measured['miou']['low']:.1f}, {measured['miou']['high']:.1f}]", _est(measured["content"], 3)] \
+            if measured else []
+        table.add_row(name, _cell(value), *extra)
+    table.add_row("analytic prior", _cell(block["prior_miou"]), *(["", ""] if found else []))
     lines = [
         Text(f"model {record['model']}/{record['encoder']} from {block['source']}", style="dim"),
         table,

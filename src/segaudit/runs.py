@@ -189,7 +189,7 @@ class RunRecord(TypedDict, total=False):
     tiers: list[int]
     train_condition: str | None
     eval_condition: str | None
-    status: Required[str]  # running | completed | failed
+    status: Required[str]  # running | paused (at a diagnose stage; resumable) | completed | failed
     error: str | None
     step: int
     iters: int
@@ -207,6 +207,7 @@ class RunRecord(TypedDict, total=False):
     world_size: int
     inference: dict  # how the model saw each image (`segaudit.inference`)
     skipped: dict[str, list]  # pairs left out by --skip-bad
+    stopped_early: dict  # diagnose stopped it at a stage: {step, schedule, why}
     plots: list[str]
     audit: AuditBlock
     validate: ValidateBlock

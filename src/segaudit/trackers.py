@@ -29,7 +29,7 @@ from segaudit.console import console
 from segaudit.errors import ConfigError, first_line
 from segaudit.runs import CONFIG, RECORD, RunRecord, runs_root
 
-_METRICS = ("miou", "macc", "aacc")
+_METRICS = ("miou", "macc", "aacc", "nll_bits")
 
 
 class Tracker:
@@ -118,7 +118,7 @@ def train_scalars(entries: list[dict]) -> Iterator[tuple[int, dict[str, float]]]
 
 
 def eval_scalars(entries: list[dict]) -> Iterator[tuple[int, dict[str, float]]]:
-    """`<condition>/miou`, `/macc`, `/aacc` per `history` entry (the evaluation's input)."""
+    """`<condition>/miou`, `/macc`, `/aacc`, `/nll_bits` per `history` entry (the evaluation's input)."""
     for entry in entries:
         yield int(entry["step"]), {f"{entry['condition']}/{key}": float(entry[key])
                                    for key in _METRICS if entry.get(key) is not None}
@@ -134,6 +134,11 @@ def summary_scalars(record: RunRecord) -> dict[str, float]:
                if metrics and metrics.get("miou") is not None}
     values |= {f"evidence/{key}": float(value) for key, value in (record.get("evidence") or {}).items()
                if isinstance(value, int | float) and not isinstance(value, bool)}
+    evidence = record.get("evidence") or {}
+    for key, name in (("information", "content_bits"), ("versus_shuffled", "over_control_bits")):
+        block = (evidence.get(key) or {}).get("content" if key == "information" else "bits")
+        if block and block.get("value") is not None:
+            values[f"evidence/{name}"] = float(block["value"])
     gain = (record.get("audit") or {}).get("content_gain")
     if gain is not None:
         values["audit/content_gain"] = float(gain)

@@ -1,9 +1,20 @@
 """Procedural street scenes: the embedded dataset behind `make demo` and the tests.
 
 Like a real driving dataset, both the location prior (sky on top, road at the bottom
-centre) and the image content (class-typical colour and texture) carry information,
-so a model that reads the image beats the analytic prior by a wide margin, and a
-model that cannot see the image lands on it.
+centre) and the image content carry information, so a model that reads the image beats
+the analytic prior, and a model that cannot see the image lands on it.
+
+Two styles share one scene geometry (the same seed gives the same masks, hence the same
+prior):
+
+- `colour`: every class has its own colour. A model learns content within 100 steps;
+  fast tests and `make demo` use it.
+- `texture`: every class is a grey texture of its own grain (spatial frequency and
+  orientation), drawn with one brightness law for all classes. Content is learnable but
+  slow, as with real photos: at first a model learns mostly the location prior.
+  `content` (0..1) scales how strongly a class's texture stands out from a grain shared
+  by every class: 1 is the hard dataset, about 0.1 leaves content aligned but nearly
+  absent.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from segaudit.errors import DataError
+
 CLASS_NAMES = ["road", "sidewalk", "building", "vegetation", "sky", "car", "person", "pole"]
 CLASS_COLORS = [
     [128, 64, 128],
@@ -32,6 +45,22 @@ CLASS_COLORS = [
 ]
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, CAR, PERSON, POLE = range(8)
 IGNORE_INDEX = 255
+STYLES = ("colour", "texture")
+
+# The texture style's grain per class: (period in pixels at 64 px, orientation in degrees;
+# None = isotropic). Periods and angles pair up so that no single cue (frequency alone,
+# orientation alone) separates every class.
+CLASS_GRAIN = [(3.0, None), (6.0, 45.0), (6.0, 0.0), (9.0, None),
+               (12.0, 90.0), (4.0, 90.0), (4.0, 0.0), (3.0, 135.0)]
+
+
+def check_style(style: str, content: float) -> dict:
+    """`{"style", "content"}` if both are usable (a one-line DataError if not)."""
+    if style not in STYLES:
+        raise DataError(f"style '{style}': choose one of {', '.join(STYLES)}")
+    if isinstance(content, bool) or not isinstance(content, (int, float)) or not 0.0 <= float(content) <= 1.0:
+        raise DataError(f"content {content!r}: expected a number in [0, 1]")
+    return {"style": style, "content": float(content)}
 
 
 @dataclass(frozen=True)
@@ -43,10 +72,21 @@ class SynthSpec:
     size: int = 64
     seed: int = 0
     n_test: int = 0  # a labelled test split (validate's generalization gate)
+    style: str = "colour"  # colour | texture (see the module docstring)
+    content: float = 1.0  # texture style: how strongly class textures stand out (0..1)
+    distinct: tuple[str, ...] | None = None  # texture style: the classes that stand out (None: all)
+
+    def __post_init__(self) -> None:
+        check_style(self.style, self.content)
+        unknown = sorted(set(self.distinct or ()) - set(CLASS_NAMES))
+        if unknown:
+            raise DataError(f"distinct: {unknown[0]!r} is not a class (classes: {', '.join(CLASS_NAMES)})")
 
     def folder_name(self) -> str:
         test = f"-t{self.n_test}" if self.n_test else ""
-        return f"synthetic-v1-n{self.n_train}-{self.n_val}{test}-s{self.size}-seed{self.seed}"
+        style = "" if self.style == "colour" else f"-{self.style}{self.content:g}"
+        style += "" if self.distinct is None else "-only-" + "+".join(sorted(self.distinct))
+        return f"synthetic-v1-n{self.n_train}-{self.n_val}{test}-s{self.size}-seed{self.seed}{style}"
 
 
 def _texture(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
@@ -177,6 +217,67 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     return img.clip(0, 255).astype(np.uint8), mask
 
 
+def _grain(rng: np.random.Generator, shape: tuple[int, int], period: float, angle: float | None) -> np.ndarray:
+    """Band-pass filtered white noise (unit std): a texture of one grain, like a surface
+    photographed rather than painted. The pass band is centred on 1/`period` cycles per
+    pixel and, with an `angle`, on that orientation (of the stripes' normal)."""
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.fftfreq(shape[1])[None, :]
+    radius = np.hypot(fx, fy)
+    centre = 1.0 / period
+    gain = np.exp(-0.5 * ((radius - centre) / (0.25 * centre)) ** 2)
+    if angle is not None:
+        theta = np.deg2rad(angle)
+        along = np.abs(fx * np.cos(theta) + fy * np.sin(theta)) / np.maximum(radius, 1e-9)
+        gain *= along ** 8  # energy near the normal's direction only
+    field = np.fft.ifft2(np.fft.fft2(rng.normal(size=shape)) * gain).real
+    return (field / max(field.std(), 1e-9)).astype(np.float32)
+
+
+def render_texture_image(rng: np.random.Generator, mask: np.ndarray, content: float,
+                         distinct: tuple[str, ...] | None = None) -> np.ndarray:
+    """A grey image for `mask` in the texture style.
+
+    The image is one brightness (uniform 70..185) and one grain shared by every class;
+    `content` mixes in what tells the classes apart: each class region's own brightness
+    offset (one law for all classes: uniform -55..55 per region and image) and its
+    class-specific grain (`CLASS_GRAIN`, periods jittered by 15% and angles by 15 degrees
+    per image). Then the same lighting gradient, global tint and sensor noise everywhere.
+    At `content` 0 the image says nothing about the mask; colour never does. With
+    `distinct` only those classes stand out; every other class wears the shared grain and
+    brightness, so the image tells them apart from nothing.
+    """
+    scale = mask.shape[0] / 64.0  # periods are stated for 64 px high scenes
+    img = np.full(mask.shape, rng.uniform(70, 185), np.float32)
+    shared = _grain(rng, mask.shape, float(rng.uniform(3.0, 12.0)) * scale, None)
+    img += 28.0 * (1.0 - content) * shared
+    for label, (period, angle) in enumerate(CLASS_GRAIN):
+        offset = rng.uniform(-55, 55)
+        jitter_period = period * scale * rng.uniform(0.85, 1.15)
+        jitter_angle = None if angle is None else angle + rng.uniform(-15, 15)
+        grain = _grain(rng, mask.shape, jitter_period, jitter_angle)
+        region = mask == label
+        if distinct is not None and CLASS_NAMES[label] not in distinct:
+            continue  # the draws above still happen: every class keeps its random stream
+        img[region] += content * (offset + 28.0 * grain[region])
+    img[mask == IGNORE_INDEX] = 40.0
+    yy = np.linspace(-1, 1, mask.shape[0], dtype=np.float32)[:, None]
+    img = img * rng.uniform(0.8, 1.15) + rng.uniform(-20, 20) * yy + rng.uniform(-10, 10)
+    img = img[..., None] + rng.uniform(-6, 6, 3).astype(np.float32)  # a global tint, same for all classes
+    img = img + rng.normal(0, 4, img.shape)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def render_styled(spec: SynthSpec, split_id: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scene `index` of a split in `spec`'s style; the mask does not depend on the style."""
+    image, mask = render_scene(np.random.default_rng([spec.seed, split_id, index]), spec.size)
+    if spec.style == "texture":
+        image = render_texture_image(np.random.default_rng([spec.seed, split_id, index, 1]), mask,
+                                     float(spec.content),
+                                     None if spec.distinct is None else tuple(spec.distinct))
+    return image, mask
+
+
 def write_synthetic(out: Path, spec: SynthSpec) -> Path:
     """Write the dataset in the folder layout `dataset=folder` reads.
 
@@ -193,8 +294,7 @@ def write_synthetic(out: Path, spec: SynthSpec) -> Path:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "masks" / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            rng = np.random.default_rng([spec.seed, split_id, i])
-            image, mask = render_scene(rng, spec.size)
+            image, mask = render_styled(spec, split_id, i)
             stem = f"{split}_{i:05d}"
             Image.fromarray(image).save(out / "images" / split / f"{stem}.png")
             Image.fromarray(mask).save(out / "masks" / split / f"{stem}.png")
@@ -205,7 +305,9 @@ def write_synthetic(out: Path, spec: SynthSpec) -> Path:
         "class_colors": CLASS_COLORS,
         "ignore_index": IGNORE_INDEX,
         "generator": {"n_train": spec.n_train, "n_val": spec.n_val, "n_test": spec.n_test,
-                      "size": spec.size, "seed": spec.seed},
+                      "size": spec.size, "seed": spec.seed, "style": spec.style,
+                      "content": spec.content,
+                      "distinct": None if spec.distinct is None else list(spec.distinct)},
     }
     (out / "dataset.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     return out
@@ -240,32 +342,39 @@ CITYSCAPES_LABEL_IDS = np.zeros(256, np.uint8)
 CITYSCAPES_LABEL_IDS[: len(CLASS_NAMES)] = [7, 8, 11, 21, 23, 26, 24, 17]
 
 
-def render_scene_at(seed: int, height: int, width: int, base: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def render_scene_at(seed: int, height: int, width: int, base: int = 64, style: str = "colour",
+                    content: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """One scene at any (height, width): rendered at `base` px, then resized (bilinear
     image, nearest mask), so a 1024x2048 scene costs a resize, not a large render.
     Sensor noise is added at full size, so the files compress and decode like photos
-    rather than like smooth upscaled drawings."""
+    rather than like smooth upscaled drawings. The texture style draws its grains at
+    full size, on the resized mask."""
     rng = np.random.default_rng(seed)
     image, mask = render_scene(rng, base)
+    mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+    if style == "texture":
+        return render_texture_image(rng, mask, content), mask
     image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR), np.float32)
     image += rng.normal(0.0, 4.0, image.shape).astype(np.float32)
-    mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST))
     return image.clip(0, 255).astype(np.uint8), mask
 
 
 def write_cityscapes_layout(root: Path, per_split: dict[str, int], height: int = 1024,
-                            width: int = 2048, seed: int = 0) -> Path:
+                            width: int = 2048, seed: int = 0, spec: SynthSpec | None = None) -> Path:
     """Scenes in Cityscapes' official layout and size, with raw `*_gtFine_labelIds.png`
     (34-id space), for trying the `cityscapes` preset, its tests and benchmarks.
 
     `per_split` maps a split name to its number of frames; frames alternate between two
-    city folders, as in the real dataset.
+    city folders, as in the real dataset. `spec` gives the style (its counts and size
+    are not used).
     """
+    style, content = (spec.style, float(spec.content)) if spec is not None else ("colour", 1.0)
     for split, count in per_split.items():
         for i in range(count):
             city = ("aachen", "bremen")[i % 2]
             stem = f"{city}_{i:06d}_000019"
-            image, mask = render_scene_at(zlib.crc32(f"{seed}/{split}/{i}".encode()), height, width)
+            image, mask = render_scene_at(zlib.crc32(f"{seed}/{split}/{i}".encode()), height, width,
+                                          style=style, content=content)
             images, masks = root / "leftImg8bit" / split / city, root / "gtFine" / split / city
             images.mkdir(parents=True, exist_ok=True)
             masks.mkdir(parents=True, exist_ok=True)
