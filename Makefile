@@ -52,10 +52,10 @@ demo-fault: $(STAMP) ## diagnose a copy with 30% of its training pairs swapped o
 		echo "suspects exit code: $$? (1 = more than gate.suspects_max_share of the pairs flagged)"
 
 test: $(STAMP) ## the test suite without slow end-to-end tests (< 10 min on 2 cores)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n auto --dist loadfile --no-loadscope-reorder
 
 test-full: $(STAMP) ## every test, slow end-to-end ones included
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 report-check: $(STAMP) ## render an HTML report in headless Chromium (Debian's chromium) and check the screenshot
 	$(BIN)/python -m pytest -q -rs -m slow tests/test_html_report.py

@@ -43,7 +43,8 @@ def bare_loop(cfg, iters: int) -> float:
     loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed),
                         pin_memory=device.type == "cuda")
     model = build_model(cfg.model, int(dataset_cfg.num_classes)).to(device, memory_format=memory_format)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                  fused=bool(cfg.optim.get("fused", False)))
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=iters, power=0.9)
     model.train()
     data = iter(loader)

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from segaudit.data.synthetic import SynthSpec, write_synthetic
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: one thread each, not two each competing.
+    torch.set_num_threads(1)
+
+# The modules that take longest, longest first. `make test` hands whole modules to its
+# workers in collection order (--dist loadfile --no-loadscope-reorder), so that the
+# workers end together instead of one finishing a long module alone.
+SLOWEST_FIRST = ("test_verdicts_hard.py", "test_forensics.py", "test_html_report.py", "test_sources.py",
+                 "test_real_sizes.py", "test_phases.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
 
 
 @pytest.fixture(scope="session")

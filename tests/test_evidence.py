@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from segaudit.evidence import Bootstrap, Estimate, bits, compare, information, miou
+from segaudit.evidence import Bootstrap, Estimate, bits, compare, information, miou, misaligned_share
 from segaudit.information import PerImage
 
 K = 3
@@ -110,3 +110,44 @@ def test_bits_pools_over_resampled_images():
     scores = _with_bits(np.array([1.0, 3.0]), np.array([1, 3]))
     assert bits(scores) == pytest.approx((1 + 9) / 4)
     np.testing.assert_allclose(bits(scores, np.array([[2.0, 0.0], [0.0, 2.0]])), [1.0, 3.0])
+
+
+def _content(per_pixel_gain: np.ndarray, prior_bits: float = 2.0) -> tuple[PerImage, PerImage]:
+    """A model and the prior on the same images, the model `per_pixel_gain` bits/pixel better."""
+    pixels = np.full(len(per_pixel_gain), 1000)
+    return _with_bits(prior_bits - per_pixel_gain, pixels), _with_bits(np.full(len(pixels), prior_bits), pixels)
+
+
+@pytest.mark.parametrize("broken", [0.0, 0.1, 0.3, 0.6])
+def test_misaligned_share_recovers_a_known_mixture(broken):
+    """Training pairs: a share `broken` explained as val masks fed another image's pixels
+    (-0.3 bits/pixel), the rest as val pairs (+0.5); the estimate's interval holds the truth."""
+    rng = np.random.default_rng(1)
+    n_train, n_val = 300, 200
+    own = rng.normal(0.5, 0.15, n_train)
+    mixed = np.where(np.arange(n_train) < round(broken * n_train), rng.normal(-0.3, 0.15, n_train), own)
+    train, train_prior = _content(mixed)
+    val_gain = rng.normal(0.5, 0.15, n_val)
+    val, val_prior = _content(val_gain)
+    other, _ = _content(val_gain - 0.8 + rng.normal(0, 0.05, n_val))
+    found = misaligned_share(train, train_prior, val, val_prior, other,
+                             Bootstrap(n_train, draws=1000, seed=1), Bootstrap(n_val, draws=1000))
+    share = Estimate.from_dict(found["share"])
+    assert share.low <= broken <= share.high, share
+    assert abs(share.value - broken) < 0.06 and share.high - share.low < 0.15
+    assert found["train_images"] == n_train
+    assert found["other_content"]["value"] == pytest.approx(float(val_gain.mean()) - 0.8, abs=0.01)
+
+
+def test_misaligned_share_needs_a_model_that_reads_content():
+    """Val masks fed other images' pixels explained as well as their own: no estimate."""
+    rng = np.random.default_rng(2)
+    gains = rng.normal(0.0, 0.05, 100)
+    val, val_prior = _content(gains)
+    train, train_prior = _content(rng.normal(0.0, 0.05, 100))
+    assert misaligned_share(train, train_prior, val, val_prior, val, Bootstrap(100, seed=1), Bootstrap(100)) is None
+    # ... and a margin too thin to divide by (0.01 bits/pixel, under min_reads) gives none either.
+    other, _ = _content(gains - 0.01)
+    assert misaligned_share(train, train_prior, val, val_prior, other, Bootstrap(100, seed=1), Bootstrap(100),
+                            min_reads=0.03) is None
+    assert misaligned_share(train, train_prior, val, val_prior, other, Bootstrap(100, seed=1), Bootstrap(100)) is not None

@@ -5,10 +5,12 @@ import shutil
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from segaudit.cli import app
-from segaudit.config import load_group_option
+from segaudit.config import compose, load_group_option
+from segaudit.phases import larger_crop, plan_budget
 from segaudit.verdict import (EXIT_CODES, HEALTHY, INCONCLUSIVE, PIPELINE_FAULT, SPATIAL_SHORTCUT, Evidence,
                               decide, literal_decision, more_iterations, next_steps, verdict)
 from segaudit.runs import load_table
@@ -64,18 +66,24 @@ def _info(content, share) -> dict:
 
 
 def _evidence(versus, share, rise=FLAT, control_rise=FLAT, content=(0.1, 0.05, 0.15),
-              control_content=(-0.01, -0.03, 0.01), before=None, shares=(None, None), **extra) -> Evidence:
+              control_content=(-0.01, -0.03, 0.01), before=None, shares=(None, None), versus_miou=(1.0, -1.0, 3.0),
+              **extra) -> Evidence:
     """Evidence at step 800; `before`: the advantage over the control at step 400 (default: `versus`);
     `shares`: content's share at steps 200 and 400 (default: not on the curve)."""
     return Evidence(prior=21.5, real=40.0, shuffled=21.0, noise_trained=21.4, real_on_noise=20.0, step=800,
                     rise_from=400, information=_info(content, share),
                     shuffled_information=_info(control_content, (-0.01, -0.03, 0.01)),
-                    versus_shuffled={"bits": _est(*versus), "miou": _est(1.0, -1.0, 3.0)},
+                    versus_shuffled={"bits": _est(*versus), "miou": _est(*versus_miou)},
                     rise=rise, shuffled_rise=control_rise,
                     curve=[{"step": 200, "content_share": shares[0] and _est(shares[0], 0, 0)},
                            {"step": 400, "versus_shuffled": _est(*(before or versus)),
                             "content_share": shares[1] and _est(shares[1], 0, 0)},
                            {"step": 800, "content_share": _est(*share)}], **extra)
+
+
+def _misaligned(value, low, high) -> dict:
+    return {"share": _est(value, low, high), "train_content": _est(0.3, 0.25, 0.35),
+            "val_content": _est(0.5, 0.45, 0.55), "other_content": _est(-0.3, -0.35, -0.25), "train_images": 400}
 
 
 @pytest.mark.parametrize("ev,expected,says", [
@@ -85,6 +93,10 @@ def _evidence(versus, share, rise=FLAT, control_rise=FLAT, content=(0.1, 0.05, 0
     # No difference from the control, surely under 0.03 bits, now and a doubling before, and
     # the control done learning: a fault.
     (_evidence((0.002, -0.003, 0.006), (-0.02, -0.05, 0.0)), PIPELINE_FAULT, "no aligned content"),
+    # ... unless the real-pair model's mIoU leads the control significantly, by a point or more:
+    # the likelihood and the argmax disagree (an overconfident stage), no fault yet;
+    (_evidence((0.002, -0.003, 0.006), (-0.02, -0.05, 0.0), versus_miou=(2.8, 1.9, 3.6)), INCONCLUSIVE,
+     "the evidence disagrees"),
     # ... but while the control still learns where classes sit, it is too early to say;
     (_evidence((0.002, -0.003, 0.006), (-0.02, -0.05, 0.0), control_rise=RISING), INCONCLUSIVE, "too early"),
     # ... and when the models were apart a doubling before, one more evaluation decides.
@@ -120,6 +132,16 @@ def _evidence(versus, share, rise=FLAT, control_rise=FLAT, content=(0.1, 0.05, 0
      "not yet learned where classes sit"),
     (_evidence((0.1, 0.06, 0.14), (0.1, 0.05, 0.15), content=(-0.2, -0.25, -0.15)), INCONCLUSIVE,
      "not yet learned where classes sit"),
+    # The baseline explains its own training pairs less than val pairs: about 15% [7%, 23%]
+    # of them misaligned, significantly some and more than 10%: a fault, whatever the
+    # information says (the estimate errs low, so its value is held to the limit);
+    (_evidence((0.2, 0.15, 0.25), (0.5, 0.4, 0.6), misaligned=_misaligned(0.15, 0.07, 0.23)), PIPELINE_FAULT,
+     "about 15% [7%, 23%] of the training pairs look misaligned"),
+    # ... under 10%, or not significantly above none, it is no proof of one.
+    (_evidence((0.2, 0.15, 0.25), (0.5, 0.4, 0.6), misaligned=_misaligned(0.08, 0.02, 0.14)), HEALTHY,
+     "reads image content"),
+    (_evidence((0.2, 0.15, 0.25), (0.5, 0.4, 0.6), misaligned=_misaligned(0.2, -0.02, 0.4)), HEALTHY,
+     "reads image content"),
     # A share of broken pairs decides first, whatever the information says.
     (_evidence((0.2, 0.15, 0.25), (0.5, 0.4, 0.6), suspect_share=30.0, suspect_flagged=120, suspect_pairs=400,
                suspect_val_share=2.0), PIPELINE_FAULT, "look misaligned"),
@@ -154,10 +176,21 @@ def test_next_steps_estimate_the_steps_from_the_curve():
                 {"step": 800, "content_share": _est(0.15, 0.1, 0.2)}]  # +0.10 per doubling
     # +0.10 per doubling: 0.15 -> 0.30 takes 1.5 doublings: 800 * 2**1.5 = 2262 steps
     assert more_iterations(ev, DEFAULT.evidence) == 2262
-    steps = next_steps(ev, INCONCLUSIVE, DEFAULT, "d")
+    steps = next_steps(ev, INCONCLUSIVE, DEFAULT, larger_crop=[128, 256])
     assert "2262 steps" in steps[0] and "diagnose.max_iters=3200" in steps[0]
     assert any("encoder_weights=imagenet" in step for step in steps)
-    assert next_steps(ev, HEALTHY, DEFAULT, "d") == []
+    assert any("dataset.transform.crop=[128,256]" in step for step in steps)
+    # Already pretrained, the crop the whole image: neither is suggested again.
+    assert len(next_steps(ev, INCONCLUSIVE, DEFAULT, pretrained=True)) == 1
+    assert next_steps(ev, HEALTHY, DEFAULT) == []
+
+
+@pytest.mark.parametrize("crop,resize,expected", [
+    ([32, 32], [64, 64], [64, 64]), ([48, 32], [64, 128], [64, 64]), ([64, 64], [64, 64], None),
+    (None, [64, 64], None)])
+def test_larger_crop_stays_within_the_images(crop, resize, expected):
+    dcfg = OmegaConf.create({"transform": {"crop": crop, "resize": resize}})
+    assert larger_crop(dcfg) == expected
 
 
 @pytest.mark.parametrize("tier1,expected", [
@@ -281,7 +314,6 @@ def test_diagnose_healthy_then_pipeline_fault(tmp_path, tmp_path_factory):
 
 @pytest.mark.slow
 def test_noise_trained_model_learns_the_prior(tmp_path, tmp_path_factory):
-    from segaudit.config import compose
     from segaudit.engine import train
     from segaudit.prior import run_prior
 
@@ -313,9 +345,6 @@ def test_auto_iters_belong_to_diagnose(tiny, runs_root):
 
 
 def test_budget_stages_double_up_to_the_cap():
-    from segaudit.config import compose
-    from segaudit.phases import plan_budget
-
     cfg = compose(["train.iters=auto", "diagnose.first_iters=100", "diagnose.max_iters=1000"])
     assert plan_budget(cfg).stages == [100, 200, 400, 800, 1000]
     assert plan_budget(compose(["train.iters=300"])).stages == [300]

@@ -14,7 +14,7 @@ from segaudit.config import compose
 from segaudit.errors import DataError
 from segaudit.pictures import prior_pictures
 from segaudit.prior import (PSEUDO_COUNTS, analytic_prior, choose_pseudo_count, global_frequencies,
-                            leave_one_out_log_likelihood, run_prior)
+                            leave_one_out_log_likelihood, leave_one_out_scores, run_prior)
 from segaudit.runs import load_table
 
 
@@ -83,6 +83,16 @@ def test_prior_log_likelihood_of_val_labels_by_hand(tmp_path):
     assert result.val_stems == ["0", "1"]
     # the prior map's per-image counts give back its dataset-level mIoU
     assert result.reference["location"].miou() == pytest.approx(result.per_pixel["miou"])
+    # Training labels, each scored by the prior of the other training labels (in the order given).
+    masks = [tmp_path / "masks" / "train" / f"{i}.png" for i in (2, 0)]
+    on_train = leave_one_out_scores(_dcfg(tmp_path), result.counts, a, masks)
+    for row, index in enumerate((2, 0)):
+        labels = np.array(train[index])
+        others = counts - np.stack([(labels == k) for k in range(3)]).astype(float)
+        loo = (others + a * g[:, None, None]) / (others.sum(0) + a)
+        cells = [(y, x) for y in range(2) for x in range(2) if labels[y, x] != 255]
+        assert on_train.nll[row] == pytest.approx(-sum(np.log2(loo[labels[y, x], y, x]) for y, x in cells))
+        assert on_train.pixels[row] == len(cells)
 
 
 def test_pseudo_count_maximises_the_leave_one_out_likelihood():

@@ -6,7 +6,8 @@ Known truth, at CPU sizes (64 px, DeepLabV3+/ResNet-18, the default data and tra
   with the next step; with the adaptive budget it becomes HEALTHY;
 - training images that are shuffled, pure noise or another scene set are a PIPELINE_FAULT
   at the same short budget;
-- a partial fault (30% of the training pairs swapped) is still caught;
+- a partial fault (30% of the training pairs swapped) is still caught, once the baseline
+  reads content;
 - content that is aligned but nearly absent (only persons stand out), trained
   until the curve is flat, is a SPATIAL_SHORTCUT.
 
@@ -75,30 +76,45 @@ def _copy_with_train_images(root: Path, out: Path, make) -> Path:
 
 @pytest.fixture(scope="module")
 def small_scenes(tmp_path_factory) -> dict[str, Path]:
-    """64 + 128 colour scenes of 32 px, clean and with every training mask moved one image along."""
+    """64 + 128 colour scenes of 32 px, clean and with every training mask moved one image
+    along; and 256 + 128 with 30% of them moved (fewer passes over each training pair, so
+    the model memorises fewer of the broken ones)."""
     base = tmp_path_factory.mktemp("small")
     clean = write_synthetic(base / "clean", SynthSpec(n_train=64, n_val=128, size=32))
-    return {"clean": clean, "broken": _permute_masks(clean, base / "broken", share=1.0)}
+    more = write_synthetic(base / "more", SynthSpec(n_train=256, n_val=128, size=32))
+    return {"clean": clean, "broken": _permute_masks(clean, base / "broken", share=1.0),
+            "partial": _permute_masks(more, base / "partial", share=0.3)}
 
 
-@pytest.mark.parametrize("case,iters,expected", [("broken", 60, INCONCLUSIVE), ("broken", 120, PIPELINE_FAULT),
-                                                   ("clean", 120, HEALTHY)])
-def test_short_budget_tells_a_broken_pipeline_apart(small_scenes, tmp_path, case, iters, expected):
-    """The fast end-to-end check on 32 px colour scenes with every training mask moved one
-    image along. After 60 steps the control is still learning where classes sit, so a
-    clean model could still pull away from it: INCONCLUSIVE, not a fault. After 120 it is
-    done, and the broken pipeline is a PIPELINE_FAULT while the clean one is HEALTHY."""
+@pytest.mark.parametrize("case,expected", [("broken", PIPELINE_FAULT), ("clean", HEALTHY),
+                                           ("partial", PIPELINE_FAULT)])
+def test_short_budget_tells_a_broken_pipeline_apart(small_scenes, tmp_path, case, expected):
+    """The fast end-to-end check on 32 px colour scenes, 120 steps. With every training
+    mask moved one image along, trained in stages of 60 and 120 steps: at 60 the control
+    is still learning where classes sit, so a clean model could still pull away from it
+    (INCONCLUSIVE, not a fault); at 120 it is done, and the broken pipeline is a
+    PIPELINE_FAULT while the clean one is HEALTHY. With 30% of the masks moved, the model
+    reads content from the rest, but explains its own training pairs less than val
+    pairs: a PIPELINE_FAULT without the pair scoring."""
+    budget = (["train.iters=auto", "diagnose.first_iters=60", "diagnose.max_iters=120"] if case == "broken"
+              else ["train.iters=120"])
     result = runner.invoke(app, ["diagnose", "dataset=folder", f"dataset.root={small_scenes[case]}",
                                  "dataset.cache_in_memory=true", "dataset.transform.crop=[32,32]",
                                  "dataset.transform.scale=[0.75,1.25]", "train.progress=false",
                                  f"paths.runs={tmp_path}", "run_id=d", "--no-noise-train", "--no-suspects",
-                                 "diagnose.tier1=false", f"train.iters={iters}"])
+                                 "diagnose.tier1=false", *budget])
     record = json.loads((tmp_path / "d" / "record.json").read_text())
     assert record["verdict"] == expected, record["reasons"]
-    assert result.exit_code == {HEALTHY: 0, PIPELINE_FAULT: 1, INCONCLUSIVE: 3}[expected]
-    if expected == INCONCLUSIVE:
-        assert "the control is still learning" in record["reasons"][0]
-        assert record["gate"]["decision"] == "none" and record["gate"]["next_steps"]
+    assert result.exit_code == {HEALTHY: 0, PIPELINE_FAULT: 1}[expected]
+    if case == "broken":
+        stages = record["evidence"]["budget"]["stages"]
+        assert [s["step"] for s in stages] == [60, 120] and stages[0]["verdict"] == INCONCLUSIVE, stages
+        assert "the control is still learning" in stages[0]["reason"]
+    if case == "partial":  # measured: about 28% [20%, 36%]
+        assert "of the training pairs look misaligned" in record["reasons"][0]
+        assert 0.1 < record["evidence"]["misaligned"]["share"]["value"] < 0.4
+    elif case == "clean":  # measured: -6% [-10%, -2%]
+        assert record["evidence"]["misaligned"]["share"]["low"] < 0.1
 
 
 @pytest.mark.slow
@@ -141,14 +157,19 @@ def test_broken_pipelines_are_faults_at_the_short_budget(hard, tmp_path, fault):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap: at 600 steps the cross-fitted fold models (300 steps on half "
-                                       "the pairs) learn no content of the texture scenes, so they flag 91% of "
-                                       "train and of val pairs alike; a likelihood-based, distribution-level "
-                                       "pair test is the next step (issue 22 note)")
+@pytest.mark.slow
 def test_partial_fault_on_hard_scenes_is_caught(hard, tmp_path):
+    """30% of the training masks moved one image along. Once the baseline reads content
+    (1600 steps here), it explains its own training pairs less than val pairs: a
+    PIPELINE_FAULT without the cross-fitted pair scoring, whose half-data fold models read
+    too little of these scenes to tell pairs apart. The estimate errs low (measured: about
+    14% [5%, 23%] for the true 30%)."""
     broken = _permute_masks(hard, tmp_path / "partial", share=0.3)
-    code, record = _diagnose(broken, tmp_path / "runs", f"train.iters={SHORT}")
+    code, record = _diagnose(broken, tmp_path / "runs", "train.iters=1600", "--no-suspects")
     assert record["verdict"] == PIPELINE_FAULT and code == 1, record["reasons"]
+    assert "of the training pairs look misaligned" in record["reasons"][0]
+    share = record["evidence"]["misaligned"]["share"]
+    assert 0 < share["low"] and share["value"] <= 0.3 + 0.05  # errs low, never far above the truth
 
 
 @pytest.mark.slow

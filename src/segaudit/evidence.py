@@ -54,6 +54,10 @@ class Estimate:
     def from_dict(cls, value: dict) -> Estimate:
         return cls(float(value["value"]), float(value["low"]), float(value["high"]))
 
+    def percent(self) -> str:
+        """A fraction as `15% [7%, 23%]` (whole percent, no "-0%")."""
+        return f"{round(self.value * 100)}% [{round(self.low * 100)}%, {round(self.high * 100)}%]"
+
     def text(self, digits: int = 2, unit: str = "") -> str:
         """`0.19 [0.15, 0.23]` style."""
         return f"{self.value:+.{digits}f}{unit} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
@@ -73,8 +77,11 @@ class Bootstrap:
     def estimate(self, statistic: Callable[[np.ndarray | None], float | np.ndarray]) -> Estimate:
         """`statistic(None)` on every image once, and its percentile interval over the
         resamples (`statistic(weights)` returns one value per resample)."""
-        point = float(statistic(None))
-        draws = np.asarray(statistic(self.weights), dtype=np.float64)
+        return self.interval(float(statistic(None)), statistic(self.weights))
+
+    def interval(self, point: float, draws: np.ndarray) -> Estimate:
+        """`point` with the percentile interval of its values over the resamples `draws`."""
+        draws = np.asarray(draws, dtype=np.float64)
         draws = draws[np.isfinite(draws)]
         if not math.isfinite(point) or draws.size == 0:
             return Estimate(point, math.nan, math.nan)
@@ -83,20 +90,39 @@ class Bootstrap:
         return Estimate(point, float(low), float(high))
 
 
+# The resampled sums of the last arrays seen: one diagnose stage resamples the same
+# predictors (the prior, each evaluated step) in many statistics. Entries hold their
+# arrays, so an id is not reused while it is a key.
+_RESAMPLED: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_RESAMPLED_MAX = 128
+
+
 def _weighted(values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    return values.sum(0) if weights is None else weights @ values
+    """Per-image `values` summed over all images, or per resample with `weights`."""
+    if weights is None:
+        return values.sum(0, dtype=np.float64)
+    key = (id(values), id(weights))
+    hit = _RESAMPLED.get(key)
+    if hit is not None and hit[0] is values and hit[1] is weights:
+        return hit[2]
+    out = weights @ values.astype(np.float64, copy=False)
+    out.flags.writeable = False
+    if len(_RESAMPLED) >= _RESAMPLED_MAX:
+        _RESAMPLED.pop(next(iter(_RESAMPLED)))
+    _RESAMPLED[key] = (values, weights, out)
+    return out
 
 
 def bits(scores: PerImage, weights: np.ndarray | None = None) -> np.ndarray | float:
     """Mean negative log2-likelihood per labelled pixel (per resample with `weights`)."""
-    return _weighted(scores.nll, weights) / np.maximum(_weighted(scores.pixels.astype(np.float64), weights), 1)
+    return _weighted(scores.nll, weights) / np.maximum(_weighted(scores.pixels, weights), 1)
 
 
 def miou(scores: PerImage, weights: np.ndarray | None = None) -> np.ndarray | float:
     """mIoU in percent (mmseg convention: a class absent from truth and prediction is left
     out), per resample with `weights`."""
-    tp = _weighted(scores.tp.astype(np.float64), weights)
-    union = _weighted(scores.gt.astype(np.float64), weights) + _weighted(scores.pred.astype(np.float64), weights) - tp
+    tp = _weighted(scores.tp, weights)
+    union = _weighted(scores.gt, weights) + _weighted(scores.pred, weights) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan) * 100.0
     with np.errstate(invalid="ignore"):
@@ -147,21 +173,29 @@ def information(model: PerImage, location: PerImage, glob: PerImage, boot: Boots
     """The decomposition of one model's val cross-entropy against the prior (`location`)
     and the global frequencies (`glob`), all scored on the same images."""
     check_paired(model, location, glob)
+    # Each statistic once on all images and once per resample; the estimates combine them.
+    point = {name: (bits(s), miou(s)) for name, s in (("model", model), ("location", location), ("glob", glob))}
+    drawn = {name: (bits(s, boot.weights), miou(s, boot.weights))
+             for name, s in (("model", model), ("location", location))}
+    drawn["glob"] = (bits(glob, boot.weights), None)
 
-    def share(w):
-        loc, con = bits(glob, w) - bits(location, w), bits(location, w) - bits(model, w)
+    def estimate(fn) -> Estimate:
+        return boot.interval(float(fn(point)), fn(drawn))
+
+    def share(v):
+        loc, con = v["glob"][0] - v["location"][0], v["location"][0] - v["model"][0]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return con / (loc + con)
+            return np.divide(con, loc + con)
 
     return Information(
-        entropy=boot.estimate(lambda w: bits(glob, w)),
-        location=boot.estimate(lambda w: bits(glob, w) - bits(location, w)),
-        content=boot.estimate(lambda w: bits(location, w) - bits(model, w)),
-        remaining=boot.estimate(lambda w: bits(model, w)),
-        content_share=boot.estimate(share),
-        miou=boot.estimate(lambda w: miou(model, w)),
-        prior_miou=boot.estimate(lambda w: miou(location, w)),
-        miou_gain=boot.estimate(lambda w: miou(model, w) - miou(location, w)),
+        entropy=estimate(lambda v: v["glob"][0]),
+        location=estimate(lambda v: v["glob"][0] - v["location"][0]),
+        content=estimate(lambda v: v["location"][0] - v["model"][0]),
+        remaining=estimate(lambda v: v["model"][0]),
+        content_share=estimate(share),
+        miou=estimate(lambda v: v["model"][1]),
+        prior_miou=estimate(lambda v: v["location"][1]),
+        miou_gain=estimate(lambda v: v["model"][1] - v["location"][1]),
     )
 
 
@@ -277,3 +311,50 @@ def audit_evidence(inputs: dict[str, PerImage], location: PerImage, glob: PerIma
             out["versus"][name] = versus.as_dict() if has_bits else {"bits": None, "miou": versus.miou.as_dict()}
     out["miou_gain"] = boot.estimate(lambda w: miou(real, w) - miou(location, w)).as_dict()
     return out
+
+
+def misaligned_share(train: PerImage, train_prior: PerImage, val: PerImage, val_prior: PerImage,
+                     val_other: PerImage, train_boot: Bootstrap, val_boot: Bootstrap,
+                     min_reads: float = 0.0) -> dict | None:
+    """The share of training pairs whose mask does not belong to its image, estimated from
+    one model trained on them, with a bootstrap interval (train and val images resampled
+    independently, val images paired across the model's two inputs).
+
+    A model explains the pairs it trained on at least as well as pairs it never saw. A
+    training pair whose mask belongs to another image is explained as a val mask is from
+    another image's pixels. So with a share s of such pairs, the content information on
+    training pairs is about (1 - s) x that on val pairs + s x that on val masks fed other
+    images' pixels, and s = (val - train) / (val - other). Memorised training pairs, broken
+    or not, only lower the estimate: it errs towards "aligned".
+
+    Args:
+        train, train_prior: the model's and the prior's per-image scores on training pairs.
+        val, val_prior: the same on val pairs; `val_other`: the model on the val masks fed
+            another image's pixels (the `shuffled` input condition).
+
+    Returns:
+        `share` (an `Estimate`, a fraction), `train_content`, `val_content` and
+        `other_content` (bits/pixel beyond the prior, with intervals); None when the model
+        does not surely read content: the val pairs explained more than the other-image
+        inputs by more than `min_reads` bits/pixel (the estimate divides by that margin).
+    """
+    check_paired(val, val_prior, val_other)
+    check_paired(train, train_prior)
+
+    def content(model, prior, w):
+        return bits(prior, w) - bits(model, w)
+
+    reads = compare(val, val_other, val_boot).bits
+    if not reads.low > min_reads:
+        return None
+
+    def share(wt, wv):
+        on_val = content(val, val_prior, wv)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (on_val - content(train, train_prior, wt)) / (on_val - content(val_other, val_prior, wv))
+
+    return {"share": val_boot.interval(float(share(None, None)), share(train_boot.weights, val_boot.weights)).as_dict(),
+            "train_content": train_boot.estimate(lambda w: content(train, train_prior, w)).as_dict(),
+            "val_content": val_boot.estimate(lambda w: content(val, val_prior, w)).as_dict(),
+            "other_content": val_boot.estimate(lambda w: content(val_other, val_prior, w)).as_dict(),
+            "train_images": len(train)}

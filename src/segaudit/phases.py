@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
+from PIL import Image
 
 from segaudit import runs
 from segaudit.classes import class_rows, content_line
@@ -30,12 +31,12 @@ from segaudit.data import list_samples, prepare_dataset
 from segaudit.data.check import preflight
 from segaudit.engine import check_train_settings, check_whole, end_paused_run, train
 from segaudit.errors import ConfigError
-from segaudit.evidence import Bootstrap, diagnose_evidence
+from segaudit.evidence import Bootstrap, Estimate, diagnose_evidence
 from segaudit.information import PER_IMAGE_FILE, PerImage, load_per_image
 from segaudit.losses import IMPLEMENTED_TIERS
 from segaudit.pictures import diagnose_plots
 from segaudit.prior import run_prior
-from segaudit.suspects import check_suspects_settings, find_suspects, summary_line
+from segaudit.suspects import check_suspects_settings, find_suspects, summary_line, training_pairs_test
 from segaudit.trackers import publish
 from segaudit.verdict import (DECISIVE, NEXT_CHECKS, PIPELINE_FAULT, Evidence, decide, next_steps,
                               verdict)
@@ -218,10 +219,26 @@ def _tier1_step(cfg: DictConfig, command: str, steps: dict, ev: Evidence, stop: 
     ev.tier1 = tier1["metrics"]["miou"]
 
 
+def _training_pairs(cfg: DictConfig, steps: dict, ev: Evidence) -> None:
+    """The share of misaligned training pairs the baseline implies (`training_pairs_test`)."""
+    found = training_pairs_test(cfg, steps["baseline"], steps["prior"])
+    if found is None:
+        why = ("diagnose.train_pairs=0" if int(cfg.diagnose.train_pairs) <= 0
+               else "the baseline does not surely read content yet")
+        ev.notes.append(f"training pairs against val pairs: not measured ({why})")
+        return
+    ev.misaligned = found
+    share = found["share"]
+    console.print(f"training pairs against val pairs ({found['train_images']} of them): about "
+                  f"{Estimate.from_dict(share).percent()} look misaligned",
+                  highlight=False)
+
+
 def _pair_scoring(cfg: DictConfig, command: str, steps: dict, ev: Evidence, stop: int) -> None:
     """Run `segaudit suspects` as a step and put its share of flagged training pairs in `ev`."""
     if not cfg.diagnose.suspects:
-        ev.notes.append("pair scoring skipped (--no-suspects): a partial pairing fault can read HEALTHY")
+        ev.notes.append("pair scoring skipped (--no-suspects): broken pairs are not listed, and a partial "
+                        "fault rests on the training-pairs test alone")
         return
     step_cfg = _step_cfg(cfg, "suspects", "real", "real")
     step_cfg.train.iters = stop  # about one baseline's training over all folds
@@ -255,6 +272,21 @@ def _cost(root: Path, steps: dict) -> dict:
     base = seconds.get("baseline") or 0.0
     return {"train_s": sum(seconds.values()),
             "baseline_equivalents": sum(seconds.values()) / base if base > 0 else None}
+
+
+def larger_crop(dcfg: DictConfig) -> list[int] | None:
+    """Twice the training crop, within the images' size (the training resize, else the
+    first training label's); None without a crop or when it covers the images already."""
+    crop = dcfg.transform.get("crop")
+    if not crop:
+        return None
+    if dcfg.transform.get("resize") is not None:
+        size = [int(v) for v in dcfg.transform.resize]
+    else:
+        with Image.open(list_samples(dcfg, "train")[0].mask) as im:
+            size = [im.height, im.width]
+    crop = [int(v) for v in crop]
+    return [min(2 * c, s) for c, s in zip(crop, size)] if any(c < s for c, s in zip(crop, size)) else None
 
 
 def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> dict:
@@ -299,6 +331,7 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
     # c. Baseline and shuffled-pairing control, side by side, stage by stage.
     ev, baseline = _train_side_by_side(cfg, command, prior, budget, steps)
     stop = ev.budget["step"]
+    _training_pairs(cfg, steps, ev)
     # d. Noise training: the investigation's sanity test (the prior predicts its result).
     if cfg.diagnose.noise_train:
         noise = _later_step(cfg, command, "noise-input", "noise", "noise", stop)
@@ -326,7 +359,8 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
         classes=_classes_block(cfg, split, prior, baseline.record), step=stop, iters=budget.schedule,
         gate={"preset": cfg.gate.name, "rule": cfg.gate.get("rule", "evidence"), "decision": decision,
               "why": why, "next_checks": NEXT_CHECKS if name == PIPELINE_FAULT else [],
-              "next_steps": next_steps(ev, name, cfg.gate, diagnose_id)},
+              "next_steps": next_steps(ev, name, cfg.gate, pretrained=cfg.model.encoder_weights is not None,
+                                       larger_crop=larger_crop(cfg.dataset))},
     )
     runs.write_record(folder, record)
     if plots is not None:

@@ -284,10 +284,25 @@ def _budget_texts(ev: dict) -> list[Text]:
                  style="dim")]
 
 
+def _misaligned_texts(record: RunRecord) -> list[Text]:
+    """The share of misaligned training pairs the baseline implies, with its interval."""
+    found = record["evidence"].get("misaligned")
+    if not found:
+        return []
+    share = found["share"]
+    decided = any("of the training pairs look misaligned" in reason for reason in record.get("reasons", []))
+    return [Text(f"training pairs against val pairs ({found['train_images']}): about {round(share['value'] * 100)}% "
+                 f"[{round(share['low'] * 100)}%, {round(share['high'] * 100)}%] "
+                 f"look misaligned (content on training pairs "
+                 f"{found['train_content']['value']:+.3f} bits/pixel, on val pairs {found['val_content']['value']:+.3f}, "
+                 f"on val masks fed another image {found['other_content']['value']:+.3f})",
+                 style="red" if decided else "")]
+
+
 def _suspects_texts(record: RunRecord) -> list[Text]:
     ev = record["evidence"]
     if ev.get("suspect_share") is None:
-        return []
+        return _misaligned_texts(record)
     text = (f"pair scoring: {ev['suspect_flagged']} of {ev['suspect_pairs']} training pairs look "
             f"misaligned ({ev['suspect_share']:.1f}%")
     if ev.get("suspect_val_share") is not None:  # the verdict counts the excess over val
@@ -296,8 +311,9 @@ def _suspects_texts(record: RunRecord) -> list[Text]:
     if ev["suspect_flagged"]:
         text += f"; list them: segaudit suspects --diagnose {record['run_id']}"
     # Red when the pair rule decided the verdict; yellow for flags below the rule's limit.
-    decided = any("look misaligned" in reason for reason in record.get("reasons", []))
-    return [Text(text, style="red" if decided else "yellow" if ev["suspect_flagged"] else "")]
+    decided = any(" training pairs (" in reason and "look misaligned" in reason
+                  for reason in record.get("reasons", []))
+    return _misaligned_texts(record) + [Text(text, style="red" if decided else "yellow" if ev["suspect_flagged"] else "")]
 
 
 def _evidence_rows(record: RunRecord) -> list[tuple[str, float | None, str | None]]:

@@ -29,20 +29,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, open_dict
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from segaudit import runs
 from segaudit.checkpoints import load_for_eval
 from segaudit.config import check_targets, load_group_option, load_yaml
-from segaudit.data import build_dataset, list_samples, prepare_dataset
+from segaudit.data import build_dataset, eval_loader, list_samples, prepare_dataset
 from segaudit.data.check import preflight
 from segaudit.data.sampler import size_grouped_batches
 from segaudit.devices import amp_dtype, resolve_device
 from segaudit.engine import check_train_settings, train
 from segaudit.errors import ConfigError
-from segaudit.evaluation import predict_labels
+from segaudit.evaluation import evaluate, predict_labels
+from segaudit.evidence import Bootstrap, misaligned_share
 from segaudit.inference import build_inference
-from segaudit.prior import analytic_prior, prior_map
+from segaudit.information import PER_IMAGE_FILE, ImageScores, PerImage, load_per_image
+from segaudit.prior import PRIOR_FILE, analytic_prior, leave_one_out_scores, prior_map
 from segaudit.trackers import publish
 
 SUSPECTS_FILE = "suspects.json"
@@ -326,3 +328,56 @@ def too_many_flagged(record: dict, gate: DictConfig) -> bool:
     the share of val pairs flagged (the same models' rate on pairs that trained nothing)."""
     summary = record["suspects"]
     return summary["train"]["share"] - summary["val"]["share"] > float(gate.suspects_max_share)
+
+
+def _rows(scores: PerImage, rows: np.ndarray) -> PerImage:
+    return PerImage(**{name: getattr(scores, name)[rows] for name in ("nll", "pixels", "tp", "gt", "pred")})
+
+
+@torch.inference_mode()
+def _image_scores(model: torch.nn.Module, dataset: Dataset, positions: np.ndarray, cfg: DictConfig,
+                  device: torch.device) -> PerImage:
+    """`model`'s per-image scores on `dataset`'s images at `positions`, in that order."""
+    dcfg = cfg.dataset
+    k, ignore = int(dcfg.num_classes), int(dcfg.ignore_index)
+    scores = ImageScores(k, ignore, len(dataset))
+    loader = eval_loader(Subset(dataset, positions.tolist()), int(cfg.train.eval_batch_size))
+    evaluate(model, loader, k, ignore, device, amp_dtype(str(cfg.train.amp), device),
+             infer=build_inference(model, dcfg, cfg.get("inference")), scores=scores)
+    return _rows(scores.compute(), positions)
+
+
+def training_pairs_test(cfg: DictConfig, model_run: str, prior_run: str) -> dict | None:
+    """The share of training pairs that look misaligned to the model of `model_run`, which
+    trained on them (`segaudit.evidence.misaligned_share`), from its val scores at its
+    last evaluation, its scores on up to `diagnose.train_pairs` training pairs (a seeded
+    sample) and on the val masks fed other images' pixels, against the prior of
+    `prior_run`. None when `diagnose.train_pairs` is 0 or the model does not surely read
+    content (val pairs over other-image inputs by `gate.evidence.min_content_bits`).
+
+    Unlike the cross-fitted pair scoring it trains nothing, so it works at any budget
+    at which the model has learned some content; it estimates how many pairs are broken,
+    not which.
+    """
+    limit = int(cfg.diagnose.train_pairs)
+    if limit <= 0:
+        return None
+    root, dcfg = runs.runs_root(cfg), cfg.dataset
+    device = resolve_device(str(cfg.device))
+    trained = load_for_eval(cfg, model_run, device)
+    samples = list_samples(dcfg, "train")
+    picked = np.sort(np.random.default_rng(int(cfg.seed)).permutation(len(samples))[:limit])
+    train = _image_scores(trained.model, build_dataset(dcfg, "train", train=False), picked, cfg, device)
+    saved = torch.load(root / prior_run / PRIOR_FILE, weights_only=True)
+    pseudo_count = float(runs.read_record(root / prior_run)["prior"]["pseudo_count"])
+    train_prior = leave_one_out_scores(dcfg, saved["counts"], pseudo_count, [samples[i].mask for i in picked])
+    val_prior, val_stems = load_per_image(root / prior_run / PER_IMAGE_FILE)
+    own, stems = load_per_image(root / model_run / PER_IMAGE_FILE)
+    if stems != val_stems:
+        raise ConfigError(f"run {model_run}: its val images differ from the prior's (the dataset changed?)")
+    others = build_dataset(dcfg, "val", train=False, condition=load_group_option("condition", "shuffled"))
+    val_other = _image_scores(trained.model, others, np.arange(len(others)), cfg, device)
+    draws, level = int(cfg.gate.evidence.draws), float(cfg.gate.evidence.confidence)
+    return misaligned_share(train, train_prior, own[f"{trained.step}/real"], val_prior["0/location"], val_other,
+                            Bootstrap(len(train), draws, level, seed=1), Bootstrap(len(val_stems), draws, level),
+                            min_reads=float(cfg.gate.evidence.min_content_bits))

@@ -139,6 +139,9 @@ def summary_scalars(record: RunRecord) -> dict[str, float]:
         block = (evidence.get(key) or {}).get("content" if key == "information" else "bits")
         if block and block.get("value") is not None:
             values[f"evidence/{name}"] = float(block["value"])
+    misaligned = (evidence.get("misaligned") or {}).get("share")
+    if misaligned:
+        values["evidence/misaligned_share"] = float(misaligned["value"])
     gain = (record.get("audit") or {}).get("content_gain")
     if gain is not None:
         values["audit/content_gain"] = float(gain)
