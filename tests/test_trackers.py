@@ -92,6 +92,7 @@ def test_a_verdict_is_a_tag(runs_root, tracking_uri, tmp_path):
               "verdict": "SPATIAL_SHORTCUT", "evidence": {"prior": 31.5, "real": 40.0, "notes": []},
               "metrics": {"miou": 40.0, "macc": 50.0, "aacc": 80.0}, "plots": [str(bars)]}
     publish(cfg, runs_root / "gate-x", record)
+    mlflow.set_tracking_uri(tracking_uri)  # not left to whichever test ran before
     run = mlflow.search_runs(experiment_names=["segaudit"], filter_string="tags.`segaudit.run_id` = 'gate-x'",
                              ).iloc[0]
     assert run["tags.segaudit.verdict"] == "SPATIAL_SHORTCUT" and run["metrics.evidence/prior"] == 31.5
