@@ -246,7 +246,10 @@ def _content_verdict(ev: Evidence, reaches: str, rules: DictConfig) -> tuple[str
     rise = Comparison.from_dict(ev.rise) if ev.rise else None
     need = 1.0 - float(rules.location_share)
     doublings = doublings_to_carry(ev, rules)
-    state = learning_state(rise, rules, doublings if decelerating(ev) else None)
+    # The pace is content's only once content surely shows: before, the share climbs to
+    # zero as the model catches up with the prior, and that climb says nothing of content.
+    slowing = decelerating(ev) and info.content.above_zero
+    state = learning_state(rise, rules, doublings if slowing else None)
     reasons = [reaches]
     if rise is not None:
         pace = (f"; at this pace content would carry {need:.0%} of the score only after {doublings:.1f} more "
