@@ -18,7 +18,8 @@ evidence of `segaudit.evidence` with its bootstrap interval over val images:
    is rising; both intervals below them is flat. Rising ever more slowly (content's share
    grew no faster over the last doubling than over the one before) and so slowly that,
    at that pace, content would need more than `reach_doublings` more doublings of
-   training to carry the score, counts as flat: no budget within reach changes the answer.
+   training to carry the score, counts as flat: no budget within reach changes the answer
+   (once content surely shows; before, the pace is the model catching up with the prior).
 3. Does location carry the score? Of what the model explains beyond the global class
    frequencies, the share explained by where classes sit (the analytic prior) rather
    than by the image. The model beats the prior and content's share is significantly at
