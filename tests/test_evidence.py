@@ -98,6 +98,20 @@ def test_miou_leaves_out_classes_absent_everywhere_per_resample():
     np.testing.assert_allclose(miou(scores, weights), [100.0, 50.0])
 
 
+def test_bootstrap_sums_each_array_once_and_per_array():
+    """Resampled sums are kept per array: the same array gives the same sums, an equal-shaped
+    array with other values gets its own (a stale hit would pair a model with another's)."""
+    boot = Bootstrap(4, draws=30, seed=3)
+    a = np.arange(8.0).reshape(4, 2)
+    b = a[::-1].copy()
+    first = boot.sums(a)
+    assert boot.sums(a) is first
+    np.testing.assert_allclose(first, boot.weights @ a)
+    np.testing.assert_allclose(boot.sums(b), boot.weights @ b)
+    scores = _with_bits(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 2, 3, 4]))
+    np.testing.assert_allclose(bits(scores, boot), bits(scores, boot.weights))
+
+
 def test_estimate_text_and_dict_round_trip():
     estimate = Estimate(0.19, 0.15, 0.23)
     assert estimate.above_zero and Estimate.from_dict(estimate.as_dict()) == estimate

@@ -8,8 +8,10 @@ import pytest
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
+from scenes import write_folder
 from segaudit.cli import app
 from segaudit.config import compose, load_group_option
+from segaudit.data import prepare_dataset
 from segaudit.phases import larger_crop, plan_budget
 from segaudit.verdict import (EXIT_CODES, HEALTHY, INCONCLUSIVE, PIPELINE_FAULT, SPATIAL_SHORTCUT, Evidence,
                               decide, literal_decision, more_iterations, next_steps, verdict)
@@ -196,6 +198,15 @@ def test_next_steps_estimate_the_steps_from_the_curve():
 def test_larger_crop_stays_within_the_images(crop, resize, expected):
     dcfg = OmegaConf.create({"transform": {"crop": crop, "resize": resize}})
     assert larger_crop(dcfg) == expected
+
+
+def test_larger_crop_fits_the_smallest_training_image(tmp_path):
+    """Mixed sizes: twice the crop is bounded by the smallest height and width (not by the
+    first image's), so the suggested crop never asks for padding."""
+    root = write_folder(tmp_path / "d", {"train": [(96, 128), (64, 160), (80, 72)], "val": [(64, 64)]})
+    dcfg = prepare_dataset(compose(["dataset=folder", f"dataset.root={root}",
+                                    "dataset.transform.crop=[48,48]"]).dataset, "/")
+    assert larger_crop(dcfg) == [64, 72]
 
 
 @pytest.mark.parametrize("tier1,expected", [

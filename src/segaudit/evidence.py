@@ -73,11 +73,28 @@ class Bootstrap:
         rng = np.random.default_rng(seed)
         self.weights = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=draws).astype(np.float64)
         self.level = level
+        # One diagnose stage resamples the same predictors (the prior, each evaluated
+        # step) in many statistics; their sums are kept with the arrays they came from,
+        # so an id is not reused while it is a key.
+        self._sums: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def estimate(self, statistic: Callable[[np.ndarray | None], float | np.ndarray]) -> Estimate:
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """Per-image `values` (N x ...) summed per resample (draws x ...), computed once
+        per array."""
+        hit = self._sums.get(id(values))
+        if hit is not None and hit[0] is values:
+            return hit[1]
+        out = self.weights @ values.astype(np.float64, copy=False)
+        out.flags.writeable = False
+        if len(self._sums) >= SUMS_KEPT:
+            self._sums.pop(next(iter(self._sums)))
+        self._sums[id(values)] = (values, out)
+        return out
+
+    def estimate(self, statistic: Callable[[Bootstrap | None], float | np.ndarray]) -> Estimate:
         """`statistic(None)` on every image once, and its percentile interval over the
-        resamples (`statistic(weights)` returns one value per resample)."""
-        return self.interval(float(statistic(None)), statistic(self.weights))
+        resamples (`statistic(self)` returns one value per resample)."""
+        return self.interval(float(statistic(None)), statistic(self))
 
     def interval(self, point: float, draws: np.ndarray) -> Estimate:
         """`point` with the percentile interval of its values over the resamples `draws`."""
@@ -90,39 +107,29 @@ class Bootstrap:
         return Estimate(point, float(low), float(high))
 
 
-# The resampled sums of the last arrays seen: one diagnose stage resamples the same
-# predictors (the prior, each evaluated step) in many statistics. Entries hold their
-# arrays, so an id is not reused while it is a key.
-_RESAMPLED: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-_RESAMPLED_MAX = 128
+SUMS_KEPT = 128  # resampled sums one Bootstrap keeps (a stage uses a few dozen)
+Resamples = Bootstrap | np.ndarray | None  # None: every image once; an array: draws x N weights
 
 
-def _weighted(values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    """Per-image `values` summed over all images, or per resample with `weights`."""
-    if weights is None:
+def _weighted(values: np.ndarray, resamples: Resamples) -> np.ndarray:
+    """Per-image `values` summed over all images, or per resample."""
+    if resamples is None:
         return values.sum(0, dtype=np.float64)
-    key = (id(values), id(weights))
-    hit = _RESAMPLED.get(key)
-    if hit is not None and hit[0] is values and hit[1] is weights:
-        return hit[2]
-    out = weights @ values.astype(np.float64, copy=False)
-    out.flags.writeable = False
-    if len(_RESAMPLED) >= _RESAMPLED_MAX:
-        _RESAMPLED.pop(next(iter(_RESAMPLED)))
-    _RESAMPLED[key] = (values, weights, out)
-    return out
+    if isinstance(resamples, Bootstrap):
+        return resamples.sums(values)
+    return resamples @ values.astype(np.float64, copy=False)
 
 
-def bits(scores: PerImage, weights: np.ndarray | None = None) -> np.ndarray | float:
-    """Mean negative log2-likelihood per labelled pixel (per resample with `weights`)."""
-    return _weighted(scores.nll, weights) / np.maximum(_weighted(scores.pixels, weights), 1)
+def bits(scores: PerImage, resamples: Resamples = None) -> np.ndarray | float:
+    """Mean negative log2-likelihood per labelled pixel (per resample with `resamples`)."""
+    return _weighted(scores.nll, resamples) / np.maximum(_weighted(scores.pixels, resamples), 1)
 
 
-def miou(scores: PerImage, weights: np.ndarray | None = None) -> np.ndarray | float:
+def miou(scores: PerImage, resamples: Resamples = None) -> np.ndarray | float:
     """mIoU in percent (mmseg convention: a class absent from truth and prediction is left
-    out), per resample with `weights`."""
-    tp = _weighted(scores.tp, weights)
-    union = _weighted(scores.gt, weights) + _weighted(scores.pred, weights) - tp
+    out), per resample with `resamples`."""
+    tp = _weighted(scores.tp, resamples)
+    union = _weighted(scores.gt, resamples) + _weighted(scores.pred, resamples) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan) * 100.0
     with np.errstate(invalid="ignore"):
@@ -175,9 +182,9 @@ def information(model: PerImage, location: PerImage, glob: PerImage, boot: Boots
     check_paired(model, location, glob)
     # Each statistic once on all images and once per resample; the estimates combine them.
     point = {name: (bits(s), miou(s)) for name, s in (("model", model), ("location", location), ("glob", glob))}
-    drawn = {name: (bits(s, boot.weights), miou(s, boot.weights))
+    drawn = {name: (bits(s, boot), miou(s, boot))
              for name, s in (("model", model), ("location", location))}
-    drawn["glob"] = (bits(glob, boot.weights), None)
+    drawn["glob"] = (bits(glob, boot), None)
 
     def estimate(fn) -> Estimate:
         return boot.interval(float(fn(point)), fn(drawn))
@@ -353,7 +360,7 @@ def misaligned_share(train: PerImage, train_prior: PerImage, val: PerImage, val_
         with np.errstate(invalid="ignore", divide="ignore"):
             return (on_val - content(train, train_prior, wt)) / (on_val - content(val_other, val_prior, wv))
 
-    return {"share": val_boot.interval(float(share(None, None)), share(train_boot.weights, val_boot.weights)).as_dict(),
+    return {"share": val_boot.interval(float(share(None, None)), share(train_boot, val_boot)).as_dict(),
             "train_content": train_boot.estimate(lambda w: content(train, train_prior, w)).as_dict(),
             "val_content": val_boot.estimate(lambda w: content(val, val_prior, w)).as_dict(),
             "other_content": val_boot.estimate(lambda w: content(val_other, val_prior, w)).as_dict(),

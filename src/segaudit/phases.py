@@ -20,14 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
-from PIL import Image
 
 from segaudit import runs
 from segaudit.classes import class_rows, content_line
 from segaudit.config import load_group_option
 from segaudit.consistency import consistency_lines, split_consistency
 from segaudit.console import console
-from segaudit.data import list_samples, prepare_dataset
+from segaudit.data import build_dataset, list_samples, prepare_dataset
 from segaudit.data.check import preflight
 from segaudit.engine import check_train_settings, check_whole, end_paused_run, train
 from segaudit.errors import ConfigError
@@ -229,8 +228,8 @@ def _training_pairs(cfg: DictConfig, steps: dict, ev: Evidence) -> None:
         return
     ev.misaligned = found
     share = found["share"]
-    console.print(f"training pairs against val pairs ({found['train_images']} of them): about "
-                  f"{Estimate.from_dict(share).percent()} look misaligned",
+    console.print(f"training pairs against val pairs ({found['train_images']} of them, "
+                  f"{found['seconds']:.0f} s): about {Estimate.from_dict(share).percent()} look misaligned",
                   highlight=False)
 
 
@@ -275,16 +274,17 @@ def _cost(root: Path, steps: dict) -> dict:
 
 
 def larger_crop(dcfg: DictConfig) -> list[int] | None:
-    """Twice the training crop, within the images' size (the training resize, else the
-    first training label's); None without a crop or when it covers the images already."""
+    """Twice the training crop, within every training image (the training resize, else
+    the smallest height and width among the training labels, read from their headers);
+    None without a crop or when it covers the images already."""
     crop = dcfg.transform.get("crop")
-    if not crop:
+    if not crop or crop == "auto":
         return None
     if dcfg.transform.get("resize") is not None:
         size = [int(v) for v in dcfg.transform.resize]
     else:
-        with Image.open(list_samples(dcfg, "train")[0].mask) as im:
-            size = [im.height, im.width]
+        sizes = build_dataset(dcfg, "train", train=False).image_sizes()
+        size = [min(h for h, _ in sizes), min(w for _, w in sizes)]
     crop = [int(v) for v in crop]
     return [min(2 * c, s) for c, s in zip(crop, size)] if any(c < s for c, s in zip(crop, size)) else None
 

@@ -150,9 +150,14 @@ def eval_size(dcfg: DictConfig, first_mask: Path) -> tuple[int, int]:
 
 def _load(path: Path, size: tuple[int, int] | None, lut: np.ndarray | None = None) -> np.ndarray:
     mask = read_mask(path) if lut is None else lut[read_mask(path)]
-    if size is not None and mask.shape != size:
-        mask = np.array(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
-    return mask
+    return mask if size is None else _resized(mask, size)
+
+
+def _resized(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A label map on the counting grid, as `count_labels` reads it (nearest)."""
+    if mask.shape == size:
+        return mask
+    return np.array(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
 
 
 def _check_values(mask: np.ndarray, path: Path, num_classes: int, ignore_index: int) -> None:
@@ -333,12 +338,13 @@ def leave_one_out_scores(dcfg: DictConfig, counts: torch.Tensor, pseudo_count: f
     ref = _reference(counts, pseudo_count, int(dcfg.ignore_index))
     k, ignore = ref.num_classes, ref.ignore_index
     size = tuple(counts.shape[1:])
-    c_all = counts.numpy().astype(np.float64)
+    c_all = counts.numpy()  # int64, indexed in place: a float copy is 320 MB at 1024x2048
     n_all = c_all.sum(0)
     smooth = pseudo_count * np.exp2(ref.glob.astype(np.float64))
     rows = []
     for path in masks:
-        target, counted = _load(path, None, lut), _load(path, size, lut)
+        target = _load(path, None, lut)
+        counted = _resized(target, size)
         ys, xs = grid_index(target.shape, size)
         valid = target != ignore
         labels, (py, px) = target[valid].astype(np.int64), np.nonzero(valid)

@@ -362,6 +362,7 @@ def training_pairs_test(cfg: DictConfig, model_run: str, prior_run: str) -> dict
     limit = int(cfg.diagnose.train_pairs)
     if limit <= 0:
         return None
+    t0 = time.perf_counter()
     root, dcfg = runs.runs_root(cfg), cfg.dataset
     device = resolve_device(str(cfg.device))
     trained = load_for_eval(cfg, model_run, device)
@@ -378,6 +379,9 @@ def training_pairs_test(cfg: DictConfig, model_run: str, prior_run: str) -> dict
     others = build_dataset(dcfg, "val", train=False, condition=load_group_option("condition", "shuffled"))
     val_other = _image_scores(trained.model, others, np.arange(len(others)), cfg, device)
     draws, level = int(cfg.gate.evidence.draws), float(cfg.gate.evidence.confidence)
-    return misaligned_share(train, train_prior, own[f"{trained.step}/real"], val_prior["0/location"], val_other,
-                            Bootstrap(len(train), draws, level, seed=1), Bootstrap(len(val_stems), draws, level),
-                            min_reads=float(cfg.gate.evidence.min_content_bits))
+    found = misaligned_share(train, train_prior, own[f"{trained.step}/real"], val_prior["0/location"], val_other,
+                             Bootstrap(len(train), draws, level, seed=1), Bootstrap(len(val_stems), draws, level),
+                             min_reads=float(cfg.gate.evidence.min_content_bits))
+    if found is not None:  # two inference passes: the sampled training pairs, the val set
+        found["seconds"] = round(time.perf_counter() - t0, 2)
+    return found
