@@ -29,11 +29,11 @@ demo: $(STAMP) ## diagnose the embedded synthetic scenes (ends HEALTHY), validat
 	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS) --html $(DEMO_RUNS)/report.html
 	@echo "open $(DEMO_RUNS)/report.html in a browser: the verdict, the evidence and the pictures on one page"
 
-demo-hard: $(STAMP) ## the slow-to-learn texture scenes: a short budget is INCONCLUSIVE, the adaptive one HEALTHY (~15 min)
+demo-hard: $(STAMP) ## the slow-to-learn texture scenes: the default 300 steps are INCONCLUSIVE, the adaptive budget HEALTHY (13-21 min)
 	rm -rf $(HARD_RUNS)
-	$(BIN)/segaudit diagnose dataset=synthetic_hard train.iters=400 run_id=short paths.runs=$(HARD_RUNS) \
+	$(BIN)/segaudit diagnose dataset=synthetic_hard train.iters=300 run_id=short paths.runs=$(HARD_RUNS) \
 		--no-noise-train --no-suspects diagnose.tier1=false; \
-		echo "diagnose exit code: $$? (3 = INCONCLUSIVE: 400 steps cannot decide on these scenes)"
+		echo "diagnose exit code: $$? (3 = INCONCLUSIVE: the default 300 steps cannot decide on these scenes)"
 	$(BIN)/segaudit diagnose dataset=synthetic_hard run_id=adaptive paths.runs=$(HARD_RUNS) \
 		--no-noise-train --no-suspects diagnose.tier1=false; \
 		echo "diagnose exit code: $$? (0 = HEALTHY once the stages have trained enough)"
