@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from scenes import write_folder
 from segaudit.cli import app
 from segaudit.config import compose
 from segaudit.data import check as check_module
@@ -137,7 +138,7 @@ def test_fuzzed_files_end_in_clear_errors(tmp_path, fmt):
                 refused += 1
             else:
                 assert not must_fail, f"{path}: a truncated or random file decoded"
-        problems, _, _ = _read_pair(Sample("x", broken, broken_mask), 5, 255, None)
+        problems, _, _, _ = _read_pair(Sample("x", broken, broken_mask), 5, 255, None)
         assert all(isinstance(p, str) and "\n" not in m for p, m in problems)
         assert bool(problems) >= (image_must_fail or mask_must_fail)  # reported when it must be
     assert refused >= 60  # about two thirds of the 120 files cannot decode
@@ -183,3 +184,20 @@ def test_damaged_or_foreign_checkpoints_leave_the_runs_root_intact(tiny, runs_ro
     result = runner.invoke(app, ["train", f"paths.runs={runs_root}", "resume=cut"])
     assert result.exit_code == 2 and "unreadable checkpoint" in result.stderr, result.output
     assert {p: p.read_bytes() for p in (runs_root / "kept").iterdir()} == before
+
+
+def test_an_image_with_an_exif_rotation_is_named_as_a_warning(tmp_path):
+    """A JPEG whose EXIF orientation tag viewers honour: the check names it (a warning, it
+    still trains) and says segaudit reads the stored pixels; an upright tag says nothing."""
+    root = write_folder(tmp_path / "d", {"train": [(40, 64)] * 3, "val": [(40, 64)] * 2}, image_ext=".jpg")
+    for name, value in (("0001.jpg", 6), ("0002.jpg", 1)):
+        path = root / "images" / "train" / name
+        exif = Image.Exif()
+        exif[check_module.EXIF_ORIENTATION] = value
+        Image.open(path).convert("RGB").save(path, exif=exif, quality=95)
+    dcfg = compose(["dataset=folder", f"dataset.root={root}", "dataset.layout.image_suffix=.jpg"]).dataset
+    report = check_module.check_dataset(prepare_dataset(dcfg, "/"), probe=False)
+    turned = [p for p in report.problems if "EXIF" in p.message]
+    assert [(p.path.endswith("0001.jpg"), p.error) for p in turned] == [(True, False)]
+    assert "rotated 90° clockwise" in turned[0].message and "reads the stored pixels" in turned[0].message
+    assert not [p for p in report.problems if p.error]

@@ -14,6 +14,7 @@ import segmentation_models_pytorch as smp
 import torch
 from typer.testing import CliRunner
 
+from segaudit import runs
 from segaudit.cli import app
 from segaudit.inventory import content_hash, plan_inventory
 
@@ -121,3 +122,28 @@ def test_a_factory_row_needs_the_commands_trust(tmp_path):
     assert row.run is None and "--trust-model" in row.error
     [row] = plan_inventory(tmp_path / "inv.csv", [], trusted=True)
     assert row.error is None and "source.factory='evil.module:build'" in row.run.overrides
+
+
+def test_a_row_another_process_is_auditing_is_left_to_it(inventory, tmp_path):
+    """Two inventories at once on one runs folder: a row whose claim another process holds
+    is reported 'in progress elsewhere' (not failed), and its unfinished folder is not
+    removed; once the claim is free the same command audits it."""
+    base, shared = inventory
+    csv = tmp_path / "one.csv"
+    pd.read_csv(base / "models.csv").iloc[:1].assign(source=str(base / "models" / "m0")).to_csv(csv, index=False)
+    shared = [o for o in shared if not o.startswith("paths.runs=")] + [f"paths.runs={tmp_path / 'runs'}"]
+    first = runner.invoke(app, ["audit", "--inventory", str(csv), *shared])
+    (unfinished,) = [p.parent for p in (tmp_path / "runs").glob("*/record.json")]
+    run_id = unfinished.name
+    (unfinished / "record.json").unlink()  # as a process that is still auditing it would leave it
+    (unfinished / "marker").write_text("the other process's files")
+    assert first.exit_code in (0, 1), first.output
+    with runs.claim(tmp_path / "runs", run_id) as mine:
+        assert mine
+        busy = runner.invoke(app, ["audit", "--inventory", str(csv), *shared])
+        assert busy.exit_code == 0, busy.output
+        assert "in progress elsewhere" in busy.stdout and "being audited by another process" in busy.stdout
+        assert "failed" not in busy.stdout and (unfinished / "marker").is_file()
+    done = runner.invoke(app, ["audit", "--inventory", str(csv), *shared])
+    assert "1 of 1 rows audited" in done.stdout and not (unfinished / "marker").exists()
+    assert json.loads((unfinished / "record.json").read_text())["status"] == "completed"

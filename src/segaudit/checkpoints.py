@@ -18,6 +18,7 @@ from torch import nn
 from segaudit import runs
 from segaudit.config import check_targets
 from segaudit.data import list_samples, prepare_dataset
+from segaudit.datafiles import check_plain
 from segaudit.errors import ConfigError, first_line
 from segaudit.models import build_model
 from segaudit.sources import (CardAdapter, ModelCard, OnnxModel, card_from_mapping, check_output_channels,
@@ -80,6 +81,7 @@ def load_trained_model(ckpt: dict, source: Path) -> tuple[torch.nn.Module, DictC
     """Rebuild the model a checkpoint was trained with and load its weights."""
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ConfigError(f"{source}: not a segaudit checkpoint (needs 'model' and 'config')")
+    check_plain(ckpt["config"], f"{source} (its saved config)")
     try:
         saved = OmegaConf.create(ckpt["config"])
     except Exception as err:  # noqa: BLE001 - OmegaConf raises several types for bad input

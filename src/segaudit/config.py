@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from segaudit.datafiles import read_yaml
 from segaudit.errors import ConfigError, first_line
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -284,6 +285,30 @@ def check_targets(node: Any, source: str) -> None:
                           f"models, losses, optimizers, label maps and trackers (see config.SAFE_TARGETS)")
 
 
+# A saved config (a run folder's config.yaml) says *what* to compute. Where to write or
+# send (paths, trackers and their URIs), how this machine runs it, and whether to run code
+# always come from the command that reads it: anyone with the runs folder can edit the file.
+COMMAND_OWNED = ("paths", "logger", "launcher", "device", "train.progress", "train.num_workers",
+                 "source.trust", "source.factory", "card.factory")
+
+
+def with_command_settings(saved: DictConfig, cfg: DictConfig) -> DictConfig:
+    """`saved` with every `COMMAND_OWNED` key taken from the current command's `cfg`
+    (a key the command lacks is removed from the result)."""
+    out = saved.copy()
+    with open_dict(out):
+        for key in COMMAND_OWNED:
+            head, _, leaf = key.rpartition(".")
+            parent = OmegaConf.select(out, head) if head else out
+            value = OmegaConf.select(cfg, key, default=_ABSENT)
+            if value is _ABSENT:
+                if isinstance(parent, DictConfig) and leaf in parent:
+                    del parent[leaf]
+            elif isinstance(parent, DictConfig):
+                parent[leaf] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return out
+
+
 def safe_instantiate(node: DictConfig, source: str, **kwargs: Any) -> Any:
     """Hydra `instantiate` after `check_targets`: the only way segaudit builds from a config."""
     check_targets(node, source)
@@ -296,10 +321,12 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 def load_yaml(path: Path) -> DictConfig:
-    try:
-        cfg = OmegaConf.load(path)
-    except (OSError, OmegaConfBaseException) as err:
-        raise ConfigError(f"{path}: cannot read config ({err})") from None
-    if not isinstance(cfg, DictConfig):
+    """A saved config (a run folder's `config.yaml`) as plain data: written resolved, so a
+    `${...}` in it was put there by hand and is refused, as are YAML aliases."""
+    data = read_yaml(path, "saved config")
+    if not isinstance(data, dict):
         raise ConfigError(f"{path}: not a config mapping")
-    return cfg
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path}: cannot read config ({first_line(err)})") from None

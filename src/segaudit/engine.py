@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from segaudit import runs
 from segaudit.checkpoints import init_weights, load_checkpoint, save_checkpoint
-from segaudit.config import check_targets, load_group_option, load_yaml, safe_instantiate
+from segaudit.config import check_targets, load_group_option, load_yaml, safe_instantiate, with_command_settings
 from segaudit.console import console
 from segaudit.data import build_dataset, eval_loader, list_samples, prepare_dataset
 from segaudit.data.check import preflight
@@ -162,10 +162,12 @@ def run_folder(cfg: DictConfig, command: str) -> Path:
     return folder
 
 
-def reopen_run(folder: Path) -> Run:
-    """An existing run directory with its saved config, record and checkpoint (if any)."""
-    saved = load_yaml(folder / runs.CONFIG)
-    check_targets(saved, str(folder / runs.CONFIG))  # a run folder is a file anyone could edit
+def reopen_run(folder: Path, cfg: DictConfig) -> Run:
+    """An existing run directory with its saved config, record and checkpoint (if any).
+    Where to write or send and how to run come from the command's `cfg`
+    (`config.COMMAND_OWNED`), never from the folder: a run folder is a file anyone could edit."""
+    saved = with_command_settings(load_yaml(folder / runs.CONFIG), cfg)
+    check_targets(saved, str(folder / runs.CONFIG))
     record = runs.read_record(folder)
     ckpt_path = folder / runs.CHECKPOINT
     checkpoint = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
@@ -290,7 +292,7 @@ def train(cfg: DictConfig, command: str = "", stop_at: int | None = None) -> dic
     with runs.run_lock(folder) if ddp.is_main else nullcontext(), sigterm_as_interrupt():
         if ddp.is_main:
             runs.remove_stale_temp_files(folder)  # a kill mid-write leaves these behind
-        run = reopen_run(folder)
+        run = reopen_run(folder, cfg)
         if run.record["status"] == "completed" or (stop_at is not None and run.record["status"] == "paused"
                                                    and run.record["step"] >= stop_at):
             if ddp.is_main and run.record["status"] == "completed":

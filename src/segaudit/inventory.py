@@ -28,6 +28,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from segaudit import runs
+from segaudit.datafiles import check_plain, check_regular_file
 from segaudit.errors import ConfigError
 from segaudit.sources import ModelCard
 from segaudit.sweep import SweepRun, launch
@@ -71,6 +72,8 @@ def _row_overrides(row: dict[str, str], folder: Path, trusted: bool) -> tuple[Pa
     source = source if source.is_absolute() else folder / source
     if not source.exists():
         raise ConfigError(f"{source}: no such model file or folder")
+    if not source.is_dir():  # the content hash reads it whole: /dev/zero or a FIFO never ends
+        check_regular_file(source, "source")
     overrides = []
     for column, key in (("dataset", "dataset"), ("strategy", "strategy"), ("model", "audit.model_label")):
         if row.get(column):
@@ -116,6 +119,7 @@ def plan_inventory(path: Path, shared: list[str], trusted: bool = False) -> list
         row = {k: str(v).strip() for k, v in row.items()}
         entry = InventoryRow(line, row["source"])
         try:
+            check_plain(row, f"--inventory {path} line {line}")  # cells become config overrides
             source, overrides = _row_overrides(row, path.parent, trusted)
             key = "\n".join([content_hash(source), *sorted(overrides), *sorted(shared)])
             stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.name)[:40].strip("-.") or "model"

@@ -58,6 +58,8 @@ def export_inputs(cfg: DictConfig, folder: Path) -> dict:
         The manifest.
     """
     folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--export-inputs {folder}: a file is in the way; give a new folder")
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"--export-inputs {folder}: the folder is not empty; give a new one")
     dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
@@ -93,7 +95,7 @@ def export_inputs(cfg: DictConfig, folder: Path) -> dict:
     return manifest
 
 
-def _read_prediction(path: Path, size: tuple[int, int]) -> torch.Tensor:
+def _read_prediction(path: Path, size: tuple[int, int], num_classes: int) -> torch.Tensor:
     if not path.is_file():
         raise DataError(f"{path}: prediction missing (one PNG per exported input)")
     try:
@@ -107,6 +109,9 @@ def _read_prediction(path: Path, size: tuple[int, int]) -> torch.Tensor:
     if tuple(labels.shape) != tuple(size):
         raise DataError(f"{path}: prediction is {labels.shape[0]}x{labels.shape[1]}, its label is "
                         f"{size[0]}x{size[1]}")
+    if labels.size and int(labels.max()) >= num_classes:
+        raise DataError(f"{path}: class id {int(labels.max())} outside 0..{num_classes - 1} (a prediction holds "
+                        f"the dataset's class ids, 8-bit)")
     return torch.from_numpy(labels.astype(np.int64))
 
 
@@ -128,7 +133,7 @@ def score_predictions(cfg: DictConfig, folder: Path, command: str = "") -> dict:
     rows = {name: [] for name in CONDITIONS}  # per image: labels only, so no log-likelihood
     for sample, (_, mask) in zip(val.samples, val):
         size = tuple(mask.shape[-2:])
-        read = {name: _read_prediction(folder / name / f"{sample.stem}.png", size)[None]
+        read = {name: _read_prediction(folder / name / f"{sample.stem}.png", size, num_classes)[None]
                 for name in CONDITIONS}
         target = mask[None].long()
         metrics["real"].update(read["real"], target)

@@ -13,8 +13,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from segaudit.errors import ConfigError
-from segaudit.runs import RECORD, RunRecord, json_safe
+from segaudit.datafiles import spreadsheet_safe
+from segaudit.errors import ConfigError, first_line
+from segaudit.runs import ELSEWHERE, RECORD, RunRecord, json_safe
 from segaudit.scope import COMPARE_COLUMNS
 
 FORMATS = ("table", "json", "csv", "md")
@@ -156,6 +157,14 @@ def _flat(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{c: frame[c].map(lambda v: json.dumps(json_safe(v))) for c in nested})
 
 
+def _csv_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """`_flat(frame)` with text a spreadsheet would run as a formula neutralised
+    (`datafiles.spreadsheet_safe`); parquet and JSON keep the raw values."""
+    flat = _flat(frame)
+    text = [c for c in flat.columns if not pd.api.types.is_numeric_dtype(flat[c])]
+    return flat.assign(**{c: flat[c].map(spreadsheet_safe) for c in text})
+
+
 def format_frame(frame: pd.DataFrame, fmt: str, md_columns: list[str] | None = None) -> str:
     """Any table (the run table, a comparison, a diagnose's evidence) as `json` (an array
     of row objects, nested values kept), `csv` or `md` text (`md_columns` picks the
@@ -163,7 +172,7 @@ def format_frame(frame: pd.DataFrame, fmt: str, md_columns: list[str] | None = N
     if fmt == "json":
         return json.dumps(json_safe(frame.to_dict(orient="records")), indent=1)
     if fmt == "csv":
-        return _flat(frame).to_csv(index=False)
+        return _csv_cells(frame).to_csv(index=False)
     if fmt == "md":
         return _flat(frame[md_columns] if md_columns else frame).to_markdown(index=False, floatfmt=".2f")
     check_format(fmt, ("json", "csv", "md"))
@@ -177,10 +186,13 @@ def export_frame(frame: pd.DataFrame, path: Path) -> None:
         raise ConfigError(f"--export {path}: use a .csv or .parquet file name")
     if not path.parent.expanduser().is_dir():
         raise ConfigError(f"--export {path}: folder {path.parent} does not exist")
-    if suffix == ".csv":
-        _flat(frame).to_csv(path, index=False)
-    else:
-        _flat(frame).to_parquet(path, index=False)
+    try:
+        if suffix == ".csv":
+            _csv_cells(frame).to_csv(path, index=False)
+        else:
+            _flat(frame).to_parquet(path, index=False)
+    except OSError as err:  # a full disk, a read-only folder, a path through a dead link
+        raise ConfigError(f"--export {path}: cannot write it ({first_line(err)})") from None
 
 
 # --------------------------------------------------------------------------- panels
@@ -414,10 +426,15 @@ def inventory_table(results: list[dict]) -> Group:
         table.add_row(str(r["line"]), r["source"], r["run_id"] or "-", Text(r["status"], style=style),
                       _cell(r["miou"]), "-" if r["red_flags"] is None else str(r["red_flags"]))
     failed = [r for r in results if r["status"] == "failed"]
-    lines = [table, Text(f"{len(results) - len(failed)} of {len(results)} rows audited"
+    elsewhere = [r for r in results if r["status"] == ELSEWHERE]
+    lines = [table, Text(f"{len(results) - len(failed) - len(elsewhere)} of {len(results)} rows audited"
                          f"{'' if not failed else f'; {len(failed)} failed:'}")]
     lines += [Text(f"  row {r['line']} ({r['source']}): {r.get('error') or 'failed'}", style="red")
               for r in failed]
+    if elsewhere:
+        rows = ", ".join(str(r["line"]) for r in elsewhere)
+        lines.append(Text(f"{len(elsewhere)} row(s) ({rows}) are being audited by another process right now; "
+                          f"run the same command again afterwards to list their results", style="yellow"))
     return Group(*lines)
 
 

@@ -438,6 +438,31 @@ def run_lock(folder: Path) -> Iterator[None]:
         handle.close()  # closing drops the lock; so does the process dying
 
 
+CLAIMS = ".claims"  # under the runs root: one lock file per claimed run id
+ELSEWHERE = "in progress elsewhere"  # a job's status when another process holds its claim
+
+
+@contextmanager
+def claim(root: Path, run_id: str) -> Iterator[bool]:
+    """Hold an exclusive `fcntl` lock on `run_id` for the whole of a job that may remove
+    and recreate its run folder (an inventory's audit); yields False, holding nothing,
+    when another process holds it. The lock file sits beside the run folders, in
+    `root/.claims/`, so removing the folder never drops the lock."""
+    folder = Path(root) / CLAIMS
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / f"{check_run_id(run_id)}.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        handle.close()
+
+
 def remove_stale_temp_files(folder: Path) -> list[Path]:
     """Delete the temp files a kill during `atomic_write` left in a run directory (call it
     while holding `run_lock`, so no live writer owns them). Returns what was removed."""

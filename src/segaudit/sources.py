@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import warnings
 import zipfile
 from dataclasses import dataclass, fields
@@ -32,13 +33,13 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from segaudit.config import SMP_ARCHITECTURES
 from segaudit.data.labels import cityscapes_label_map
+from segaudit.datafiles import read_yaml
 from segaudit.errors import ConfigError, first_line
 
 CARD_SUFFIX = ".card.yaml"  # sidecar next to a model file; `card.yaml` inside a directory
@@ -82,21 +83,47 @@ def card_from_mapping(values: Any, source: str) -> ModelCard:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown card field '{unknown[0]}' (fields: {', '.join(sorted(known))})")
+    _check_card_values(values, source)
     card = ModelCard(**values)
-    if card.channels is not None and card.channels not in ("rgb", "bgr"):
-        raise ConfigError(f"{source}: channels={card.channels}: choose rgb or bgr")
-    if card.input_range is not None and card.input_range not in (1, 255):
-        raise ConfigError(f"{source}: input_range={card.input_range}: choose 1 or 255")
-    for name in ("mean", "std"):
-        value = getattr(card, name)
-        if value is not None and (not isinstance(value, list) or len(value) != 3):
-            raise ConfigError(f"{source}: {name} must list 3 numbers, one per channel")
-    if card.input_size is not None and (not isinstance(card.input_size, list) or len(card.input_size) != 2
-                                        or not all(isinstance(v, int) and v > 0 for v in card.input_size)):
-        raise ConfigError(f"{source}: input_size must be [H, W], two positive integers")
     if card.class_map is not None:
         channel_for_class(card.class_map, source)  # a clear error now, not at the first batch
     return card
+
+
+MAX_INPUT_SIDE = 8192  # card.input_size: larger is a typo or a memory bomb, not a model
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_card_values(values: dict, source: str) -> None:
+    """Each stated card field has the type and range it needs (YAML reads `1e308` as text
+    and `yes` as a boolean, so nothing is coerced)."""
+    def bad(name: str, what: str) -> ConfigError:
+        return ConfigError(f"{source}: {name}={values[name]!r}: {what}")
+
+    stated = {k: v for k, v in values.items() if v is not None}
+    if "channels" in stated and stated["channels"] not in ("rgb", "bgr"):
+        raise bad("channels", "choose rgb or bgr")
+    if "input_range" in stated and (isinstance(stated["input_range"], bool) or stated["input_range"] not in (1, 255)):
+        raise bad("input_range", "choose 1 (floats 0..1) or 255")
+    for name in ("mean", "std"):
+        if name in stated and not (isinstance(stated[name], list) and len(stated[name]) == 3
+                                   and all(_is_number(v) for v in stated[name])):
+            raise bad(name, "must list 3 finite numbers, one per channel")
+    if "std" in stated and not all(v > 0 for v in stated["std"]):
+        raise bad("std", "every channel's std must be > 0 (the input is divided by it)")
+    if "upsample" in stated and not isinstance(stated["upsample"], bool):
+        raise bad("upsample", "must be true or false")
+    if "output" in stated and (isinstance(stated["output"], bool) or not isinstance(stated["output"], (str, int))):
+        raise bad("output", "must be a dict key (text) or a tuple index (a whole number)")
+    if "factory" in stated and not isinstance(stated["factory"], str):
+        raise bad("factory", "must be package.module:function")
+    size = stated.get("input_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INPUT_SIDE for v in size)):
+        raise bad("input_size", f"must be [H, W], two whole numbers in 1..{MAX_INPUT_SIDE}")
 
 
 NAMED_CLASS_MAPS = ("cityscapes_label_ids",)
@@ -132,12 +159,9 @@ def read_card(source: Path) -> ModelCard:
 
 def read_card_file(path: Path) -> ModelCard:
     """A model card YAML (`source.card_file`, an inventory's `card` column)."""
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: model card not found")
-    try:
-        return card_from_mapping(yaml.safe_load(path.read_text()), str(path))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({first_line(err)})") from None
+    return card_from_mapping(read_yaml(path, "model card"), str(path))
 
 
 class CardAdapter(nn.Module):
@@ -242,6 +266,27 @@ def is_torchscript(path: Path) -> bool:
         return False
 
 
+MAX_DECLARED_CLASSES = 10_000  # ADE20K-full has 3,688; a billion would allocate its head first
+
+
+def check_declared_classes(config: dict, source: Path) -> None:
+    """Refuse a `config.json` whose declared number of output classes (HF `num_labels`,
+    `id2label`, smp `classes`) is not a whole number in 1..MAX_DECLARED_CLASSES, before
+    the model is built (a building model allocates its head at that size).
+
+    Raises:
+        ConfigError: naming the file and key.
+    """
+    declared = {"num_labels": config.get("num_labels"), "classes": config.get("classes"),
+                "id2label": len(config["id2label"]) if isinstance(config.get("id2label"), dict) else None}
+    for key, value in declared.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DECLARED_CLASSES:
+            raise ConfigError(f"{source}: {key}={value!r}: a model's classes must be a whole number in "
+                              f"1..{MAX_DECLARED_CLASSES}")
+
+
 def _config_json(path: Path) -> dict | None:
     if not (path.is_dir() and (path / "config.json").is_file()):
         return None
@@ -276,6 +321,7 @@ def load_hf_dir(path: Path) -> nn.Module:
     if not any(path.glob("*.safetensors")):
         raise ConfigError(f"{path}: segaudit loads Hugging Face weights from safetensors only (a .bin is a "
                           f"pickle); re-save with save_pretrained(path, safe_serialization=True)")
+    check_declared_classes(_config_json(path) or {}, path / "config.json")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report goes to the log; segaudit checks below
     try:
@@ -322,6 +368,7 @@ def load_smp_dir(path: Path) -> nn.Module:
     if name not in SMP_ARCHITECTURES:
         raise ConfigError(f"{path / 'config.json'}: _model_class={name!r} is not a "
                           f"segmentation-models-pytorch architecture ({', '.join(SMP_ARCHITECTURES)})")
+    check_declared_classes(config, path / "config.json")
     config["encoder_weights"] = None  # the weights come from the folder, never from a download
     try:
         model = getattr(smp, name)(**config)

@@ -98,14 +98,24 @@ def run_one(run: SweepRun) -> dict:
     return {"run_id": run.run_id, "status": record["status"], "miou": record["metrics"]["miou"]}
 
 
+ELSEWHERE = runs.ELSEWHERE
+ELSEWHERE_EXIT = 75  # EX_TEMPFAIL: a --jobs subprocess found the run claimed
+
+
 def _audit_one(run: SweepRun) -> dict:
-    """Audit one model; an audit that was interrupted is measured again from the start."""
-    folder = run.runs_root.expanduser() / run.run_id
-    if folder.is_dir():  # an unfinished audit (status() above is not completed): no checkpoint to keep
-        shutil.rmtree(folder)
-    cfg = compose([*run.overrides, f"run_id={run.run_id}"])
-    record = audit(cfg, run.target, command=f"segaudit audit --inventory ({run.target})",
-                   on_given_dataset=any(o.startswith("dataset=") for o in run.overrides))
+    """Audit one model under its claim (`runs.claim`); an audit that was interrupted is
+    measured again from the start, one that another process is running is left to it."""
+    root = run.runs_root.expanduser()
+    with runs.claim(root, run.run_id) as mine:
+        if not mine:
+            return {"run_id": run.run_id, "status": ELSEWHERE}
+        if run.status() == "completed":  # finished by another process since it was planned
+            return {"run_id": run.run_id, "status": "skipped"}
+        if (root / run.run_id).is_dir():  # unfinished and unclaimed: its process died
+            shutil.rmtree(root / run.run_id)
+        cfg = compose([*run.overrides, f"run_id={run.run_id}"])
+        record = audit(cfg, run.target, command=f"segaudit audit --inventory ({run.target})",
+                       on_given_dataset=any(o.startswith("dataset=") for o in run.overrides))
     return {"run_id": run.run_id, "status": record["status"], "miou": record["metrics"]["miou"]}
 
 
@@ -115,6 +125,8 @@ def _run_subprocess(run: SweepRun, threads: int) -> dict:
     audit_args = [] if run.target is None else ["--audit", run.target]
     done = subprocess.run([sys.executable, "-m", "segaudit.sweep", run.run_id, *audit_args, *run.overrides],
                           capture_output=True, text=True, env=env)
+    if done.returncode == ELSEWHERE_EXIT:
+        return {"run_id": run.run_id, "status": ELSEWHERE}
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
         return {"run_id": run.run_id, "status": "failed", "error": lines[-1] if lines else "failed"}
@@ -187,6 +199,8 @@ if __name__ == "__main__":  # one run of a --jobs N sweep: python -m segaudit.sw
     if result["status"] == "failed":
         print(result.get("error", "failed"), file=sys.stderr)
         sys.exit(1)
+    if result["status"] == ELSEWHERE:
+        sys.exit(ELSEWHERE_EXIT)
 
 
 def retrain(cfg: DictConfig, extra: list[str], tier: int | None, from_gate: str | None,

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from rich.markup import escape
 
-from segaudit.config import check_extras, safe_instantiate
+from segaudit.config import check_extras, load_yaml, safe_instantiate
 from segaudit.console import console
 from segaudit.errors import ConfigError, first_line
 from segaudit.runs import CONFIG, RECORD, RunRecord, runs_root
@@ -261,7 +261,7 @@ class MLflowTracker(Tracker):
         saved = run_dir / CONFIG
         if not saved.is_file():
             return
-        params = [Param(key, value[:6000]) for key, value in flat_params(OmegaConf.load(saved)).items()]
+        params = [Param(key, value[:6000]) for key, value in flat_params(load_yaml(saved)).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[start:start + 100])
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from PIL import Image
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -15,7 +14,8 @@ from segaudit.data.labels import label_lut, names_from_json
 from segaudit.data.sampler import size_grouped_batches
 from segaudit.data.synthetic import SynthSpec, ensure_synthetic
 from segaudit.data.transforms import build_transform
-from segaudit.errors import DataError, first_line
+from segaudit.datafiles import read_yaml
+from segaudit.errors import DataError
 
 __all__ = ["FolderDataset", "build_dataset", "eval_loader", "list_samples", "prepare_dataset"]
 
@@ -78,12 +78,7 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
 
 def _read_meta(path: Path) -> dict:
     """`ROOT/dataset.yaml` as a mapping; a one-line DataError for anything else."""
-    try:
-        meta = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as err:
-        raise DataError(f"{path}: not valid YAML ({first_line(err)})") from None
+    meta = read_yaml(path, "dataset file", DataError)
     if meta is None:
         return {}
     if not isinstance(meta, dict):

@@ -87,15 +87,34 @@ class CheckReport:
         return [p for p in self.problems if p.error]
 
 
-def _read_pair(sample: Sample, num_classes: int, ignore_index: int,
-               lut) -> tuple[list[tuple[str, str]], np.ndarray | None, tuple[int, int] | None]:
+EXIF_ORIENTATION = 0x0112
+ORIENTATIONS = {2: "mirrored", 3: "rotated 180°", 4: "flipped upside down", 5: "transposed",
+                6: "rotated 90° clockwise", 7: "transversed", 8: "rotated 90° counter-clockwise"}
+
+
+def orientation_note(im: Image.Image) -> str | None:
+    """What an image's EXIF orientation tag does in other tools, or None without one.
+
+    Viewers and PIL's `ImageOps.exif_transpose` turn such an image before showing it, so
+    a mask drawn in one of them fits the turned picture, not the stored pixels segaudit
+    reads (labelme #1529)."""
+    value = im.getexif().get(EXIF_ORIENTATION)
+    if value not in ORIENTATIONS:
+        return None
+    return (f"EXIF orientation {value}: viewers and exif_transpose show it {ORIENTATIONS[value]}; segaudit "
+            f"reads the stored pixels, as stored (check its mask was drawn on those, not on the turned view)")
+
+
+def _read_pair(sample: Sample, num_classes: int, ignore_index: int, lut) -> tuple[
+        list[tuple[str, str]], np.ndarray | None, tuple[int, int] | None, str | None]:
     """Decode one pair fully; return (problems, 256-bin histogram of mapped label values,
-    the image's (W, H) or None when it does not decode)."""
-    problems, image_size = [], None
+    the image's (W, H) or None when it does not decode, its EXIF orientation note)."""
+    problems, image_size, turned = [], None, None
     try:
         with Image.open(sample.image) as im:
             im.load()  # a truncated file fails here, not at open
             image_size = im.size
+            turned = orientation_note(im)
     except Exception as err:  # PIL raises many types for broken files
         problems.append((str(sample.image), f"unreadable image ({first_line(err)})"))
     try:
@@ -105,16 +124,16 @@ def _read_pair(sample: Sample, num_classes: int, ignore_index: int,
             mask = np.array(im)
     except Exception as err:
         problems.append((str(sample.mask), f"unreadable mask ({first_line(err)})"))
-        return problems, None, image_size
+        return problems, None, image_size, turned
     if mask.ndim != 2:
         hint = "" if palette is None else " (palette present but image is not mode P)"
         problems.append((str(sample.mask), f"mask has {mask.shape[-1]} channels ({mode}); "
                                            f"expected one channel of class ids{hint}"))
-        return problems, None, image_size
+        return problems, None, image_size, turned
     if mask.dtype != np.uint8:
         if mask.max(initial=0) > 255:
             problems.append((str(sample.mask), f"mask values up to {mask.max()} do not fit uint8 ids"))
-            return problems, None, image_size
+            return problems, None, image_size, turned
         mask = mask.astype(np.uint8)
     if image_size is not None and image_size != (mask.shape[1], mask.shape[0]):
         problems.append((str(sample.mask), f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
@@ -125,7 +144,7 @@ def _read_pair(sample: Sample, num_classes: int, ignore_index: int,
     if bad:
         problems.append((str(sample.mask), f"label values {bad[:8]} outside [0, {num_classes}) "
                                            f"and not ignore ({ignore_index})"))
-    return problems, histogram, image_size
+    return problems, histogram, image_size, turned
 
 
 def _examples(stems: dict, suffix: str, kind: str) -> str:
@@ -202,7 +221,9 @@ def check_dataset(dcfg: DictConfig, splits=("train", "val"), workers: int | None
         histogram = np.zeros(256, dtype=np.int64)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = pool.map(lambda s: _read_pair(s, num_classes, ignore_index, lut), samples)
-            for sample, (found, hist, size) in zip(samples, results):
+            for sample, (found, hist, size, turned) in zip(samples, results):
+                if turned:
+                    problems.append(Problem(split, str(sample.image), turned, error=False))
                 if found:
                     summary.bad_files += 1
                     bad_stems.setdefault(split, []).append(sample.stem)

@@ -13,6 +13,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from segaudit.config import safe_instantiate
+from segaudit.datafiles import check_plain
 from segaudit.errors import DataError
 
 
@@ -66,6 +67,8 @@ def names_from_json(path: Path, num_classes: int) -> list[str] | None:
         return None
     try:
         labels = json.loads(path.read_text())["labels"]
-        return [str(label.get("readable") or label["name"]) for label in labels[:num_classes]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        names = [str(label.get("readable") or label["name"]) for label in labels[:num_classes]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{path}: cannot read class names ({err})") from None
+    check_plain(names, f"{path} labels", DataError)
+    return names
