@@ -135,7 +135,9 @@ def test_clean_hard_pipeline_adaptive_budget_becomes_healthy(hard, tmp_path):
     assert record["verdict"] == HEALTHY and code == 0, stages
     assert stages[0]["verdict"] == INCONCLUSIVE and stages[-1]["verdict"] == HEALTHY
     assert record["evidence"]["budget"]["stopped"] == "decisive"
-    assert len(record["evidence"]["curve"]) == len(stages)  # one evaluation per stage
+    # one evaluation per stage, and one half-way through the first (where the curve is going)
+    steps = [s["step"] for s in stages]
+    assert [point["step"] for point in record["evidence"]["curve"]] == [steps[0] // 2, *steps]
 
 
 @pytest.mark.slow
