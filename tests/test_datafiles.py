@@ -108,6 +108,18 @@ def test_dataset_yaml_interpolation_is_refused_not_resolved(synth_root, tmp_path
     assert SECRET not in str(err.value)
 
 
+@pytest.mark.parametrize("text,message", [  # found by tests/test_fuzz_files.py
+    ("class_names: true\n", "expected a list of names, got True"),
+    ("num_classes: 8\nignore_index: true\n", "ignore_index: True is not a label id"),
+    ("num_classes: 8\nclass_colors: {\"a\\nb\": \"${oc.env:HOME}\"}\n", "class_colors.'a\\nb': '${...}'"),
+])
+def test_dataset_yaml_odd_values_are_one_line(synth_root, tmp_path, text, message):
+    dcfg = _dataset_with_meta(synth_root, tmp_path, text)
+    with pytest.raises(DataError) as err:
+        prepare_dataset(dcfg, tmp_path / "cache")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
 def test_dataset_yaml_alias_bomb_is_refused_at_once(synth_root, tmp_path):
     dcfg = _dataset_with_meta(synth_root, tmp_path, "num_classes: 8\n" + ALIAS_BOMB)
     with pytest.raises(DataError, match="YAML aliases"):

@@ -2,7 +2,7 @@
 CSV and a prediction PNG, whatever they hold, give a result or one line of refusal (a
 `SegauditError`, the CLI's exit 2): never another exception, never an environment value in
 the message, never a file written beside them. `make test` runs a few dozen examples of
-each; `make test-full` (the `slow` marker) runs hundreds."""
+each; `make test-full` (the `slow` marker) runs 250."""
 
 import os
 import string
@@ -42,7 +42,7 @@ yaml_files = st.one_of(
     st.text(max_size=200),  # anything at all, aliases and tabs included
     st.sampled_from(["a: &x [1, 2]\nb: *x\n", "mean: [1, 2, 3]\nstd: [0, 1, 1]\n", "- 1\n- 2\n"]),
 )
-BUDGETS = [25, pytest.param(400, marks=pytest.mark.slow)]
+BUDGETS = [25, pytest.param(250, marks=pytest.mark.slow)]
 
 
 def _one_line_refusal(err: SegauditError) -> None:

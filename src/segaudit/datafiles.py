@@ -81,7 +81,8 @@ def interpolated_key(value: Any, key: str = "") -> str | None:
         return (key or "value") if INTERPOLATION in value else None
     if isinstance(value, dict):
         for name, item in value.items():
-            child = f"{key}.{name}" if key else str(name)
+            shown = name if isinstance(name, str) and name.isprintable() and name else repr(name)
+            child = f"{key}.{shown}" if key else shown
             if isinstance(name, str) and INTERPOLATION in name:
                 return child
             found = interpolated_key(item, child)

@@ -54,9 +54,11 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
                     dcfg[key] = meta[key]
         if dcfg.get("ignore_index") is None:
             dcfg.ignore_index = DEFAULT_IGNORE_INDEX
-        if not (isinstance(dcfg.ignore_index, int) and 0 <= dcfg.ignore_index <= 255):
+        if isinstance(dcfg.ignore_index, bool) or not (isinstance(dcfg.ignore_index, int)
+                                                       and 0 <= dcfg.ignore_index <= 255):
             raise DataError(f"dataset.ignore_index: {dcfg.ignore_index!r} is not a label id in 0..255 "
                             f"(set it in the config or in {meta_file})")
+        _check_names(dcfg, meta_file)
         if dcfg.get("num_classes") is None and dcfg.get("class_names"):
             dcfg.num_classes = len(dcfg.class_names)
         if dcfg.get("num_classes") is None:
@@ -87,15 +89,19 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
+def _check_names(dcfg: DictConfig, meta_file: Path) -> None:
+    """class_names, wherever it came from, a list of text (or unset)."""
+    names = dcfg.get("class_names")
+    if names is not None and (not OmegaConf.is_list(names) or not all(isinstance(n, str) for n in names)):
+        raise DataError(f"dataset.class_names (or {meta_file}): expected a list of names, got {names!r}")
+
+
 def _check_classes(dcfg: DictConfig, meta_file: Path) -> None:
-    """num_classes a whole number >= 1 and class_names a list of text, wherever they came from."""
+    """num_classes, wherever it came from, a whole number >= 1."""
     where = f"dataset.num_classes (or {meta_file})"
     value = dcfg.num_classes
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DataError(f"{where}: {value!r} is not a whole number >= 1")
-    names = dcfg.get("class_names")
-    if names is not None and (not OmegaConf.is_list(names) or not all(isinstance(n, str) for n in names)):
-        raise DataError(f"dataset.class_names (or {meta_file}): expected a list of names, got {names!r}")
 
 
 def _prefer_train_id_masks(dcfg: DictConfig, root: Path) -> None:
