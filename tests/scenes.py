@@ -47,3 +47,13 @@ def write_band_and_square(root: Path, n_train: int, n_val: int, size: int = 32, 
             Image.fromarray(mask).save(root / "masks" / split / f"{i:04d}.png")
     (root / "dataset.yaml").write_text("num_classes: 3\nclass_names: [background, band, square]\n")
     return root
+
+
+def with_dataset_yaml(data: Path, root: Path, content: bytes) -> Path:
+    """`root`: the folder dataset at `data` (its images and masks linked) with another
+    `dataset.yaml` beside them."""
+    root.mkdir(parents=True)
+    for name in ("images", "masks"):
+        (root / name).symlink_to(data / name)
+    (root / "dataset.yaml").write_bytes(content)
+    return root

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from typer.testing import CliRunner
 
+from scenes import with_dataset_yaml
 from segaudit.cli import app
 from segaudit.config import COMMAND_OWNED, compose, load_yaml, with_command_settings
 from segaudit.data import prepare_dataset
@@ -92,11 +93,7 @@ def test_a_saved_config_with_interpolation_is_refused(tmp_path, secret_env):
 
 # --------------------------------------------------------------------------- dataset.yaml
 def _dataset_with_meta(synth_root, tmp_path, text: str):
-    root = tmp_path / "data"
-    root.mkdir()
-    for name in ("images", "masks"):
-        (root / name).symlink_to(synth_root / name)
-    (root / "dataset.yaml").write_text(text)
+    root = with_dataset_yaml(synth_root, tmp_path / "data", text.encode())
     return compose(["dataset=folder", f"dataset.root={root}"]).dataset
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
+from scenes import with_dataset_yaml
 from segaudit.config import compose
 from segaudit.data import prepare_dataset
 from segaudit.errors import SegauditError
@@ -84,11 +85,7 @@ def test_any_dataset_yaml_is_read_or_refused_in_one_line(budget, synth_root):
     @given(text=metas)
     def check(text):
         with tempfile.TemporaryDirectory() as folder:
-            root = Path(folder) / "data"
-            root.mkdir()
-            for name in ("images", "masks"):
-                (root / name).symlink_to(synth_root / name)
-            (root / "dataset.yaml").write_text(text)
+            root = with_dataset_yaml(synth_root, Path(folder) / "data", text.encode())
             dcfg = compose(["dataset=folder", f"dataset.root={root}"]).dataset
             try:
                 prepared = prepare_dataset(dcfg, Path(folder) / "cache")

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from scenes import with_dataset_yaml
 from segaudit.cli import app
 from segaudit.config import SMP_ARCHITECTURES, compose, load_group_option, unsafe_targets
 from segaudit.engine import train
@@ -148,7 +149,7 @@ def _segaudit(*args) -> subprocess.CompletedProcess:
 def test_refusals_in_a_real_process(tiny, synth_root, runs_root, tmp_path):
     """A few of the refusals below once more through a fresh interpreter: exit code, one
     line, no traceback, nothing written."""
-    root = _bad_dataset(synth_root, tmp_path, b"- a list\n")
+    root = with_dataset_yaml(synth_root, tmp_path / "bad-data", b"- a list\n")
     for args, message in ((["train", *tiny, "train.iters=0"], "train.iters=0"),
                           (["train", *tiny, f"dataset.root={root}"], "found a list"),
                           (["train", *tiny, "run_id=../escaped"], "run_id='../escaped'")):
@@ -157,16 +158,6 @@ def test_refusals_in_a_real_process(tiny, synth_root, runs_root, tmp_path):
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert not runs_root.exists() or list(runs_root.iterdir()) == []
     assert not (tmp_path / "escaped").exists()
-
-
-def _bad_dataset(synth_root, tmp_path, content: bytes):
-    """The tiny dataset's files with another `dataset.yaml` beside them."""
-    root = tmp_path / "bad-data"
-    root.mkdir()
-    for name in ("images", "masks"):
-        (root / name).symlink_to(synth_root / name)
-    (root / "dataset.yaml").write_bytes(content)
-    return root
 
 
 TRAIN_REFUSALS = [
@@ -200,7 +191,7 @@ def test_bad_training_settings_are_one_line_and_leave_nothing(tiny, runs_root, t
     (b"\xff\xfe\x00num_classes: 8\n", "not UTF-8 text"),
 ])
 def test_a_broken_dataset_yaml_is_named(synth_root, tiny, runs_root, tmp_path, content, message):
-    root = _bad_dataset(synth_root, tmp_path, content)
+    root = with_dataset_yaml(synth_root, tmp_path / "bad-data", content)
     done = _segaudit("train", *tiny, f"dataset.root={root}")
     assert done.returncode == 2 and message in done.stderr and "dataset.yaml" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
