@@ -199,5 +199,5 @@ def test_an_image_with_an_exif_rotation_is_named_as_a_warning(tmp_path):
     report = check_module.check_dataset(prepare_dataset(dcfg, "/"), probe=False)
     turned = [p for p in report.problems if "EXIF" in p.message]
     assert [(p.path.endswith("0001.jpg"), p.error) for p in turned] == [(True, False)]
-    assert "rotated 90° clockwise" in turned[0].message and "reads the stored pixels" in turned[0].message
+    assert "rotated 90° clockwise" in turned[0].message and "reads the pixels as stored" in turned[0].message
     assert not [p for p in report.problems if p.error]

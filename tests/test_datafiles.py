@@ -128,6 +128,10 @@ def test_yaml_that_is_not_a_regular_file_or_too_large_is_not_read(tmp_path):
     os.mkfifo(fifo)  # opening it for reading would block forever
     with pytest.raises(ConfigError, match="not a regular file"):
         read_yaml(fifo, "model card")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("mean: " + "[" * 20000 + "]" * 20000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        read_yaml(deep, "model card")
     big = tmp_path / "big.yaml"
     big.write_text("x: " + "y" * (2 * 1024 * 1024) + "\n")
     with pytest.raises(ConfigError, match="larger than 1024 kB"):

@@ -71,6 +71,8 @@ def read_yaml(path: Path, what: str, error: type[SegauditError] = ConfigError) -
         raise error(f"{what} {path}: not valid YAML ({first_line(err)})") from None
     except OSError as err:
         raise error(f"{what} {path}: cannot read it ({first_line(err)})") from None
+    except RecursionError:  # "[[[[..." a few thousand deep
+        raise error(f"{what} {path}: nested too deeply for a data file") from None
     check_plain(data, f"{what} {path}", error)
     return data
 

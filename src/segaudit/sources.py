@@ -292,7 +292,7 @@ def _config_json(path: Path) -> dict | None:
         return None
     try:
         config = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         return None
     return config if isinstance(config, dict) else None
 
@@ -346,7 +346,7 @@ def hf_card(path: Path) -> ModelCard:
         return ModelCard(output="logits")
     try:
         pre = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise ConfigError(f"{file}: unreadable ({first_line(err)})") from None
     rescaled = pre.get("do_rescale", True) and abs(float(pre.get("rescale_factor", 1 / 255)) - 1 / 255) < 1e-9
     values = {"output": "logits", "input_range": 1 if rescaled else 255}
@@ -362,7 +362,7 @@ def load_smp_dir(path: Path) -> nn.Module:
     architectures), its keyword arguments from `config.json`, weights from safetensors."""
     try:
         config = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise ConfigError(f"{path / 'config.json'}: unreadable ({first_line(err)})") from None
     name = config.pop("_model_class", None) if isinstance(config, dict) else None
     if name not in SMP_ARCHITECTURES:

@@ -102,7 +102,7 @@ def orientation_note(im: Image.Image) -> str | None:
     if value not in ORIENTATIONS:
         return None
     return (f"EXIF orientation {value}: viewers and exif_transpose show it {ORIENTATIONS[value]}; segaudit "
-            f"reads the stored pixels, as stored (check its mask was drawn on those, not on the turned view)")
+            f"reads the pixels as stored (check its mask was drawn on those, not on the turned view)")
 
 
 def _read_pair(sample: Sample, num_classes: int, ignore_index: int, lut) -> tuple[

@@ -68,7 +68,7 @@ def names_from_json(path: Path, num_classes: int) -> list[str] | None:
     try:
         labels = json.loads(path.read_text())["labels"]
         names = [str(label.get("readable") or label["name"]) for label in labels[:num_classes]]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise DataError(f"{path}: cannot read class names ({err})") from None
     check_plain(names, f"{path} labels", DataError)
     return names
