@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from segaudit.evidence import Bootstrap, Estimate, bits, compare, information, miou, misaligned_share
+from segaudit.evidence import Bootstrap, Estimate, bits, compare, information, miou, misaligned_share, reads_content
 from segaudit.information import PerImage
 
 K = 3
@@ -165,3 +165,7 @@ def test_misaligned_share_needs_a_model_that_reads_content():
     assert misaligned_share(train, train_prior, val, val_prior, other, Bootstrap(100, seed=1), Bootstrap(100),
                             min_reads=0.03) is None
     assert misaligned_share(train, train_prior, val, val_prior, other, Bootstrap(100, seed=1), Bootstrap(100)) is not None
+    # The same test alone, run before the (expensive) training pairs are scored.
+    boot = Bootstrap(100)
+    assert not reads_content(val, val_prior, val, boot) and not reads_content(val, val_prior, other, boot, 0.03)
+    assert reads_content(val, val_prior, other, boot)

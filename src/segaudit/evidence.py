@@ -320,6 +320,14 @@ def audit_evidence(inputs: dict[str, PerImage], location: PerImage, glob: PerIma
     return out
 
 
+def reads_content(val: PerImage, val_prior: PerImage, val_other: PerImage, boot: Bootstrap,
+                  min_reads: float = 0.0) -> bool:
+    """Whether a model surely reads content: it explains val pairs more than the same val
+    masks fed other images' pixels, by more than `min_reads` bits/pixel (interval's low end)."""
+    check_paired(val, val_prior, val_other)
+    return bool(compare(val, val_other, boot).bits.low > min_reads)
+
+
 def misaligned_share(train: PerImage, train_prior: PerImage, val: PerImage, val_prior: PerImage,
                      val_other: PerImage, train_boot: Bootstrap, val_boot: Bootstrap,
                      min_reads: float = 0.0) -> dict | None:
@@ -345,15 +353,12 @@ def misaligned_share(train: PerImage, train_prior: PerImage, val: PerImage, val_
         does not surely read content: the val pairs explained more than the other-image
         inputs by more than `min_reads` bits/pixel (the estimate divides by that margin).
     """
-    check_paired(val, val_prior, val_other)
     check_paired(train, train_prior)
+    if not reads_content(val, val_prior, val_other, val_boot, min_reads):
+        return None
 
     def content(model, prior, w):
         return bits(prior, w) - bits(model, w)
-
-    reads = compare(val, val_other, val_boot).bits
-    if not reads.low > min_reads:
-        return None
 
     def share(wt, wv):
         on_val = content(val, val_prior, wv)

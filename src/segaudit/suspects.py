@@ -41,7 +41,7 @@ from segaudit.devices import amp_dtype, resolve_device
 from segaudit.engine import check_train_settings, train
 from segaudit.errors import ConfigError
 from segaudit.evaluation import evaluate, predict_labels
-from segaudit.evidence import Bootstrap, misaligned_share
+from segaudit.evidence import Bootstrap, misaligned_share, reads_content
 from segaudit.inference import build_inference
 from segaudit.information import PER_IMAGE_FILE, ImageScores, PerImage, load_per_image
 from segaudit.prior import PRIOR_FILE, analytic_prior, leave_one_out_scores, prior_map
@@ -366,22 +366,25 @@ def training_pairs_test(cfg: DictConfig, model_run: str, prior_run: str) -> dict
     root, dcfg = runs.runs_root(cfg), cfg.dataset
     device = resolve_device(str(cfg.device))
     trained = load_for_eval(cfg, model_run, device)
-    samples = list_samples(dcfg, "train")
-    picked = np.sort(np.random.default_rng(int(cfg.seed)).permutation(len(samples))[:limit])
-    train = _image_scores(trained.model, build_dataset(dcfg, "train", train=False), picked, cfg, device)
-    saved = torch.load(root / prior_run / PRIOR_FILE, weights_only=True)
-    pseudo_count = float(runs.read_record(root / prior_run)["prior"]["pseudo_count"])
-    train_prior = leave_one_out_scores(dcfg, saved["counts"], pseudo_count, [samples[i].mask for i in picked])
     val_prior, val_stems = load_per_image(root / prior_run / PER_IMAGE_FILE)
     own, stems = load_per_image(root / model_run / PER_IMAGE_FILE)
     if stems != val_stems:
         raise ConfigError(f"run {model_run}: its val images differ from the prior's (the dataset changed?)")
     others = build_dataset(dcfg, "val", train=False, condition=load_group_option("condition", "shuffled"))
     val_other = _image_scores(trained.model, others, np.arange(len(others)), cfg, device)
+    val, val_location = own[f"{trained.step}/real"], val_prior["0/location"]
     draws, level = int(cfg.gate.evidence.draws), float(cfg.gate.evidence.confidence)
-    found = misaligned_share(train, train_prior, own[f"{trained.step}/real"], val_prior["0/location"], val_other,
-                             Bootstrap(len(train), draws, level, seed=1), Bootstrap(len(val_stems), draws, level),
-                             min_reads=float(cfg.gate.evidence.min_content_bits))
+    val_boot, min_reads = Bootstrap(len(val_stems), draws, level), float(cfg.gate.evidence.min_content_bits)
+    if not reads_content(val, val_location, val_other, val_boot, min_reads):
+        return None  # before the training pairs' pass: at 1024x2048 it is the expensive one
+    samples = list_samples(dcfg, "train")
+    picked = np.sort(np.random.default_rng(int(cfg.seed)).permutation(len(samples))[:limit])
+    train = _image_scores(trained.model, build_dataset(dcfg, "train", train=False), picked, cfg, device)
+    saved = torch.load(root / prior_run / PRIOR_FILE, weights_only=True)
+    pseudo_count = float(runs.read_record(root / prior_run)["prior"]["pseudo_count"])
+    train_prior = leave_one_out_scores(dcfg, saved["counts"], pseudo_count, [samples[i].mask for i in picked])
+    found = misaligned_share(train, train_prior, val, val_location, val_other,
+                             Bootstrap(len(train), draws, level, seed=1), val_boot, min_reads=min_reads)
     if found is not None:  # two inference passes: the sampled training pairs, the val set
         found["seconds"] = round(time.perf_counter() - t0, 2)
     return found
