@@ -7,7 +7,7 @@ DEMO_RUNS ?= runs/demo
 FAULT_DIR ?= runs/demo-fault
 HARD_RUNS ?= runs/demo-hard
 
-.PHONY: help venv demo demo-hard demo-fault test test-full report-check bench clean
+.PHONY: help venv demo demo-hard demo-fault lint test test-full docs report-check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,8 +25,8 @@ demo: $(STAMP) ## diagnose the embedded synthetic scenes (ends HEALTHY), validat
 	$(BIN)/segaudit diagnose paths.runs=$(DEMO_RUNS) run_id=demo --plots $(DEMO_RUNS)/plots
 	$(BIN)/segaudit validate demo paths.runs=$(DEMO_RUNS); \
 		echo "validate exit code: $$? (0 = every gate passed, 1 = a gate failed)"
-	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS) --plots $(DEMO_RUNS)/plots
-	$(BIN)/segaudit report paths.runs=$(DEMO_RUNS) --html $(DEMO_RUNS)/report.html
+	$(BIN)/segaudit report plots $(DEMO_RUNS)/plots paths.runs=$(DEMO_RUNS)
+	$(BIN)/segaudit report html $(DEMO_RUNS)/report.html paths.runs=$(DEMO_RUNS)
 	@echo "open $(DEMO_RUNS)/report.html in a browser: the verdict, the evidence and the pictures on one page"
 
 demo-hard: $(STAMP) ## the slow-to-learn texture scenes: the default 300 steps are INCONCLUSIVE, the adaptive budget HEALTHY (13-21 min)
@@ -37,7 +37,7 @@ demo-hard: $(STAMP) ## the slow-to-learn texture scenes: the default 300 steps a
 	$(BIN)/segaudit diagnose dataset=synthetic_hard run_id=adaptive paths.runs=$(HARD_RUNS) \
 		--no-noise-train --no-suspects diagnose.tier1=false; \
 		echo "diagnose exit code: $$? (0 = HEALTHY once the stages have trained enough)"
-	$(BIN)/segaudit report paths.runs=$(HARD_RUNS) --html $(HARD_RUNS)/report.html
+	$(BIN)/segaudit report html $(HARD_RUNS)/report.html paths.runs=$(HARD_RUNS)
 	@echo "open $(HARD_RUNS)/report.html: the learning curves with intervals, the stages from INCONCLUSIVE to HEALTHY"
 
 demo-fault: $(STAMP) ## diagnose a copy with 30% of its training pairs swapped on disk (ends PIPELINE_FAULT, lists them)
@@ -51,11 +51,18 @@ demo-fault: $(STAMP) ## diagnose a copy with 30% of its training pairs swapped o
 		--export $(FAULT_DIR)/suspects.csv; \
 		echo "suspects exit code: $$? (1 = more than gate.suspects_max_share of the pairs flagged)"
 
-test: $(STAMP) ## the test suite without slow end-to-end tests (< 10 min on 2 cores)
+lint: $(STAMP) ## ruff: lint and format check (configured in pyproject.toml)
+	$(BIN)/ruff check src tests scripts docs
+	$(BIN)/ruff format --check src tests scripts docs
+
+test: lint ## lint, then the test suite without slow end-to-end tests (< 10 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" -q -n auto --dist loadfile --no-loadscope-reorder
 
-test-full: $(STAMP) ## every test, slow end-to-end ones included
+test-full: lint ## lint, then every test, slow end-to-end ones included
 	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
+
+docs: $(STAMP) ## build the manual (docs/) into site/ with MkDocs, strict: a warning or broken link fails
+	$(BIN)/mkdocs build --strict --site-dir site
 
 report-check: $(STAMP) ## render an HTML report in headless Chromium (Debian's chromium) and check the screenshot
 	$(BIN)/python -m pytest -q -rs -m slow tests/test_html_report.py
@@ -64,4 +71,4 @@ bench: $(STAMP) ## unified loop vs a bare PyTorch loop (per-iteration time ratio
 	$(BIN)/python scripts/bench_loop.py
 
 clean: ## remove the virtual environment and demo runs
-	rm -rf $(VENV) $(DEMO_RUNS) $(HARD_RUNS) $(FAULT_DIR)
+	rm -rf $(VENV) $(DEMO_RUNS) $(HARD_RUNS) $(FAULT_DIR) site

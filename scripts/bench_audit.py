@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from segaudit.audit import audit
-from segaudit.checkpoints import load_for_eval
-from segaudit.config import compose, load_group_option
+from segaudit.core.config import compose, load_group_option
 from segaudit.data import build_dataset, eval_loader, prepare_dataset
-from segaudit.engine import train
-from segaudit.inference import model_stride
-from segaudit.metrics import ConfusionMatrix
+from segaudit.diagnostics.audit import audit
+from segaudit.measure.metrics import ConfusionMatrix
+from segaudit.models.checkpoints import load_for_eval
+from segaudit.models.inference import model_stride
+from segaudit.train.engine import train
 
 
 def bare_audit(cfg, run_id: str, device: torch.device) -> None:
@@ -75,8 +75,13 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=150, help="val images of the long run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-audit-"))
-    common = [f"paths.runs={work / 'runs'}", f"paths.cache={work / 'cache'}", f"device={args.device}",
-              "train.progress=false", "train.eval_batch_size=16"]
+    common = [
+        f"paths.runs={work / 'runs'}",
+        f"paths.cache={work / 'cache'}",
+        f"device={args.device}",
+        "train.progress=false",
+        "train.eval_batch_size=16",
+    ]
     configs = {}
     for n_val in (args.small, args.large):
         overrides = [*common, f"dataset.generate.n_val={n_val}", "dataset.generate.n_train=100"]
@@ -86,23 +91,29 @@ def main() -> None:
         configs[n_val] = compose(overrides)
     device = torch.device(args.device)
     seconds = {(side, n): [] for side in ("ours", "bare") for n in configs}
-    for repeat in range(args.repeats):
+    for _ in range(args.repeats):
         for n_val, cfg in configs.items():
             cfg.run_id = None
-            seconds["ours", n_val].append(timed(lambda: audit(cfg, f"model-{n_val}")))
-            seconds["bare", n_val].append(timed(lambda: bare_audit(cfg, f"model-{n_val}", device)))
+            seconds["ours", n_val].append(timed(lambda cfg=cfg, n_val=n_val: audit(cfg, f"model-{n_val}")))
+            seconds["bare", n_val].append(timed(lambda cfg=cfg, n_val=n_val: bare_audit(cfg, f"model-{n_val}", device)))
     extra = args.large - args.small
-    per_image = {side: [(seconds[side, args.large][r] - seconds[side, args.small][r]) / extra
-                        for r in range(args.repeats)] for side in ("ours", "bare")}
+    per_image = {
+        side: [(seconds[side, args.large][r] - seconds[side, args.small][r]) / extra for r in range(args.repeats)]
+        for side in ("ours", "bare")
+    }
     ratios = [o / b for o, b in zip(per_image["ours"], per_image["bare"])]
     print(f"device {args.device}; val {args.small} vs {args.large} images of 64 px; {args.repeats} repeats")
     for side in ("ours", "bare"):
         one_off = [seconds[side, args.small][r] - args.small * per_image[side][r] for r in range(args.repeats)]
-        print(f"  {side}: {1000 * statistics.median(per_image[side]):.1f} ms per image "
-              f"(range {1000 * min(per_image[side]):.1f}-{1000 * max(per_image[side]):.1f}); one-off "
-              f"{statistics.median(one_off):.2f} s")
-    print(f"  per-image ratio ours/bare: median {statistics.median(ratios):.2f} "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+        print(
+            f"  {side}: {1000 * statistics.median(per_image[side]):.1f} ms per image "
+            f"(range {1000 * min(per_image[side]):.1f}-{1000 * max(per_image[side]):.1f}); one-off "
+            f"{statistics.median(one_off):.2f} s"
+        )
+    print(
+        f"  per-image ratio ours/bare: median {statistics.median(ratios):.2f} "
+        f"(range {min(ratios):.2f}-{max(ratios):.2f})"
+    )
 
 
 if __name__ == "__main__":

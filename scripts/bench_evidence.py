@@ -1,6 +1,6 @@
 """What the information evidence adds to an evaluation pass: per-image log-likelihood and
-class counts (`segaudit.information`), and the bootstrap over val images
-(`segaudit.evidence`).
+class counts (`segaudit.measure.information`), and the bootstrap over val images
+(`segaudit.measure.evidence`).
 
 Two measurements, in one run, alternating so that the machine's drift hits both sides:
 
@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from segaudit.checkpoints import load_for_eval
-from segaudit.config import compose
+from segaudit.core.config import compose
+from segaudit.core.devices import amp_dtype
 from segaudit.data import build_dataset, eval_loader, prepare_dataset
-from segaudit.devices import amp_dtype
-from segaudit.engine import train
-from segaudit.evaluation import evaluate
-from segaudit.evidence import Bootstrap, diagnose_evidence
-from segaudit.information import ImageScores
-from segaudit.prior import analytic_prior
+from segaudit.measure.evaluation import evaluate
+from segaudit.measure.evidence import Bootstrap, diagnose_evidence
+from segaudit.measure.information import ImageScores
+from segaudit.measure.prior import analytic_prior
+from segaudit.models.checkpoints import load_for_eval
+from segaudit.train.engine import train
 
 
 def timed(fn) -> tuple[float, object]:
@@ -54,9 +54,16 @@ def main() -> None:
     parser.add_argument("--n-val", type=int, default=100)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-evidence-"))
-    overrides = [f"paths.runs={work / 'runs'}", f"paths.cache={work / 'cache'}", f"device={args.device}",
-                 "train.progress=false", f"dataset.generate.size={args.size}", f"dataset.generate.n_val={args.n_val}",
-                 "dataset.generate.n_train=20", f"dataset.transform.crop=[{args.size},{args.size}]"]
+    overrides = [
+        f"paths.runs={work / 'runs'}",
+        f"paths.cache={work / 'cache'}",
+        f"device={args.device}",
+        "train.progress=false",
+        f"dataset.generate.size={args.size}",
+        f"dataset.generate.n_val={args.n_val}",
+        "dataset.generate.n_train=20",
+        f"dataset.transform.crop=[{args.size},{args.size}]",
+    ]
     cfg = compose([*overrides, "run_id=model", "train.iters=2"])
     cfg.dataset = prepare_dataset(cfg.dataset, cfg.paths.cache)  # generation is not part of either side
     train(cfg)
@@ -83,14 +90,21 @@ def main() -> None:
         base, _ = timed(plain)
         ours, per_image = timed(with_scores)
         steps = {100: per_image, 200: per_image}
-        spent, _ = timed(lambda: diagnose_evidence(prior.reference["location"], prior.reference["global"],
-                                                   steps, steps, steps, 200, boot))
+        spent, _ = timed(
+            lambda steps=steps: diagnose_evidence(
+                prior.reference["location"], prior.reference["global"], steps, steps, steps, 200, boot
+            )
+        )
         ratios.append(ours / base)
         evidence_ratios.append(spent / base)
-    print(f"device {args.device}; {args.n_val} val images of {args.size} px; {args.repeats} repeats; "
-          f"one plain pass {1000 * base:.0f} ms")
-    for name, values in (("evaluation with per-image scores / plain", ratios),
-                         ("one stage's evidence (2000 resamples) / one plain pass", evidence_ratios)):
+    print(
+        f"device {args.device}; {args.n_val} val images of {args.size} px; {args.repeats} repeats; "
+        f"one plain pass {1000 * base:.0f} ms"
+    )
+    for name, values in (
+        ("evaluation with per-image scores / plain", ratios),
+        ("one stage's evidence (2000 resamples) / one plain pass", evidence_ratios),
+    ):
         print(f"  {name}: median {statistics.median(values):.3f} (range {min(values):.3f}-{max(values):.3f})")
 
 

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from segaudit.config import compose
+from segaudit.core.config import compose
+from segaudit.core.devices import amp_dtype, resolve_device
 from segaudit.data import build_dataset, prepare_dataset
 from segaudit.data.sampler import StepBatchSampler
-from segaudit.devices import amp_dtype, resolve_device
-from segaudit.engine import seed_everything, train
-from segaudit.models import build_model
+from segaudit.models.build import build_model
+from segaudit.train.engine import seed_everything, train
 
 
 def bare_loop(cfg, iters: int) -> float:
@@ -40,11 +40,18 @@ def bare_loop(cfg, iters: int) -> float:
     seed_everything(cfg.seed)
     dataset_cfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
     dataset = build_dataset(dataset_cfg, "train", train=True)
-    loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed),
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed),
+        pin_memory=device.type == "cuda",
+    )
     model = build_model(cfg.model, int(dataset_cfg.num_classes)).to(device, memory_format=memory_format)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                  fused=bool(cfg.optim.get("fused", False)))
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        fused=bool(cfg.optim.get("fused", False)),
+    )
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=iters, power=0.9)
     model.train()
     data = iter(loader)
@@ -83,9 +90,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [
-            f"model={args.model}", f"device={args.device}", f"train.iters={args.iters}",
-            f"train.batch_size={args.batch_size}", f"dataset.generate.size={args.size}",
-            f"dataset.transform.crop=[{args.size},{args.size}]", "dataset.generate.n_val=8",
+            f"model={args.model}",
+            f"device={args.device}",
+            f"train.iters={args.iters}",
+            f"train.batch_size={args.batch_size}",
+            f"dataset.generate.size={args.size}",
+            f"dataset.transform.crop=[{args.size},{args.size}]",
+            "dataset.generate.n_val=8",
             f"paths.runs={tmp}/runs",
         ]
         cfg = compose(overrides)
@@ -95,11 +106,15 @@ def main() -> None:
             t_bare = bare_loop(cfg, args.iters)
             t_ours = ours(compose(overrides))
             ratios.append(t_ours / t_bare)
-            print(f"repeat {repeat}: bare {t_bare / args.iters * 1e3:.1f} ms/iter, "
-                  f"segaudit {t_ours / args.iters * 1e3:.1f} ms/iter, ratio {ratios[-1]:.3f}")
+            print(
+                f"repeat {repeat}: bare {t_bare / args.iters * 1e3:.1f} ms/iter, "
+                f"segaudit {t_ours / args.iters * 1e3:.1f} ms/iter, ratio {ratios[-1]:.3f}"
+            )
     device = resolve_device(args.device)
-    print(f"{args.model} {args.size}px batch {args.batch_size} on {device}: "
-          f"median ratio segaudit/bare = {statistics.median(ratios):.3f} (target <= 1.05)")
+    print(
+        f"{args.model} {args.size}px batch {args.batch_size} on {device}: "
+        f"median ratio segaudit/bare = {statistics.median(ratios):.3f} (target <= 1.05)"
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch.export import Dim
 
-from segaudit.sources import OnnxModel
+from segaudit.models.sources import OnnxModel
 
 
 def throughput(model, images: torch.Tensor, batches: int) -> float:
@@ -59,14 +59,19 @@ def main() -> None:
         rates["torch"].append(throughput(model, images, args.batches))
         rates["onnx"].append(throughput(onnx, images, args.batches))
     ratios = [o / t for o, t in zip(rates["onnx"], rates["torch"])]
-    print(f"DeepLabV3+/ResNet-18, {args.size[0]}x{args.size[1]}, batch {args.batch}, "
-          f"{args.batches} batches x {args.repeats} repeats; providers {onnx.session.get_providers()}; "
-          f"{torch.get_num_threads()} torch threads")
+    print(
+        f"DeepLabV3+/ResNet-18, {args.size[0]}x{args.size[1]}, batch {args.batch}, "
+        f"{args.batches} batches x {args.repeats} repeats; providers {onnx.session.get_providers()}; "
+        f"{torch.get_num_threads()} torch threads"
+    )
     for name, values in rates.items():
-        print(f"  {name}: {statistics.median(values):.1f} img/s (range {min(values):.1f}-{max(values):.1f}); "
-              f"first call {first[name]:.2f} s")
-    print(f"  ratio onnx/torch img/s: median {statistics.median(ratios):.2f} "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+        print(
+            f"  {name}: {statistics.median(values):.1f} img/s (range {min(values):.1f}-{max(values):.1f}); "
+            f"first call {first[name]:.2f} s"
+        )
+    print(
+        f"  ratio onnx/torch img/s: median {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f})"
+    )
 
 
 if __name__ == "__main__":

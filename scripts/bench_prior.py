@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from segaudit.data.folder import read_mask
-from segaudit.prior import count_labels
+from segaudit.measure.prior import count_labels
 
 
 def write_labels(folder: Path, n: int, height: int, width: int) -> list[Path]:
@@ -31,10 +31,10 @@ def write_labels(folder: Path, n: int, height: int, width: int) -> list[Path]:
         mask = np.zeros((height, width), np.uint8)
         horizon = int(rng.uniform(0.3, 0.6) * height)
         mask[:horizon] = 10  # sky
-        mask[horizon:] = 0   # road
+        mask[horizon:] = 0  # road
         for _ in range(30):  # objects of other classes
             y, x = rng.integers(0, height - 40), rng.integers(0, width - 60)
-            mask[y:y + rng.integers(10, 40), x:x + rng.integers(10, 60)] = rng.integers(1, 19)
+            mask[y : y + rng.integers(10, 40), x : x + rng.integers(10, 60)] = rng.integers(1, 19)
         mask[-20:] = 255
         path = folder / f"{i:04d}.png"
         Image.fromarray(mask).save(path)
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_labels(Path(tmp), args.n, args.height, args.width)
-        for attempt in range(2):  # the first pass also warms the page cache
+        for _ in range(2):  # the first pass also warms the page cache
             t0 = time.perf_counter()
             with ThreadPoolExecutor(args.workers) as pool:
                 for _ in pool.map(read_mask, paths):
@@ -62,9 +62,11 @@ def main() -> None:
             prior = time.perf_counter() - t0
         labelled = (args.height - 20) * args.width * args.n  # every pixel but the ignore band
         assert int(counts.sum()) == labelled, "prior lost or double-counted pixels"
-    print(f"{args.n} label maps {args.height}x{args.width}, {args.workers} threads: "
-          f"decode {args.n / decode:.0f} labels/s, prior {args.n / prior:.0f} labels/s, "
-          f"ratio prior/decode = {prior / decode:.2f}")
+    print(
+        f"{args.n} label maps {args.height}x{args.width}, {args.workers} threads: "
+        f"decode {args.n / decode:.0f} labels/s, prior {args.n / prior:.0f} labels/s, "
+        f"ratio prior/decode = {prior / decode:.2f}"
+    )
 
 
 if __name__ == "__main__":

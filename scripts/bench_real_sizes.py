@@ -4,7 +4,7 @@ slide) against a bare loop doing the same forward passes.
 1. Data pipeline, one worker: decode a 1024x2048 PNG pair, random rescale (0.5-2.0),
    crop 512x1024, flip, normalise -- images/s, and how many DataLoader workers a GPU
    consuming `--gpu-rate` images/s needs.
-2. Evaluation: `segaudit.engine.predict_labels` with `whole` and `slide` inference and
+2. Evaluation: `segaudit.train.engine.predict_labels` with `whole` and `slide` inference and
    the confusion-matrix update, against a bare loop (pad, forward, crop or the window
    loop, argmax) over the same model and images. Repeats alternate ours/bare; the
    report is the median ratio ours/bare with its range.
@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from segaudit.config import compose
+from segaudit.core.config import compose
+from segaudit.core.devices import amp_dtype, resolve_device
 from segaudit.data import build_dataset, prepare_dataset
 from segaudit.data.synthetic import write_cityscapes_layout
-from segaudit.devices import amp_dtype, resolve_device
-from segaudit.evaluation import predict_labels
-from segaudit.inference import build_inference, window_origins
-from segaudit.metrics import ConfusionMatrix
-from segaudit.models import build_model
+from segaudit.measure.evaluation import predict_labels
+from segaudit.measure.metrics import ConfusionMatrix
+from segaudit.models.build import build_model
+from segaudit.models.inference import build_inference, window_origins
 
 
 def pipeline_rate(dcfg, samples: int) -> float:
@@ -79,13 +79,22 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = write_cityscapes_layout(Path(tmp), {"train": 4, "val": args.images})
-        cfg = compose(["dataset=cityscapes", f"dataset.root={root}", "dataset.transform.crop=[512,1024]",
-                       "dataset.cache_in_memory=false", f"model={args.model}"])
+        cfg = compose(
+            [
+                "dataset=cityscapes",
+                f"dataset.root={root}",
+                "dataset.transform.crop=[512,1024]",
+                "dataset.cache_in_memory=false",
+                f"model={args.model}",
+            ]
+        )
         dcfg = prepare_dataset(cfg.dataset, tmp)
         rate = pipeline_rate(dcfg, args.pipeline_samples)
-        print(f"data pipeline (decode 1024x2048 PNG pair + rescale 0.5-2 + crop 512x1024 + flip), "
-              f"1 worker: {rate:.2f} img/s -> {args.gpu_rate:g} img/s needs "
-              f"{args.gpu_rate / rate:.1f} workers")
+        print(
+            f"data pipeline (decode 1024x2048 PNG pair + rescale 0.5-2 + crop 512x1024 + flip), "
+            f"1 worker: {rate:.2f} img/s -> {args.gpu_rate:g} img/s needs "
+            f"{args.gpu_rate / rate:.1f} workers"
+        )
 
         device = resolve_device(args.device)
         dtype = amp_dtype("auto", device)
@@ -116,10 +125,12 @@ def main() -> None:
                 ratios.append(times["ours"] / times["bare"])
                 ours_rates.append(len(batches) / times["ours"])
             ratios, ours_rates = ratios[1:], ours_rates[1:]
-            print(f"eval {mode:5s} 1024x2048, {args.model}, {device.type}: "
-                  f"{statistics.median(ours_rates):.2f} img/s; ours/bare median "
-                  f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, "
-                  f"{len(ratios)} repeats)")
+            print(
+                f"eval {mode:5s} 1024x2048, {args.model}, {device.type}: "
+                f"{statistics.median(ours_rates):.2f} img/s; ours/bare median "
+                f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, "
+                f"{len(ratios)} repeats)"
+            )
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from segaudit.config import compose
+from segaudit.core.config import compose
+from segaudit.core.devices import resolve_device
 from segaudit.data import prepare_dataset
-from segaudit.devices import resolve_device
-from segaudit.engine import train
+from segaudit.train.engine import train
 
 LOGGERS = ("none", "tensorboard", "mlflow")
 
@@ -50,9 +50,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        overrides = [f"device={args.device}", f"train.log_every={args.log_every}", "train.progress=false",
-                     f"dataset.generate.size={args.size}", f"dataset.transform.crop=[{args.size},{args.size}]",
-                     "dataset.generate.n_val=8", f"paths.cache={root / 'cache'}"]
+        overrides = [
+            f"device={args.device}",
+            f"train.log_every={args.log_every}",
+            "train.progress=false",
+            f"dataset.generate.size={args.size}",
+            f"dataset.transform.crop=[{args.size},{args.size}]",
+            "dataset.generate.n_val=8",
+            f"paths.cache={root / 'cache'}",
+        ]
         prepare_dataset(compose(overrides).dataset, str(root / "cache"))  # generate once, untimed
         timed_run(overrides, "mlflow", 1, root, "warmup")  # the store's schema, and the imports
         per_iter = {name: [] for name in LOGGERS}
@@ -63,16 +69,22 @@ def main() -> None:
                 t_long = timed_run(overrides, name, long, root, f"{name}-{repeat}-long")
                 per_iter[name].append((t_long - t_short) / (long - short))
                 one_off[name].append(t_short - short * per_iter[name][-1])
-            print(f"repeat {repeat}: " + ", ".join(
-                f"{n} {per_iter[n][-1] * 1e3:.1f} ms/iter + {one_off[n][-1]:.2f} s" for n in LOGGERS))
-    print(f"{args.size}px on {resolve_device(args.device)}, log every {args.log_every} steps, "
-          f"{args.repeats} repeats of {short} and {long} iterations:")
+            print(
+                f"repeat {repeat}: "
+                + ", ".join(f"{n} {per_iter[n][-1] * 1e3:.1f} ms/iter + {one_off[n][-1]:.2f} s" for n in LOGGERS)
+            )
+    print(
+        f"{args.size}px on {resolve_device(args.device)}, log every {args.log_every} steps, "
+        f"{args.repeats} repeats of {short} and {long} iterations:"
+    )
     for name in LOGGERS[1:]:
         ratios = [a / b for a, b in zip(per_iter[name], per_iter["none"])]
         extra = [a - b for a, b in zip(one_off[name], one_off["none"])]
-        print(f"  {name}: per-iteration ratio vs none {statistics.median(ratios):.3f} "
-              f"(range {min(ratios):.3f}-{max(ratios):.3f}); one-off {statistics.median(extra):+.2f} s "
-              f"(range {min(extra):+.2f} to {max(extra):+.2f})")
+        print(
+            f"  {name}: per-iteration ratio vs none {statistics.median(ratios):.3f} "
+            f"(range {min(ratios):.3f}-{max(ratios):.3f}); one-off {statistics.median(extra):+.2f} s "
+            f"(range {min(extra):+.2f} to {max(extra):+.2f})"
+        )
 
 
 if __name__ == "__main__":

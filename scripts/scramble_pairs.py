@@ -44,8 +44,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     stems = scramble(args.root, args.split, args.seed, args.share)
-    print(f"scrambled the pairing of {len(stems)} {args.split} masks under {args.root}: "
-          f"{', '.join(stems[:8])}{' ...' if len(stems) > 8 else ''}")
+    print(
+        f"scrambled the pairing of {len(stems)} {args.split} masks under {args.root}: "
+        f"{', '.join(stems[:8])}{' ...' if len(stems) > 8 else ''}"
+    )
 
 
 if __name__ == "__main__":

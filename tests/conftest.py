@@ -17,8 +17,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The modules that take longest, longest first. `make test` hands whole modules to its
 # workers in collection order (--dist loadfile --no-loadscope-reorder), so that the
 # workers end together instead of one finishing a long module alone.
-SLOWEST_FIRST = ("test_verdicts_hard.py", "test_forensics.py", "test_html_report.py", "test_sources.py",
-                 "test_real_sizes.py", "test_phases.py")
+SLOWEST_FIRST = (
+    "test_verdicts_hard.py",
+    "test_forensics.py",
+    "test_html_report.py",
+    "test_sources.py",
+    "test_real_sizes.py",
+    "test_phases.py",
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -41,8 +47,14 @@ def runs_root(tmp_path) -> Path:
 def tiny(synth_root, runs_root, tmp_path) -> list[str]:
     """Overrides for a seconds-long run on the tiny dataset."""
     return [
-        "dataset=folder", f"dataset.root={synth_root}", "dataset.transform.crop=[32,32]",
-        "dataset.cache_in_memory=true", "train.iters=2", "train.batch_size=2",
-        "train.eval_batch_size=8", "train.progress=false", f"paths.runs={runs_root}",
+        "dataset=folder",
+        f"dataset.root={synth_root}",
+        "dataset.transform.crop=[32,32]",
+        "dataset.cache_in_memory=true",
+        "train.iters=2",
+        "train.batch_size=2",
+        "train.eval_batch_size=8",
+        "train.progress=false",
+        f"paths.runs={runs_root}",
         f"paths.cache={tmp_path / 'cache'}",
     ]

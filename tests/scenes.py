@@ -12,8 +12,9 @@ from PIL import Image
 from segaudit.data.synthetic import render_scene_at
 
 
-def write_folder(root: Path, sizes: dict[str, list[tuple[int, int]]], num_classes: int = 8,
-                 image_ext: str = ".png") -> Path:
+def write_folder(
+    root: Path, sizes: dict[str, list[tuple[int, int]]], num_classes: int = 8, image_ext: str = ".png"
+) -> Path:
     """A generic folder dataset: `sizes` maps a split to the (H, W) of each of its scenes."""
     for split, split_sizes in sizes.items():
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -41,8 +42,8 @@ def write_band_and_square(root: Path, n_train: int, n_val: int, size: int = 32, 
             mask = np.zeros((size, size), np.uint8)
             mask[:side] = 1
             y, x = rng.integers(side, size - side + 1), rng.integers(0, size - side + 1)
-            image[y:y + side, x:x + side] = (220, 30, 30)
-            mask[y:y + side, x:x + side] = 2
+            image[y : y + side, x : x + side] = (220, 30, 30)
+            mask[y : y + side, x : x + side] = 2
             Image.fromarray(image).save(root / "images" / split / f"{i:04d}.png")
             Image.fromarray(mask).save(root / "masks" / split / f"{i:04d}.png")
     (root / "dataset.yaml").write_text("num_classes: 3\nclass_names: [background, band, square]\n")

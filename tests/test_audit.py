@@ -6,15 +6,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from segaudit.audit import audit
 from segaudit.cli import app
-from segaudit.checkpoints import load_for_eval
-from segaudit.config import compose, load_group_option
+from segaudit.core.config import compose, load_group_option
 from segaudit.data import build_dataset, eval_loader
 from segaudit.data.conditions import DeviceImages
-from segaudit.engine import train
-from segaudit.evaluation import predict_labels
-from segaudit.runs import CHECKPOINT, load_table
+from segaudit.diagnostics.audit import audit
+from segaudit.measure.evaluation import predict_labels
+from segaudit.models.checkpoints import load_for_eval
+from segaudit.runs.records import CHECKPOINT, load_table
+from segaudit.train.engine import train
 
 runner = CliRunner()
 
@@ -25,8 +25,13 @@ def _agreement_by_hand(overrides) -> float:
     cfg = compose(overrides)
     model = load_for_eval(cfg, "model", torch.device("cpu"))
     dcfg = model.saved.dataset
-    noise = DeviceImages(load_group_option("condition", "noise"), dcfg.transform.mean, dcfg.transform.std,
-                         torch.device("cpu"), seeded=True)
+    noise = DeviceImages(
+        load_group_option("condition", "noise"),
+        dcfg.transform.mean,
+        dcfg.transform.std,
+        torch.device("cpu"),
+        seeded=True,
+    )
     same = labelled = 0
     with torch.inference_mode():
         for images, target in eval_loader(build_dataset(dcfg, "val", train=False), int(cfg.train.eval_batch_size)):
@@ -59,7 +64,7 @@ def test_audit_matches_training_time_evaluation(trained, tiny, runs_root):
 
 
 def test_audit_by_checkpoint_path_via_cli(trained, tiny, runs_root):
-    result = runner.invoke(app, ["audit", str(runs_root / "model" / CHECKPOINT), *tiny])
+    result = runner.invoke(app, ["audit", "model", str(runs_root / "model" / CHECKPOINT), *tiny])
     # Two iterations of training: the model scores below the prior, and the audit says so.
     assert result.exit_code == 1, result.output
     assert "content gain" in result.stdout and "shuffled" in result.stdout
@@ -72,13 +77,17 @@ def test_audit_by_checkpoint_path_via_cli(trained, tiny, runs_root):
 
 def _found(content, versus, retained, bits=True) -> dict:
     est = lambda v: {"value": v[0], "low": v[1], "high": v[2]}  # noqa: E731
-    return {"bits": bits, "information": {"content": est(content)} if bits else None,
-            "versus": {"shuffled": {"bits": est(versus) if bits else None, "miou": est(versus)}},
-            "noise_retained": est(retained) if bits else None, "miou_gain": est(content)}
+    return {
+        "bits": bits,
+        "information": {"content": est(content)} if bits else None,
+        "versus": {"shuffled": {"bits": est(versus) if bits else None, "miou": est(versus)}},
+        "noise_retained": est(retained) if bits else None,
+        "miou_gain": est(content),
+    }
 
 
 def test_evidence_flags_follow_the_intervals():
-    from segaudit.audit import evidence_flags
+    from segaudit.diagnostics.audit import evidence_flags
 
     gate = compose([]).gate
     miou = {"real": 23.0, "noise": 10.0, "blank": 5.0, "shuffled": 21.5}
@@ -102,8 +111,11 @@ def test_bad_checkpoints_are_one_line_errors(trained, tiny, runs_root, tmp_path)
     other["config"]["model"]["encoder"] = "resnet34"  # weights of another architecture
     mismatched = tmp_path / "mismatched.pt"
     torch.save(other, mismatched)
-    for target, expected in [(truncated, "unreadable checkpoint"), (mismatched, "weights do not fit"),
-                             ("no-such-run", "neither a checkpoint file nor a run id")]:
-        result = runner.invoke(app, ["audit", str(target), *tiny])
+    for target, expected in [
+        (truncated, "unreadable checkpoint"),
+        (mismatched, "weights do not fit"),
+        ("no-such-run", "neither a checkpoint file nor a run id"),
+    ]:
+        result = runner.invoke(app, ["audit", "model", str(target), *tiny])
         assert result.exit_code == 2, result.output
         assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from scenes import write_folder
 from segaudit.cli import app
-from segaudit.config import compose
+from segaudit.core.config import compose
+from segaudit.core.errors import DataError
 from segaudit.data import check as check_module
 from segaudit.data import prepare_dataset
 from segaudit.data.check import _read_pair, alignment_probe
 from segaudit.data.folder import Sample, read_image, read_mask
-from segaudit.errors import DataError
 
 runner = CliRunner()
 
@@ -49,14 +49,21 @@ def bad_folder(tmp_path):
 
 
 def test_acceptance_folder_names_all_four_files(bad_folder):
-    result = subprocess.run([sys.executable, "-m", "segaudit.cli", "data", "check", "dataset=folder",
-                             f"dataset.root={bad_folder}"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "segaudit.cli", "data", "check", "dataset=folder", f"dataset.root={bad_folder}"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 4
-    expected = {"truncated.png": "unreadable image", "wrongsize.png": "mask is 16x8 but its image is 16x16",
-                "value77.png": "label values [77] outside [0, 7)", "lonely.png": "image without mask"}
+    expected = {
+        "truncated.png": "unreadable image",
+        "wrongsize.png": "mask is 16x8 but its image is 16x16",
+        "value77.png": "label values [77] outside [0, 7)",
+        "lonely.png": "image without mask",
+    }
     for name, problem in expected.items():
         assert any(name in line and problem in line for line in lines), (name, lines)
     assert "4 error(s)" in result.stdout
@@ -70,8 +77,14 @@ def test_clean_dataset_passes(synth_root):
 
 
 def test_training_refuses_bad_data_unless_skip_bad(bad_folder, tmp_path):
-    common = ["dataset=folder", f"dataset.root={bad_folder}", "train.iters=1", "train.batch_size=2",
-              "train.progress=false", f"paths.runs={tmp_path / 'runs'}"]
+    common = [
+        "dataset=folder",
+        f"dataset.root={bad_folder}",
+        "train.iters=1",
+        "train.batch_size=2",
+        "train.progress=false",
+        f"paths.runs={tmp_path / 'runs'}",
+    ]
     refused = runner.invoke(app, ["train", *common])
     assert refused.exit_code == 2 and "--skip-bad" in refused.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
@@ -129,8 +142,10 @@ def test_fuzzed_files_end_in_clear_errors(tmp_path, fmt):
         broken_mask = tmp_path / f"case{case}_mask.png"
         data, mask_must_fail = _damaged(mask_source.read_bytes(), rng)
         broken_mask.write_bytes(data)
-        for reader, path, must_fail in ((read_image, broken, image_must_fail),
-                                        (read_mask, broken_mask, mask_must_fail)):
+        for reader, path, must_fail in (
+            (read_image, broken, image_must_fail),
+            (read_mask, broken_mask, mask_must_fail),
+        ):
             try:
                 reader(path)
             except DataError as err:
@@ -144,11 +159,14 @@ def test_fuzzed_files_end_in_clear_errors(tmp_path, fmt):
     assert refused >= 60  # about two thirds of the 120 files cannot decode
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["dataset=cityscapes"], "dataset.root is not set"),
-    (["dataset=cityscapez"], "unknown dataset 'cityscapez' (choices: bdd10k, cityscapes,"),
-    (["dataset=folder", "dataset.transform.hflip=yes"], "dataset.transform.hflip: expected a number"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["dataset=cityscapes"], "dataset.root is not set"),
+        (["dataset=cityscapez"], "unknown dataset 'cityscapez' (choices: bdd10k, cityscapes,"),
+        (["dataset=folder", "dataset.transform.hflip=yes"], "dataset.transform.hflip: expected a number"),
+    ],
+)
 def test_bad_dataset_input_is_one_line(args, expected, tmp_path):
     result = runner.invoke(app, ["data", "check", *args, f"paths.runs={tmp_path}"])
     assert result.exit_code == 2 and expected in result.stderr, result.output
@@ -158,14 +176,15 @@ def test_bad_dataset_input_is_one_line(args, expected, tmp_path):
 def test_empty_folder_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     for preset in ("cityscapes", "folder"):
-        result = runner.invoke(app, ["train", f"dataset={preset}", f"dataset.root={tmp_path / 'empty'}",
-                                     f"paths.runs={tmp_path / 'runs'}"])
+        result = runner.invoke(
+            app, ["train", f"dataset={preset}", f"dataset.root={tmp_path / 'empty'}", f"paths.runs={tmp_path / 'runs'}"]
+        )
         assert result.exit_code == 2, result.output
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
 def test_damaged_or_foreign_checkpoints_leave_the_runs_root_intact(tiny, runs_root, tmp_path):
-    from segaudit.engine import train
+    from segaudit.train.engine import train
 
     train(compose(tiny + ["run_id=kept", "train.ckpt_every=1"]))
     before = {p: p.read_bytes() for p in (runs_root / "kept").iterdir()}
@@ -174,7 +193,7 @@ def test_damaged_or_foreign_checkpoints_leave_the_runs_root_intact(tiny, runs_ro
     foreign = torch.load(checkpoint, weights_only=True)
     foreign["config"]["dataset"]["num_classes"] = 5
     torch.save(foreign, tmp_path / "foreign.pt")
-    result = runner.invoke(app, ["audit", str(tmp_path / "foreign.pt"), *tiny])
+    result = runner.invoke(app, ["audit", "model", str(tmp_path / "foreign.pt"), *tiny])
     assert result.exit_code == 2 and "weights do not fit" in result.stderr
     # A truncated checkpoint on resume: one line, and the run directory is untouched.
     run_copy = runs_root / "cut"

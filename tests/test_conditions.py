@@ -4,12 +4,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from segaudit.config import compose, load_group_option
+from segaudit.core.config import compose, load_group_option
+from segaudit.core.errors import DataError
 from segaudit.data.conditions import DeviceImages, condition_samples, derangement
 from segaudit.data.folder import Sample
-from segaudit.engine import train
-from segaudit.errors import DataError
-from segaudit.runs import read_record
+from segaudit.runs.records import read_record
+from segaudit.train.engine import train
 
 
 @pytest.mark.parametrize("n", [2, 3, 7, 50])
@@ -34,10 +34,18 @@ def test_shuffled_keeps_labels_and_moves_images():
 
 
 def test_cross_pairs_by_index_and_generated_by_stem(tmp_path, synth_root):
-    dcfg = OmegaConf.create({"layout": {"train": {"images": "images/train", "masks": "masks/train"},
-                                        "image_suffix": ".png", "mask_suffix": ".png"}})
-    cross = condition_samples(_samples(3), OmegaConf.create({"name": "cross", "root": str(synth_root),
-                                                              "layout": None}), dcfg, "train")
+    dcfg = OmegaConf.create(
+        {
+            "layout": {
+                "train": {"images": "images/train", "masks": "masks/train"},
+                "image_suffix": ".png",
+                "mask_suffix": ".png",
+            }
+        }
+    )
+    cross = condition_samples(
+        _samples(3), OmegaConf.create({"name": "cross", "root": str(synth_root), "layout": None}), dcfg, "train"
+    )
     assert [s.image.name for s in cross] == ["train_00000.png", "train_00001.png", "train_00002.png"]
     gen = tmp_path / "gen" / "train"
     gen.mkdir(parents=True)
@@ -78,8 +86,11 @@ def test_noise_condition_never_reads_images(tiny, runs_root, synth_root, tmp_pat
     overrides = [o for o in tiny if not o.startswith("dataset.root")] + [f"dataset.root={root}"]
     # The data check would (rightly) report the broken images; switch it off to show that
     # training and evaluation themselves never open one.
-    record = train(compose(overrides + ["train_condition=noise", "eval_condition=blank", "run_id=n",
-                                        "data_check.before_train=false"]))
+    record = train(
+        compose(
+            overrides + ["train_condition=noise", "eval_condition=blank", "run_id=n", "data_check.before_train=false"]
+        )
+    )
     on_disk = read_record(runs_root / "n")
     assert record["status"] == "completed"
     assert (on_disk["train_condition"], on_disk["eval_condition"]) == ("noise", "blank")

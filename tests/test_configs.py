@@ -6,10 +6,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from segaudit.config import CONF_DIR, compose, config_groups
-from segaudit.engine import train
-from segaudit.models import build_model
-from segaudit.runs import read_record
+from segaudit.core.config import CONF_DIR, compose, config_groups
+from segaudit.models.build import build_model
+from segaudit.runs.records import read_record
+from segaudit.train.engine import train
 
 ALL_OPTIONS = [(group, option) for group, options in config_groups().items() for option in options]
 
@@ -29,8 +29,12 @@ def test_config_composes_instantiates_and_trains_one_step(group, option, tiny, s
         overrides = [o for o in overrides if not o.startswith("dataset.")]
         overrides += [f"dataset={option}", "dataset.transform.crop=[32,32]"]
         if option in ("synthetic", "synthetic_hard"):
-            overrides += ["dataset.generate.n_train=4", "dataset.generate.n_val=2",
-                          "dataset.generate.n_test=2", "dataset.generate.size=32"]
+            overrides += [
+                "dataset.generate.n_train=4",
+                "dataset.generate.n_val=2",
+                "dataset.generate.n_test=2",
+                "dataset.generate.size=32",
+            ]
         elif option in ("folder", "outside15k"):
             overrides.append(f"dataset.root={synth_root}")
         else:  # official layouts: tests/test_presets.py builds a fixture for each
@@ -56,8 +60,7 @@ def test_config_composes_instantiates_and_trains_one_step(group, option, tiny, s
         model = build_model(cfg.model, num_classes=8).eval()
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 32, 32)
     if group == "optim":
-        assert isinstance(instantiate(cfg.optim, params=[torch.nn.Parameter(torch.zeros(1))]),
-                          torch.optim.Optimizer)
+        assert isinstance(instantiate(cfg.optim, params=[torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
     record = train(cfg)
     assert record["status"] == "completed" and record["step"] == 1
     saved = read_record(runs_root / record["run_id"])

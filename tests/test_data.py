@@ -7,11 +7,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import tv_tensors
 
+from segaudit.core.errors import DataError
 from segaudit.data import build_dataset, prepare_dataset
 from segaudit.data.folder import pair_files, read_mask
 from segaudit.data.sampler import StepBatchSampler
 from segaudit.data.transforms import build_transform
-from segaudit.errors import DataError
 
 
 def _write_pair(root, stem, image=True, mask=True, size=(8, 8)):
@@ -56,8 +56,9 @@ def test_missing_folder_and_bad_files(tmp_path):
 
 
 def test_classes_come_from_dataset_yaml(synth_root):
-    cfg = OmegaConf.create({"name": "folder", "root": str(synth_root), "num_classes": None,
-                            "class_names": None, "ignore_index": 255})
+    cfg = OmegaConf.create(
+        {"name": "folder", "root": str(synth_root), "num_classes": None, "class_names": None, "ignore_index": 255}
+    )
     prepared = prepare_dataset(cfg, "/unused")
     assert prepared.num_classes == 8 and prepared.class_names[0] == "road"
     with pytest.raises(DataError, match="dataset.root is not set"):
@@ -69,13 +70,15 @@ def test_classes_come_from_dataset_yaml(synth_root):
 def _alignment(scale, seed):
     """Fraction of labelled mask pixels whose image pixel still encodes that label."""
     torch.manual_seed(seed)
-    tcfg = OmegaConf.create({"resize": None, "scale": scale, "crop": [24, 24], "hflip": 0.5,
-                             "mean": [0, 0, 0], "std": [1, 1, 1]})
+    tcfg = OmegaConf.create(
+        {"resize": None, "scale": scale, "crop": [24, 24], "hflip": 0.5, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    )
     transform = build_transform(tcfg, train=True, ignore_index=255)
     mask = np.kron(np.arange(16, dtype=np.uint8).reshape(4, 4), np.ones((10, 10), np.uint8))
     image = np.repeat(mask[..., None] * 10, 3, axis=2)  # image pixels encode the label
-    img_t, mask_t = transform(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
-                              tv_tensors.Mask(torch.from_numpy(mask)))
+    img_t, mask_t = transform(
+        tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(mask))
+    )
     labelled = mask_t != 255
     decoded = torch.round(img_t[0] * 255 / 10).long()
     return (decoded[labelled] == mask_t[labelled].long()).float().mean().item()
@@ -89,15 +92,33 @@ def test_joint_transforms_keep_image_and_mask_aligned():
 
 
 def test_dataset_items(synth_root):
-    cfg = prepare_dataset(OmegaConf.create({
-        "name": "folder", "root": str(synth_root), "num_classes": None, "class_names": None,
-        "ignore_index": 255, "cache_in_memory": True,
-        "layout": {"train": {"images": "images/train", "masks": "masks/train"},
-                   "val": {"images": "images/val", "masks": "masks/val"},
-                   "image_suffix": ".png", "mask_suffix": ".png"},
-        "transform": {"resize": None, "scale": [0.75, 1.25], "crop": [24, 24], "hflip": 0.5,
-                      "mean": [0.5] * 3, "std": [0.25] * 3},
-    }), "/unused")
+    cfg = prepare_dataset(
+        OmegaConf.create(
+            {
+                "name": "folder",
+                "root": str(synth_root),
+                "num_classes": None,
+                "class_names": None,
+                "ignore_index": 255,
+                "cache_in_memory": True,
+                "layout": {
+                    "train": {"images": "images/train", "masks": "masks/train"},
+                    "val": {"images": "images/val", "masks": "masks/val"},
+                    "image_suffix": ".png",
+                    "mask_suffix": ".png",
+                },
+                "transform": {
+                    "resize": None,
+                    "scale": [0.75, 1.25],
+                    "crop": [24, 24],
+                    "hflip": 0.5,
+                    "mean": [0.5] * 3,
+                    "std": [0.25] * 3,
+                },
+            }
+        ),
+        "/unused",
+    )
     train, val = build_dataset(cfg, "train", train=True), build_dataset(cfg, "val", train=False)
     image, mask = train[0]
     assert image.shape == (3, 24, 24) and image.dtype == torch.float32 and mask.dtype == torch.int64
@@ -118,12 +139,12 @@ def test_step_sampler_is_resumable():
 
 
 def test_auto_crop_and_cache_follow_the_images(synth_root):
-    from segaudit.config import compose
+    from segaudit.core.config import compose
 
     cfg = compose(["dataset=folder", f"dataset.root={synth_root}"])
     assert cfg.dataset.transform.crop == "auto" and cfg.dataset.cache_in_memory == "auto"
     prepared = prepare_dataset(cfg.dataset, "/unused")
     assert list(prepared.transform.crop) == [32, 32]  # never larger than the 32 px images
-    assert prepared.cache_in_memory is True          # 16 tiny images fit in memory
+    assert prepared.cache_in_memory is True  # 16 tiny images fit in memory
     big = compose(["dataset=folder", f"dataset.root={synth_root}", "dataset.transform.resize=[600,1200]"])
     assert list(prepare_dataset(big.dataset, "/unused").transform.crop) == [512, 512]

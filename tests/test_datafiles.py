@@ -16,21 +16,25 @@ from typer.testing import CliRunner
 
 from scenes import with_dataset_yaml
 from segaudit.cli import app
-from segaudit.config import COMMAND_OWNED, compose, load_yaml, with_command_settings
+from segaudit.core.config import COMMAND_OWNED, compose, load_yaml, with_command_settings
+from segaudit.core.datafiles import read_yaml, spreadsheet_safe
+from segaudit.core.errors import ConfigError, DataError
 from segaudit.data import prepare_dataset
-from segaudit.datafiles import read_yaml, spreadsheet_safe
-from segaudit.engine import train
-from segaudit.errors import ConfigError, DataError
-from segaudit.inventory import plan_inventory
-from segaudit.predictions import _read_prediction, export_inputs
-from segaudit.report import export_frame, format_frame
-from segaudit.sources import check_declared_classes, load_smp_dir, read_card_file
+from segaudit.models.sources import check_declared_classes, load_smp_dir, read_card_file
+from segaudit.report.terminal import export_frame, format_frame
+from segaudit.train.engine import train
+from segaudit.workflows.inventory import plan_inventory
+from segaudit.workflows.predictions import _read_prediction, export_inputs
 
 runner = CliRunner()
 SECRET = "segaudit-test-secret-7f3a"
-ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
-    for p, n in zip("abcdefgh", "bcdefghi")) + "mean: *i\n"
+ALIAS_BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+    )
+    + "mean: *i\n"
+)
 
 
 @pytest.fixture
@@ -41,9 +45,19 @@ def secret_env(monkeypatch):
 
 # --------------------------------------------------------------------------- saved configs
 EDITED = [  # what a hand-edited run folder's config.yaml could redirect
-    ("logger", {"_target_": "segaudit.trackers.MLflowTracker", "name": "mlflow", "requires": "mlflow",
-                "tracking_uri": "sqlite:////tmp/segaudit-evil/evil.db", "experiment": "x", "artifacts": True,
-                "http_timeout": 1, "http_retries": 0}),
+    (
+        "logger",
+        {
+            "_target_": "segaudit.runs.trackers.MLflowTracker",
+            "name": "mlflow",
+            "requires": "mlflow",
+            "tracking_uri": "sqlite:////tmp/segaudit-evil/evil.db",
+            "experiment": "x",
+            "artifacts": True,
+            "http_timeout": 1,
+            "http_retries": 0,
+        },
+    ),
     ("paths", {"runs": "/tmp/segaudit-evil/runs", "cache": "/tmp/segaudit-evil/cache"}),
     ("device", "cuda:7"),
     ("source.trust", True),
@@ -105,11 +119,14 @@ def test_dataset_yaml_interpolation_is_refused_not_resolved(synth_root, tmp_path
     assert SECRET not in str(err.value)
 
 
-@pytest.mark.parametrize("text,message", [  # found by tests/test_fuzz_files.py
-    ("class_names: true\n", "expected a list of names, got True"),
-    ("num_classes: 8\nignore_index: true\n", "ignore_index: True is not a label id"),
-    ("num_classes: 8\nclass_colors: {\"a\\nb\": \"${oc.env:HOME}\"}\n", "class_colors.'a\\nb': '${...}'"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [  # found by tests/test_fuzz_files.py
+        ("class_names: true\n", "expected a list of names, got True"),
+        ("num_classes: 8\nignore_index: true\n", "ignore_index: True is not a label id"),
+        ('num_classes: 8\nclass_colors: {"a\\nb": "${oc.env:HOME}"}\n', "class_colors.'a\\nb': '${...}'"),
+    ],
+)
 def test_dataset_yaml_odd_values_are_one_line(synth_root, tmp_path, text, message):
     dcfg = _dataset_with_meta(synth_root, tmp_path, text)
     with pytest.raises(DataError) as err:
@@ -147,7 +164,7 @@ CARDS = [
     ("mean: [.inf, 0.5, 0.5]\n", "must list 3 finite numbers"),
     ("input_range: true\n", "input_range=True: choose 1"),
     ("input_range: 100\n", "input_range=100: choose 1"),
-    ("upsample: \"no\"\n", "upsample='no': must be true or false"),
+    ('upsample: "no"\n', "upsample='no': must be true or false"),
     ("output: [1]\n", "output=[1]: must be a dict key"),
     ("input_size: [100000, 512]\n", "input_size=[100000, 512]: must be [H, W], two whole numbers in 1..8192"),
     ("input_size: [true, 512]\n", "input_size=[True, 512]"),
@@ -169,8 +186,10 @@ def test_a_card_value_of_the_wrong_kind_is_one_line(tmp_path, text, message):
 
 def test_a_well_formed_card_is_read(tmp_path):
     path = tmp_path / "model.card.yaml"
-    path.write_text("mean: [123.7, 116.3, 103.5]\nstd: [58.4, 57.1, 57.4]\ninput_range: 255\n"
-                    "upsample: false\noutput: 0\ninput_size: [512, 1024]\nchannels: bgr\n")
+    path.write_text(
+        "mean: [123.7, 116.3, 103.5]\nstd: [58.4, 57.1, 57.4]\ninput_range: 255\n"
+        "upsample: false\noutput: 0\ninput_size: [512, 1024]\nchannels: bgr\n"
+    )
     card = read_card_file(path)
     assert (card.input_range, card.upsample, card.output, card.input_size) == (255, False, 0, [512, 1024])
 
@@ -179,8 +198,9 @@ def test_a_well_formed_card_is_read(tmp_path):
 def test_a_declared_billion_classes_is_refused_before_building(tmp_path):
     folder = tmp_path / "smp-model"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"_model_class": "Unet", "encoder_name": "resnet18",
-                                                    "classes": 1_000_000_000}))
+    (folder / "config.json").write_text(
+        json.dumps({"_model_class": "Unet", "encoder_name": "resnet18", "classes": 1_000_000_000})
+    )
     (folder / "model.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"classes=1000000000: a model's classes must be a whole number"):
         load_smp_dir(folder)
@@ -197,8 +217,9 @@ def test_inventory_rows_with_interpolation_devices_or_fifos_fail_alone(tmp_path,
     fifo = tmp_path / "fifo.pt"
     os.mkfifo(fifo)
     csv = tmp_path / "models.csv"
-    pd.DataFrame({"source": [str(good), str(good), "/dev/zero", str(fifo)],
-                  "strategy": ["baseline", secret_env, "x", "y"]}).to_csv(csv, index=False)
+    pd.DataFrame(
+        {"source": [str(good), str(good), "/dev/zero", str(fifo)], "strategy": ["baseline", secret_env, "x", "y"]}
+    ).to_csv(csv, index=False)
     rows = plan_inventory(csv, [])
     assert rows[0].error is None
     assert "line 2: strategy: '${...}' is interpolation" in rows[1].error and SECRET not in rows[1].error
@@ -208,8 +229,12 @@ def test_inventory_rows_with_interpolation_devices_or_fifos_fail_alone(tmp_path,
 
 # --------------------------------------------------------------------------- exports
 def test_csv_exports_neutralise_formulas_and_parquet_keeps_raw_values(tmp_path):
-    frame = pd.DataFrame({"strategy": ['=HYPERLINK("http://x","y")', "+1", "-cmd", "@SUM(A1)", "\tx", "plain"],
-                          "miou": [1.0, -2.0, 3.0, 4.0, 5.0, 6.0]})
+    frame = pd.DataFrame(
+        {
+            "strategy": ['=HYPERLINK("http://x","y")', "+1", "-cmd", "@SUM(A1)", "\tx", "plain"],
+            "miou": [1.0, -2.0, 3.0, 4.0, 5.0, 6.0],
+        }
+    )
     export_frame(frame, tmp_path / "out.csv")
     back = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     assert back["strategy"].tolist() == ["'" + s for s in frame["strategy"][:5]] + ["plain"]

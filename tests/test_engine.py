@@ -11,18 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from segaudit import losses
-from segaudit.config import compose
-from segaudit.checkpoints import load_checkpoint
-from segaudit.engine import train
-from segaudit.errors import ConfigError, TrainingFailed
-from segaudit.information import PER_IMAGE_FILE, load_per_image
-from segaudit.runs import CHECKPOINT, read_record
+from segaudit.core.config import compose
+from segaudit.core.errors import ConfigError, TrainingFailed
+from segaudit.measure.information import PER_IMAGE_FILE, load_per_image
+from segaudit.models import losses
+from segaudit.models.checkpoints import load_checkpoint
+from segaudit.runs.records import CHECKPOINT, read_record
+from segaudit.train.engine import train
 
 
 def test_record_and_checkpoint_contents(tiny, runs_root):
-    cfg = compose(tiny + ["train.iters=4", "train.eval_at=[2]", "train.log_every=1",
-                          "strategy=mine", "seed=3"])
+    cfg = compose(tiny + ["train.iters=4", "train.eval_at=[2]", "train.log_every=1", "strategy=mine", "seed=3"])
     record = train(cfg, command="segaudit train ...")
     run_dir = runs_root / record["run_id"]
     on_disk = read_record(run_dir)
@@ -30,9 +29,23 @@ def test_record_and_checkpoint_contents(tiny, runs_root):
     assert [h["step"] for h in on_disk["history"]] == [2, 4]
     assert on_disk["metrics"]["miou"] == on_disk["history"][-1]["miou"]
     assert len(on_disk["metrics"]["iou"]) == 8
-    for key in ("run_id", "command", "phase", "dataset", "model", "encoder", "loss",
-                "train_condition", "eval_condition", "strategy", "seed", "timings",
-                "throughput_ips", "versions", "device"):
+    for key in (
+        "run_id",
+        "command",
+        "phase",
+        "dataset",
+        "model",
+        "encoder",
+        "loss",
+        "train_condition",
+        "eval_condition",
+        "strategy",
+        "seed",
+        "timings",
+        "throughput_ips",
+        "versions",
+        "device",
+    ):
         assert key in on_disk, key
     assert (on_disk["strategy"], on_disk["seed"], on_disk["model"]) == ("mine", 3, "deeplabv3plus")
     assert [e["step"] for e in on_disk["train_log"]] == [1, 2, 3, 4]
@@ -103,8 +116,16 @@ def test_auto_iters_are_for_diagnose_only(tiny):
 
 @pytest.mark.slow  # resume is tested in-process by test_interrupted_run_resumes_to_the_same_result
 def test_sigkilled_subprocess_resumes_and_completes(tiny, runs_root):
-    args = [sys.executable, "-m", "segaudit.cli", "train", *tiny, "train.iters=40",
-            "train.ckpt_every=3", "run_id=victim"]
+    args = [
+        sys.executable,
+        "-m",
+        "segaudit.cli",
+        "train",
+        *tiny,
+        "train.iters=40",
+        "train.ckpt_every=3",
+        "run_id=victim",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     record_path = runs_root / "victim" / "record.json"
     deadline = time.time() + 120
@@ -117,8 +138,19 @@ def test_sigkilled_subprocess_resumes_and_completes(tiny, runs_root):
     killed = json.loads(record_path.read_text())
     assert killed["status"] == "running" and 3 <= killed["step"] < 40
 
-    done = subprocess.run([sys.executable, "-m", "segaudit.cli", "train", f"paths.runs={runs_root}",
-                           "resume=victim", "train.progress=false"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segaudit.cli",
+            "train",
+            f"paths.runs={runs_root}",
+            "resume=victim",
+            "train.progress=false",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     final = json.loads(record_path.read_text())
     assert final["status"] == "completed" and final["step"] == 40
@@ -127,8 +159,7 @@ def test_sigkilled_subprocess_resumes_and_completes(tiny, runs_root):
 
 
 def test_non_finite_loss_fails_the_run(tiny, runs_root, monkeypatch):
-    monkeypatch.setattr(losses.TieredLoss, "cross_entropy",
-                        lambda self, logits, target: logits.sum() * float("nan"))
+    monkeypatch.setattr(losses.TieredLoss, "cross_entropy", lambda self, logits, target: logits.sum() * float("nan"))
     with pytest.raises(TrainingFailed, match="loss became nan"):
         train(compose(tiny + ["run_id=nan"]))
     record = read_record(runs_root / "nan")
@@ -148,19 +179,34 @@ def test_cross_entropy_ignores_all_ignore_crops():
     expected = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
     assert loss.cross_entropy(logits, target).item() == pytest.approx(expected.item())
     weights = losses.TieredLoss(ignore_index=255, class_weights=[1.0, 2.0, 3.0])
-    expected = torch.nn.functional.cross_entropy(logits, target, ignore_index=255,
-                                                 weight=torch.tensor([1.0, 2.0, 3.0]))
+    expected = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, weight=torch.tensor([1.0, 2.0, 3.0]))
     assert weights.cross_entropy(logits, target).item() == pytest.approx(expected.item())
 
 
 @pytest.mark.slow  # two torchrun processes: ~15 s
 def test_ddp_two_cpu_processes_write_one_record(tiny, runs_root):
     """torchrun with 2 processes and gloo: one run directory, metrics reduced over ranks."""
-    from segaudit.audit import audit
+    from segaudit.diagnostics.audit import audit
 
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "-m", "segaudit.cli", "train", *tiny, "train.iters=4", "device=cpu",
-                           "run_id=ddp"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "segaudit.cli",
+            "train",
+            *tiny,
+            "train.iters=4",
+            "device=cpu",
+            "run_id=ddp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert [p.name for p in runs_root.iterdir()] == ["ddp"]
     record = read_record(runs_root / "ddp")

@@ -6,15 +6,29 @@ import math
 import numpy as np
 import pytest
 
-from segaudit.evidence import Bootstrap, Estimate, bits, compare, information, miou, misaligned_share, reads_content
-from segaudit.information import PerImage
+from segaudit.measure.evidence import (
+    Bootstrap,
+    Estimate,
+    bits,
+    compare,
+    information,
+    miou,
+    misaligned_share,
+    reads_content,
+)
+from segaudit.measure.information import PerImage
 
 K = 3
 
 
 def _scores(nll, pixels, tp, gt, pred) -> PerImage:
-    return PerImage(nll=np.asarray(nll, float), pixels=np.asarray(pixels), tp=np.asarray(tp),
-                    gt=np.asarray(gt), pred=np.asarray(pred))
+    return PerImage(
+        nll=np.asarray(nll, float),
+        pixels=np.asarray(pixels),
+        tp=np.asarray(tp),
+        gt=np.asarray(gt),
+        pred=np.asarray(pred),
+    )
 
 
 def _with_bits(per_pixel: np.ndarray, pixels: np.ndarray, counts: PerImage | None = None) -> PerImage:
@@ -60,7 +74,9 @@ def test_miou_interval_covers_the_population_miou():
     for _ in range(runs):
         pick = rng.choice(20000, 60, replace=False)
         sample = _scores(np.zeros(60), gt[pick].sum(1), tp[pick], gt[pick], pred[pick])
-        estimate = Bootstrap(60, draws=1000, seed=int(rng.integers(1 << 30))).estimate(lambda w: miou(sample, w))
+        estimate = Bootstrap(60, draws=1000, seed=int(rng.integers(1 << 30))).estimate(
+            lambda w, sample=sample: miou(sample, w)
+        )
         hits += estimate.low <= truth <= estimate.high
     assert 0.88 <= hits / runs <= 0.99, hits / runs
 
@@ -144,8 +160,9 @@ def test_misaligned_share_recovers_a_known_mixture(broken):
     val_gain = rng.normal(0.5, 0.15, n_val)
     val, val_prior = _content(val_gain)
     other, _ = _content(val_gain - 0.8 + rng.normal(0, 0.05, n_val))
-    found = misaligned_share(train, train_prior, val, val_prior, other,
-                             Bootstrap(n_train, draws=1000, seed=1), Bootstrap(n_val, draws=1000))
+    found = misaligned_share(
+        train, train_prior, val, val_prior, other, Bootstrap(n_train, draws=1000, seed=1), Bootstrap(n_val, draws=1000)
+    )
     share = Estimate.from_dict(found["share"])
     assert share.low <= broken <= share.high, share
     assert abs(share.value - broken) < 0.06 and share.high - share.low < 0.15
@@ -162,9 +179,15 @@ def test_misaligned_share_needs_a_model_that_reads_content():
     assert misaligned_share(train, train_prior, val, val_prior, val, Bootstrap(100, seed=1), Bootstrap(100)) is None
     # ... and a margin too thin to divide by (0.01 bits/pixel, under min_reads) gives none either.
     other, _ = _content(gains - 0.01)
-    assert misaligned_share(train, train_prior, val, val_prior, other, Bootstrap(100, seed=1), Bootstrap(100),
-                            min_reads=0.03) is None
-    assert misaligned_share(train, train_prior, val, val_prior, other, Bootstrap(100, seed=1), Bootstrap(100)) is not None
+    assert (
+        misaligned_share(
+            train, train_prior, val, val_prior, other, Bootstrap(100, seed=1), Bootstrap(100), min_reads=0.03
+        )
+        is None
+    )
+    assert (
+        misaligned_share(train, train_prior, val, val_prior, other, Bootstrap(100, seed=1), Bootstrap(100)) is not None
+    )
     # The same test alone, run before the (expensive) training pairs are scored.
     boot = Bootstrap(100)
     assert not reads_content(val, val_prior, val, boot) and not reads_content(val, val_prior, other, boot, 0.03)

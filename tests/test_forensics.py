@@ -15,16 +15,16 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion
 from typer.testing import CliRunner
 
+from expected import audit_exit, read
+from scenes import write_band_and_square
 from segaudit.cli import app
-from segaudit.config import compose, load_group_option
-from segaudit.consistency import split_consistency
+from segaudit.core.config import compose, load_group_option
 from segaudit.data import prepare_dataset
 from segaudit.data.synthetic import SynthSpec, write_synthetic
-from segaudit.metrics import summarize
-from segaudit.verdict import HEALTHY, PIPELINE_FAULT, Evidence, verdict
-from segaudit.prior import prior_map, score_map
-
-from scenes import write_band_and_square
+from segaudit.diagnostics.verdict import HEALTHY, PIPELINE_FAULT, Evidence, verdict
+from segaudit.measure.consistency import split_consistency
+from segaudit.measure.metrics import summarize
+from segaudit.measure.prior import prior_map, score_map
 
 runner = CliRunner()
 DEFAULT = load_group_option("gate", "default")
@@ -40,6 +40,7 @@ def _swap_ids(a: int, b: int):
         out = mask.copy()
         out[mask == a], out[mask == b] = b, a
         return out
+
     return change
 
 
@@ -56,8 +57,7 @@ def test_score_map_equals_sklearn_over_the_label_maps():
     counts = torch.stack([torch.from_numpy((maps == k).sum(0)) for k in range(4)])
     predicted = prior_map(counts)
     labelled = maps != 255
-    expected = sk_confusion(maps[labelled], np.broadcast_to(predicted.numpy(), maps.shape)[labelled],
-                            labels=range(4))
+    expected = sk_confusion(maps[labelled], np.broadcast_to(predicted.numpy(), maps.shape)[labelled], labels=range(4))
     got = score_map(predicted, counts)
     assert got == summarize(torch.from_numpy(expected))
     assert predicted.tolist() == counts.argmax(0).tolist()
@@ -103,8 +103,14 @@ def test_split_consistency_names_two_ids_swapped_in_val(layout_roots):
 
 
 def test_data_check_shows_the_disagreement_as_warnings(layout_roots, tmp_path):
-    args = ["data", "check", "dataset=folder", f"dataset.root={layout_roots['swapped']}", "--no-probe",
-            f"paths.cache={tmp_path}"]
+    args = [
+        "data",
+        "check",
+        "dataset=folder",
+        f"dataset.root={layout_roots['swapped']}",
+        "--no-probe",
+        f"paths.cache={tmp_path}",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output  # a warning, not an error
     assert "train and val labels disagree" in _flat(result.output)
@@ -114,14 +120,28 @@ def test_data_check_shows_the_disagreement_as_warnings(layout_roots, tmp_path):
 
 
 # --------------------------------------------------------------------------- verdict rule
-@pytest.mark.parametrize("share,val_share,expected", [
-    (10.0, None, HEALTHY), (10.1, None, PIPELINE_FAULT), (10.1, 0.0, PIPELINE_FAULT), (None, None, HEALTHY),
-    (10.1, 0.2, HEALTHY),  # weak fold models flag clean val pairs too: only the excess counts
-    (30.0, 19.9, PIPELINE_FAULT), (30.0, 20.0, HEALTHY),
-])
+@pytest.mark.parametrize(
+    "share,val_share,expected",
+    [
+        (10.0, None, HEALTHY),
+        (10.1, None, PIPELINE_FAULT),
+        (10.1, 0.0, PIPELINE_FAULT),
+        (None, None, HEALTHY),
+        (10.1, 0.2, HEALTHY),  # weak fold models flag clean val pairs too: only the excess counts
+        (30.0, 19.9, PIPELINE_FAULT),
+        (30.0, 20.0, HEALTHY),
+    ],
+)
 def test_a_share_of_flagged_pairs_over_the_gate_is_a_pipeline_fault(share, val_share, expected):
-    ev = Evidence(prior=20.0, real=60.0, shuffled=21.0, suspect_share=share, suspect_flagged=40,
-                  suspect_pairs=400, suspect_val_share=val_share)
+    ev = Evidence(
+        prior=20.0,
+        real=60.0,
+        shuffled=21.0,
+        suspect_share=share,
+        suspect_flagged=40,
+        suspect_pairs=400,
+        suspect_val_share=val_share,
+    )
     name, reasons = verdict(ev, DEFAULT)
     assert name == expected
     if expected == PIPELINE_FAULT:
@@ -135,18 +155,34 @@ def band_run(tmp_path_factory) -> tuple[list[str], Path]:
     noise evaluation; returns the overrides that reach its runs folder."""
     base = tmp_path_factory.mktemp("bands")
     root = write_band_and_square(base / "data", n_train=64, n_val=16)
-    common = ["dataset=folder", f"dataset.root={root}", "dataset.cache_in_memory=true",
-              f"paths.runs={base / 'runs'}", f"paths.cache={base / 'cache'}", "train.progress=false"]
-    result = runner.invoke(app, ["train", *common, "dataset.transform.crop=[32,32]",
-                                 "dataset.transform.scale=[1.0,1.0]", "train.iters=40", "train.batch_size=8",
-                                 "eval_also=[noise]", "run_id=bands"])
+    common = [
+        "dataset=folder",
+        f"dataset.root={root}",
+        "dataset.cache_in_memory=true",
+        f"paths.runs={base / 'runs'}",
+        f"paths.cache={base / 'cache'}",
+        "train.progress=false",
+    ]
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            *common,
+            "dataset.transform.crop=[32,32]",
+            "dataset.transform.scale=[1.0,1.0]",
+            "train.iters=40",
+            "train.batch_size=8",
+            "eval_also=[noise]",
+            "run_id=bands",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return common, base
 
 
 def test_class_table_flags_the_location_only_class_and_not_the_textured_one(band_run, tmp_path):
     common, base = band_run
-    result = runner.invoke(app, ["report", "--classes", "bands", "--format", "json", *common])
+    result = runner.invoke(app, ["report", "classes", "bands", "--format", "json", *common])
     assert result.exit_code == 0, result.output
     rows = {r["class"]: r for r in json.loads(result.output)}
     # Hand-computed shares: the band is 8 of 32 rows, the square 8 x 8 of 32 x 32 pixels.
@@ -165,14 +201,14 @@ def test_class_table_flags_the_location_only_class_and_not_the_textured_one(band
     assert prior.exit_code == 0, prior.output
     prior_iou = json.loads((base / "runs" / "p" / "record.json").read_text())["metrics"]["iou"]
     assert [rows[n]["prior_iou"] for n in ("background", "band", "square")] == pytest.approx(prior_iou)
-    shown = runner.invoke(app, ["report", "--classes", "bands", "--plots", str(tmp_path), *common])
+    shown = runner.invoke(app, ["report", "classes", "bands", "--plots", str(tmp_path), *common])
     assert "location only" in shown.output and (tmp_path / "classes_bands.png").stat().st_size > 5000
 
 
 def test_class_table_refuses_a_prior_run_and_an_unknown_id(band_run):
     common, _ = band_run
     for run_id, message in (("nope", "no run record"), ("../x", "run_id")):
-        result = runner.invoke(app, ["report", "--classes", run_id, *common])
+        result = runner.invoke(app, ["report", "classes", run_id, *common])
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output
 
@@ -205,11 +241,29 @@ def broken_diagnose(tmp_path_factory):
     base = tmp_path_factory.mktemp("broken")
     root = write_synthetic(base / "data", SynthSpec(n_train=120, n_val=30, size=32, seed=5))
     origin, swapped = _break_pairs(root, 0.3)
-    common = ["dataset=folder", f"dataset.root={root}", "dataset.cache_in_memory=true",
-              "dataset.transform.crop=[32,32]", f"paths.runs={base / 'runs'}", f"paths.cache={base / 'cache'}",
-              "train.progress=false", "train.batch_size=8", "model=unet"]  # U-Net learns 32 px scenes fast
-    result = runner.invoke(app, ["diagnose", *common, "train.iters=2", f"suspects.iters={SUSPECT_ITERS}",
-                                 "diagnose.tier1=false", "--no-noise-train", "run_id=dz"])
+    common = [
+        "dataset=folder",
+        f"dataset.root={root}",
+        "dataset.cache_in_memory=true",
+        "dataset.transform.crop=[32,32]",
+        f"paths.runs={base / 'runs'}",
+        f"paths.cache={base / 'cache'}",
+        "train.progress=false",
+        "train.batch_size=8",
+        "model=unet",
+    ]  # U-Net learns 32 px scenes fast
+    result = runner.invoke(
+        app,
+        [
+            "diagnose",
+            *common,
+            "train.iters=2",
+            f"suspects.iters={SUSPECT_ITERS}",
+            "diagnose.tier1=false",
+            "--no-noise-train",
+            "run_id=dz",
+        ],
+    )
     return common, base, origin, swapped, result
 
 
@@ -259,8 +313,21 @@ def test_diagnose_exits_1_naming_the_share_and_the_command(broken_diagnose):
 
 def test_suspects_table_export_and_grid(broken_diagnose, tmp_path):
     common, *_ = broken_diagnose
-    result = runner.invoke(app, ["suspects", "--diagnose", "dz", "--top", "3", "--export",
-                                 str(tmp_path / "pairs.csv"), "--plots", str(tmp_path), *common])
+    result = runner.invoke(
+        app,
+        [
+            "suspects",
+            "--diagnose",
+            "dz",
+            "--top",
+            "3",
+            "--export",
+            str(tmp_path / "pairs.csv"),
+            "--plots",
+            str(tmp_path),
+            *common,
+        ],
+    )
     assert result.exit_code == 1
     text = _flat(result.output)
     assert "training pairs look misaligned" in text and "fits image" in text and "and " in text
@@ -291,8 +358,8 @@ def test_probe_records_a_probe_run_and_compares_with_a_random_encoder(tiny, runs
 
 
 def test_random_copy_redraws_every_weight_and_keeps_the_original():
-    from segaudit.backbone_probe import find_encoder, random_copy
-    from segaudit.models import build_model
+    from segaudit.diagnostics.probe import find_encoder, random_copy
+    from segaudit.models.build import build_model
 
     cfg = compose([])
     model = build_model(cfg.model, 8)
@@ -310,11 +377,17 @@ def test_random_copy_redraws_every_weight_and_keeps_the_original():
 def test_probe_real_trained_encoder_beats_random_and_noise_trained_does_not(tmp_path):
     """64 px scenes, DeepLabV3+ for 200 steps on real images and on noise (about 4 minutes)."""
     root = write_synthetic(tmp_path / "data", SynthSpec(n_train=400, n_val=100, size=64, seed=0))
-    common = ["dataset=folder", f"dataset.root={root}", f"paths.runs={tmp_path / 'runs'}",
-              "train.progress=false", "train.iters=200"]
+    common = [
+        "dataset=folder",
+        f"dataset.root={root}",
+        f"paths.runs={tmp_path / 'runs'}",
+        "train.progress=false",
+        "train.iters=200",
+    ]
     for run_id, condition in (("real", "real"), ("noise", "noise")):
-        result = runner.invoke(app, ["train", *common, f"run_id={run_id}", f"train_condition={condition}",
-                                     f"eval_condition={condition}"])
+        result = runner.invoke(
+            app, ["train", *common, f"run_id={run_id}", f"train_condition={condition}", f"eval_condition={condition}"]
+        )
         assert result.exit_code == 0, result.output
     gains = {}
     for run_id in ("real", "noise"):
@@ -323,16 +396,17 @@ def test_probe_real_trained_encoder_beats_random_and_noise_trained_does_not(tmp_
         record = json.loads((tmp_path / "runs" / f"probe-{run_id}" / "record.json").read_text())
         gains[run_id] = record["probe"]["content_over_random"]
     min_gain = compose([]).backbone_probe.min_gain
-    assert gains["real"] >= min_gain, gains      # measured: +8.1 (68.0 vs 59.8)
-    assert gains["noise"] < min_gain, gains      # measured: -8.5 (51.3 vs 59.8)
+    assert gains["real"] >= min_gain, gains  # measured: +8.1 (68.0 vs 59.8)
+    assert gains["noise"] < min_gain, gains  # measured: -8.5 (51.3 vs 59.8)
 
 
 def test_class_table_of_an_audit_and_a_probe_of_an_smp_folder(tiny, runs_root, synth_root, tmp_path):
     import segmentation_models_pytorch as smp
 
     assert runner.invoke(app, ["train", *tiny, "run_id=m"]).exit_code == 0
-    assert runner.invoke(app, ["audit", "m", *tiny, "run_id=a"]).exit_code in (0, 1)  # 2 steps: flags
-    rows = json.loads(runner.invoke(app, ["report", "--classes", "a", "--format", "json", *tiny]).stdout)
+    audited = runner.invoke(app, ["audit", "model", "m", *tiny, "run_id=a"])
+    assert audited.exit_code == audit_exit(read(runs_root, "a")), audited.output
+    rows = json.loads(runner.invoke(app, ["report", "classes", "a", "--format", "json", *tiny]).stdout)
     record = json.loads((runs_root / "a" / "record.json").read_text())
     assert [r["noise_iou"] for r in rows] == pytest.approx(record["audit"]["metrics"]["noise"]["iou"], nan_ok=True)
     folder = tmp_path / "unet-dir"

@@ -19,25 +19,53 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from scenes import with_dataset_yaml
-from segaudit.config import compose
+from segaudit.core.config import compose
+from segaudit.core.errors import SegauditError
 from segaudit.data import prepare_dataset
-from segaudit.errors import SegauditError
-from segaudit.inventory import COLUMNS, plan_inventory
-from segaudit.predictions import _read_prediction
-from segaudit.sources import ModelCard, read_card_file
+from segaudit.models.sources import ModelCard, read_card_file
+from segaudit.workflows.inventory import COLUMNS, plan_inventory
+from segaudit.workflows.predictions import _read_prediction
 
 SECRET = "fuzz-secret-5d1c"
 os.environ["SEGAUDIT_FUZZ_SECRET"] = SECRET
-HOSTILE = ["${oc.env:SEGAUDIT_FUZZ_SECRET}", "=HYPERLINK(\"x\")", "*a", "&a x", "1e308", ".nan", "yes",
-           "/dev/zero", "../../etc", "'", "\"", ",", "\n", "-1", "255", "cityscapes_label_ids"]
-CARD_FIELDS = ["mean", "std", "input_range", "channels", "output", "upsample", "class_map", "input_size",
-               "factory", "unknown"]
+HOSTILE = [
+    "${oc.env:SEGAUDIT_FUZZ_SECRET}",
+    '=HYPERLINK("x")',
+    "*a",
+    "&a x",
+    "1e308",
+    ".nan",
+    "yes",
+    "/dev/zero",
+    "../../etc",
+    "'",
+    '"',
+    ",",
+    "\n",
+    "-1",
+    "255",
+    "cityscapes_label_ids",
+]
+CARD_FIELDS = [
+    "mean",
+    "std",
+    "input_range",
+    "channels",
+    "output",
+    "upsample",
+    "class_map",
+    "input_size",
+    "factory",
+    "unknown",
+]
 
 texts = st.one_of(st.text(string.printable, max_size=12), st.sampled_from(HOSTILE))
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
-                    st.floats(allow_nan=True, allow_infinity=True), texts)
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=3),
-                      max_leaves=10)
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True, allow_infinity=True), texts
+)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=3), max_leaves=10
+)
 yaml_files = st.one_of(
     st.dictionaries(st.sampled_from(CARD_FIELDS), values, max_size=5).map(lambda d: yaml.safe_dump(d)),
     st.text(max_size=200),  # anything at all, aliases and tabs included
@@ -52,8 +80,12 @@ def _one_line_refusal(err: SegauditError) -> None:
 
 
 def _fuzz(budget: int):
-    return settings(max_examples=budget, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    return settings(
+        max_examples=budget,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
@@ -78,8 +110,7 @@ def test_any_model_card_is_read_or_refused_in_one_line(budget):
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_any_dataset_yaml_is_read_or_refused_in_one_line(budget, synth_root):
     keys = st.sampled_from(["num_classes", "class_names", "ignore_index", "class_colors", "other"])
-    metas = st.one_of(st.dictionaries(keys, values, max_size=4).map(lambda d: yaml.safe_dump(d)),
-                      st.text(max_size=120))
+    metas = st.one_of(st.dictionaries(keys, values, max_size=4).map(lambda d: yaml.safe_dump(d)), st.text(max_size=120))
 
     @_fuzz(budget)
     @given(text=metas)
@@ -125,8 +156,9 @@ def test_any_inventory_csv_plans_rows_or_refuses_in_one_line(budget):
 
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_any_prediction_png_is_scored_or_refused_in_one_line(budget):
-    shapes = st.tuples(st.integers(1, 9), st.integers(1, 9)) | st.tuples(st.integers(1, 6), st.integers(1, 6),
-                                                                           st.sampled_from([3, 4]))
+    shapes = st.tuples(st.integers(1, 9), st.integers(1, 9)) | st.tuples(
+        st.integers(1, 6), st.integers(1, 6), st.sampled_from([3, 4])
+    )
     pictures = shapes.flatmap(lambda shape: arrays(np.uint8, shape))
 
     @_fuzz(budget)

@@ -1,4 +1,4 @@
-"""`segaudit report --html`: one self-contained page, read back with a real HTML parser."""
+"""`segaudit report html`: one self-contained page, read back with a real HTML parser."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from bs4 import BeautifulSoup
 from PIL import Image
 from typer.testing import CliRunner
 
+from expected import audit_exit, read, validate_exit, validate_records
 from segaudit.cli import app
-from segaudit.html_report import find_chromium, png_data_uri, screenshot, verdict_summary
-from segaudit.report import evidence_frame
-from segaudit.verdict import EXIT_CODES
+from segaudit.cli.common import EXIT_CODES
+from segaudit.diagnostics.verdict import OUTCOMES
+from segaudit.report.html import find_chromium, png_data_uri, screenshot, verdict_summary
+from segaudit.report.terminal import evidence_frame
 
 runner = CliRunner()
 # Attributes through which a page could fetch or send something.
@@ -26,30 +28,54 @@ URL_ATTRIBUTES = ("href", "src", "srcset", "action", "formaction", "poster", "da
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory, synth_root):
     """A tiny diagnose (pair scoring on), a validate of its baseline, a run whose strategy
-    is markup, its audit, and the page `report --html` writes for them."""
+    is markup, its audit, and the page `report html` writes for them."""
     base = tmp_path_factory.mktemp("html")
     runs = base / "runs"
-    tiny = ["dataset=folder", f"dataset.root={synth_root}", "dataset.transform.crop=[32,32]",
-            "dataset.cache_in_memory=true", "train.iters=2", "train.batch_size=2", "train.eval_batch_size=8",
-            "train.progress=false", f"paths.runs={runs}", f"paths.cache={base / 'cache'}"]
+    tiny = [
+        "dataset=folder",
+        f"dataset.root={synth_root}",
+        "dataset.transform.crop=[32,32]",
+        "dataset.cache_in_memory=true",
+        "train.iters=2",
+        "train.batch_size=2",
+        "train.eval_batch_size=8",
+        "train.progress=false",
+        f"paths.runs={runs}",
+        f"paths.cache={base / 'cache'}",
+    ]
     diagnosed = runner.invoke(app, ["diagnose", *tiny, "run_id=diag", "suspects.iters=2"])
     gate = json.loads((runs / "diag" / "record.json").read_text())
-    assert diagnosed.exit_code == EXIT_CODES[gate["verdict"]], diagnosed.output
-    validated = runner.invoke(app, ["validate", "diag", *tiny, "gate.validate.robustness.severities=[1]",
-                                    "gate.validate.robustness.corruptions=[gaussian_noise]"])
-    assert validated.exit_code in (0, 1), validated.output
+    assert diagnosed.exit_code == EXIT_CODES[OUTCOMES[gate["verdict"]]], diagnosed.output
+    validated = runner.invoke(
+        app,
+        [
+            "validate",
+            "diag",
+            *tiny,
+            "gate.validate.robustness.severities=[1]",
+            "gate.validate.robustness.corruptions=[gaussian_noise]",
+        ],
+    )
+    assert validated.exit_code == validate_exit(validate_records(runs)), validated.output
     marked = runner.invoke(app, ["train", *tiny, "strategy='<script>alert(1)</script>'", "run_id=marked"])
     assert marked.exit_code == 0, marked.output
-    audited = runner.invoke(app, ["audit", "marked", *tiny, "run_id=aud"])
-    assert audited.exit_code in (0, 1), audited.output  # 1: red flags of a 2-step model
+    audited = runner.invoke(app, ["audit", "model", "marked", *tiny, "run_id=aud"])
+    assert audited.exit_code == audit_exit(read(runs, "aud")), audited.output
     page = base / "out" / "report.html"
     before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
-    result = runner.invoke(app, ["report", f"paths.runs={runs}", "--html", str(page)])
+    result = runner.invoke(app, ["report", "html", str(page), f"paths.runs={runs}"])
     assert result.exit_code == 0, result.output
     assert f"wrote {page}" in result.stderr and "diag " in result.stderr
     after = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
-    return {"runs": runs, "tiny": tiny, "page": page, "gate": gate, "result": result, "unchanged": before == after,
-            "soup": BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")}
+    return {
+        "runs": runs,
+        "tiny": tiny,
+        "page": page,
+        "gate": gate,
+        "result": result,
+        "unchanged": before == after,
+        "soup": BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser"),
+    }
 
 
 def _records(runs: Path) -> list[dict]:
@@ -72,8 +98,10 @@ def test_page_shows_the_verdict_in_plain_words(reported):
 def test_every_evidence_row_is_there_with_its_number_and_the_prior_line(reported):
     soup, gate = reported["soup"], reported["gate"]
     rows = soup.select("#diagnose-diag table.evidence tbody tr")
-    expected = [(row.step, None if np.isnan(row.miou) else row.miou, row.run_id)
-                for row in evidence_frame(gate).itertuples(index=False)]
+    expected = [
+        (row.step, None if np.isnan(row.miou) else row.miou, row.run_id)
+        for row in evidence_frame(gate).itertuples(index=False)
+    ]
     assert [r["data-step"] for r in rows] == [label for label, _, _ in expected]
     prior_x = f"{gate['evidence']['prior'] * 2.6:.1f}"
     for row, (label, value, run) in zip(rows, expected):
@@ -87,8 +115,10 @@ def test_every_evidence_row_is_there_with_its_number_and_the_prior_line(reported
 def test_every_gate_row_is_there_with_pass_fail_skip(reported):
     soup = reported["soup"]
     validate = next(r for r in _records(reported["runs"]) if r["phase"] == "validate")
-    shown = {row["data-gate"]: row.find_all("td")[3].get_text(strip=True)
-             for row in soup.select("#gates table.gates tbody tr")}
+    shown = {
+        row["data-gate"]: row.find_all("td")[3].get_text(strip=True)
+        for row in soup.select("#gates table.gates tbody tr")
+    }
     assert shown == {g["name"]: g["result"] for g in validate["validate"]["gates"]}
     assert set(shown.values()) <= {"PASS", "FAIL", "SKIP"}
 
@@ -99,7 +129,7 @@ def test_pictures_are_embedded_pngs_that_decode(reported):
     for img in images:
         prefix = "data:image/png;base64,"
         assert img["src"].startswith(prefix)
-        picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(img["src"][len(prefix):]))).convert("L"))
+        picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(img["src"][len(prefix) :]))).convert("L"))
         assert picture.shape[0] > 100 and picture.std() > 5, img.get("alt")  # drawn, not blank
 
 
@@ -123,7 +153,8 @@ def test_audits_show_each_input_against_the_prior(reported):
     cells = [td.get_text(strip=True) for td in soup.select_one('tr[data-audit="aud"]').find_all("td")]
     shown = dict(zip(headers, cells))
     assert {name: shown[name] for name in audit["miou"]} == {
-        name: "-" if value is None else f"{value:.2f}" for name, value in audit["miou"].items()}
+        name: "-" if value is None else f"{value:.2f}" for name, value in audit["miou"].items()
+    }
     assert shown["prior"] == f"{audit['prior_miou']:.2f}" and shown["content gain"] == f"{audit['content_gain']:+.2f}"
     assert (shown["red flags"] == "none") == (not audit["red_flags"])
 
@@ -145,7 +176,7 @@ def test_run_table_provenance_and_markup_shown_as_text(reported):
 
 def test_one_diagnose_selects_its_steps_and_gates(reported, tmp_path):
     page = tmp_path / "d.html"
-    result = runner.invoke(app, ["report", f"paths.runs={reported['runs']}", "--diagnose", "diag", "--html", str(page)])
+    result = runner.invoke(app, ["report", "html", str(page), f"paths.runs={reported['runs']}", "--diagnose", "diag"])
     assert result.exit_code == 0, result.output
     soup = BeautifulSoup(page.read_text(), "html.parser")
     shown = {r.find("td").get_text(strip=True) for r in soup.select("#runs tbody tr")}
@@ -155,36 +186,52 @@ def test_one_diagnose_selects_its_steps_and_gates(reported, tmp_path):
 
 def test_runs_without_a_diagnose_say_so(reported, tmp_path):
     page = tmp_path / "t.html"
-    result = runner.invoke(app, ["report", f"paths.runs={reported['runs']}", "--where", "run_id=marked",
-                                 "--html", str(page)])
+    result = runner.invoke(
+        app, ["report", "html", str(page), f"paths.runs={reported['runs']}", "--where", "run_id=marked"]
+    )
     assert result.exit_code == 0, result.output
     soup = BeautifulSoup(page.read_text(), "html.parser")
     assert "No diagnose among these 1 runs" in soup.select_one("#summary").get_text(" ", strip=True)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--html", "{tmp}/r.txt"], "expected a .html file name"),
-    (["--diagnose", "nope", "--html", "{tmp}/r.html"], "no diagnose with that id"),
-    (["--where", "phase=nothing", "--html", "{tmp}/r.html"], "no runs to report"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/r.txt"], "expected a .html file name"),
+        (["{tmp}/r.html", "--diagnose", "nope"], "no diagnose with that id"),
+        (["{tmp}/r.html", "--where", "phase=nothing"], "no runs to report"),
+    ],
+)
 def test_refusals_are_one_line_and_write_nothing(reported, tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    result = runner.invoke(app, ["report", f"paths.runs={reported['runs']}", *args])
+    result = runner.invoke(app, ["report", "html", *args, f"paths.runs={reported['runs']}"])
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name, first_command, style", [
-    ("HEALTHY", "segaudit validate d", "good"),
-    ("PIPELINE_FAULT", "segaudit suspects --diagnose d", "bad"),
-    ("SPATIAL_SHORTCUT", "segaudit retrain --from-gate d", "warn"),
-])
+@pytest.mark.parametrize(
+    "name, first_command, style",
+    [
+        ("HEALTHY", "segaudit validate d", "good"),
+        ("PIPELINE_FAULT", "segaudit suspects --diagnose d", "bad"),
+        ("SPATIAL_SHORTCUT", "segaudit retrain retrain.from_gate=d", "warn"),
+    ],
+)
 def test_each_verdict_says_what_it_means_and_what_to_do(name, first_command, style):
-    record = {"run_id": "d", "verdict": name, "reasons": ["the reason"], "steps": {"baseline": "b"},
-              "evidence": {"prior": 30.0, "real": 40.0, "shuffled": 31.0, "suspect_flagged": 5},
-              "gate": {"preset": "default", "decision": "2A", "why": "tier-1 within range",
-                       "next_checks": ["look at the sort order"]}}
+    record = {
+        "run_id": "d",
+        "verdict": name,
+        "reasons": ["the reason"],
+        "steps": {"baseline": "b"},
+        "evidence": {"prior": 30.0, "real": 40.0, "shuffled": 31.0, "suspect_flagged": 5},
+        "gate": {
+            "preset": "default",
+            "decision": "2A",
+            "why": "tier-1 within range",
+            "next_checks": ["look at the sort order"],
+        },
+    }
     summary = verdict_summary(record)
     assert summary["style"] == style and "30.0" in summary["meaning"][0] and "40.0" in summary["meaning"][0]
     assert [s["command"] for s in summary["next_steps"] if s["command"]] == [first_command]

@@ -1,4 +1,4 @@
-"""Per-image log-likelihood and class counts (segaudit.information) against hand
+"""Per-image log-likelihood and class counts (segaudit.measure.information) against hand
 computations, scikit-learn and the dataset-level metrics; the archive round trip."""
 
 import math
@@ -8,8 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from segaudit.information import ImageScores, PerImage, load_per_image, save_per_image
-from segaudit.metrics import ConfusionMatrix
+from segaudit.measure.information import ImageScores, PerImage, load_per_image, save_per_image
+from segaudit.measure.metrics import ConfusionMatrix
 
 K = 4
 
@@ -74,6 +74,11 @@ def test_archive_round_trip_and_no_pickle(tmp_path):
 
 
 def test_bits_per_pixel_pools_pixels_not_images():
-    scores = PerImage(nll=np.array([10.0, 1.0]), pixels=np.array([10, 1]),
-                      tp=np.zeros((2, 1)), gt=np.zeros((2, 1)), pred=np.zeros((2, 1)))
+    scores = PerImage(
+        nll=np.array([10.0, 1.0]),
+        pixels=np.array([10, 1]),
+        tp=np.zeros((2, 1)),
+        gt=np.zeros((2, 1)),
+        pred=np.zeros((2, 1)),
+    )
     assert scores.bits_per_pixel == pytest.approx(11 / 11)

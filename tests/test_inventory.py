@@ -14,9 +14,10 @@ import segmentation_models_pytorch as smp
 import torch
 from typer.testing import CliRunner
 
+from expected import audit_exit, read
 from segaudit import runs
 from segaudit.cli import app
-from segaudit.inventory import content_hash, plan_inventory
+from segaudit.workflows.inventory import content_hash, plan_inventory
 
 runner = CliRunner()
 
@@ -29,14 +30,28 @@ def inventory(tmp_path_factory, synth_root):
     for index in range(6):
         torch.manual_seed(index)
         smp.Unet("resnet18", encoder_weights=None, classes=8).save_pretrained(base / "models" / f"m{index}")
-        rows.append({"source": f"models/m{index}", "strategy": "ab"[index % 2], "model": "unet",
-                     "dataset": "folder", "root": str(synth_root)})
+        rows.append(
+            {
+                "source": f"models/m{index}",
+                "strategy": "ab"[index % 2],
+                "model": "unet",
+                "dataset": "folder",
+                "root": str(synth_root),
+            }
+        )
     smp.Unet("resnet18", encoder_weights=None, classes=5).save_pretrained(base / "models" / "five")
-    rows += [{"source": "models/gone", "strategy": "a", "model": "unet", "dataset": "folder", "root": str(synth_root)},
-             {"source": "models/five", "strategy": "a", "model": "unet", "dataset": "folder", "root": str(synth_root)}]
+    rows += [
+        {"source": "models/gone", "strategy": "a", "model": "unet", "dataset": "folder", "root": str(synth_root)},
+        {"source": "models/five", "strategy": "a", "model": "unet", "dataset": "folder", "root": str(synth_root)},
+    ]
     pd.DataFrame(rows).to_csv(base / "models.csv", index=False)
-    shared = [f"paths.runs={base / 'runs'}", f"paths.cache={base / 'cache'}", "train.eval_batch_size=8",
-              "dataset.cache_in_memory=true", "audit.probe=false"]
+    shared = [
+        f"paths.runs={base / 'runs'}",
+        f"paths.cache={base / 'cache'}",
+        "train.eval_batch_size=8",
+        "dataset.cache_in_memory=true",
+        "audit.probe=false",
+    ]
     return base, shared
 
 
@@ -48,10 +63,16 @@ def _audit_records(runs: Path) -> list[dict]:
 @pytest.mark.slow  # a SIGKILLed subprocess sweep: ~45 s
 def test_killed_midway_then_rerun_gives_one_record_per_model(inventory):
     base, shared = inventory
-    command = [str(Path(sys.executable).with_name("segaudit")), "audit", "--inventory", str(base / "models.csv"),
-               "--jobs", "2", *shared]
-    started = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    command = [
+        str(Path(sys.executable).with_name("segaudit")),
+        "audit",
+        "inventory",
+        str(base / "models.csv"),
+        "--jobs",
+        "2",
+        *shared,
+    ]
+    started = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and started.poll() is None:
         if any(r["status"] == "completed" for r in _audit_records(base / "runs")):
@@ -61,7 +82,7 @@ def test_killed_midway_then_rerun_gives_one_record_per_model(inventory):
     started.wait()
     assert len([r for r in _audit_records(base / "runs") if r["status"] == "completed"]) < 6
 
-    rerun = runner.invoke(app, ["audit", "--inventory", str(base / "models.csv"), "--jobs", "2", *shared])
+    rerun = runner.invoke(app, ["audit", "inventory", str(base / "models.csv"), "--jobs", "2", *shared])
     assert rerun.exit_code == 1, rerun.output  # two rows fail (and untrained models raise red flags)
     records = _audit_records(base / "runs")
     assert len(records) == 6 and all(r["status"] == "completed" for r in records)
@@ -71,13 +92,14 @@ def test_killed_midway_then_rerun_gives_one_record_per_model(inventory):
     assert "row 8 (models/five)" in rerun.stdout and "expected (N, 8, H, W)" in rerun.stdout
     assert {r["strategy"] for r in records} == {"a", "b"} and {r["model"] for r in records} == {"unet"}
 
-    again = runner.invoke(app, ["audit", "--inventory", str(base / "models.csv"), *shared])
+    again = runner.invoke(app, ["audit", "inventory", str(base / "models.csv"), *shared])
     assert again.stdout.count("skipped") == 6 and len(_audit_records(base / "runs")) == 6
 
     scoped = runner.invoke(app, ["scope", "--phase", "audit", "--format", "json", *shared])
     result = json.loads(scoped.stdout)
-    table = pd.DataFrame({"strategy": [r["strategy"] for r in records],
-                          "miou": [r["metrics"]["miou"] for r in records]})
+    table = pd.DataFrame(
+        {"strategy": [r["strategy"] for r in records], "miou": [r["metrics"]["miou"] for r in records]}
+    )
     expected = table.groupby("strategy")["miou"].agg(["count", "mean", "std"])
     groups = {g["name"]: g for g in result["groupings"]["strategy"]["groups"]}
     for name, row in expected.iterrows():
@@ -88,7 +110,7 @@ def test_killed_midway_then_rerun_gives_one_record_per_model(inventory):
 
 def test_the_file_itself_is_checked_before_anything_runs(tmp_path):
     (tmp_path / "bad.csv").write_text("source,colour\nx,red\n")
-    done = runner.invoke(app, ["audit", "--inventory", str(tmp_path / "bad.csv"), f"paths.runs={tmp_path / 'runs'}"])
+    done = runner.invoke(app, ["audit", "inventory", str(tmp_path / "bad.csv"), f"paths.runs={tmp_path / 'runs'}"])
     assert done.exit_code == 2 and "unknown column 'colour'" in done.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -109,8 +131,10 @@ def test_the_slurm_launcher_runs_an_inventory_as_a_job_array(inventory, tmp_path
     rows.to_csv(tmp_path / "two.csv", index=False)
     runs = tmp_path / "runs"
     settings = [s for s in shared if not s.startswith("paths.runs=")] + [f"paths.runs={runs}"]
-    done = runner.invoke(app, ["audit", "--inventory", str(tmp_path / "two.csv"), "--launcher", "slurm",
-                               "launcher.cluster=local", *settings])
+    done = runner.invoke(
+        app,
+        ["audit", "inventory", str(tmp_path / "two.csv"), "--launcher", "slurm", "launcher.cluster=local", *settings],
+    )
     assert done.exit_code == 1, done.output  # untrained models: red flags
     assert len(_audit_records(runs)) == 2 and (runs / "_submitit").is_dir()
 
@@ -132,18 +156,18 @@ def test_a_row_another_process_is_auditing_is_left_to_it(inventory, tmp_path):
     csv = tmp_path / "one.csv"
     pd.read_csv(base / "models.csv").iloc[:1].assign(source=str(base / "models" / "m0")).to_csv(csv, index=False)
     shared = [o for o in shared if not o.startswith("paths.runs=")] + [f"paths.runs={tmp_path / 'runs'}"]
-    first = runner.invoke(app, ["audit", "--inventory", str(csv), *shared])
+    first = runner.invoke(app, ["audit", "inventory", str(csv), *shared])
     (unfinished,) = [p.parent for p in (tmp_path / "runs").glob("*/record.json")]
     run_id = unfinished.name
+    assert first.exit_code == audit_exit(read(tmp_path / "runs", run_id)), first.output
     (unfinished / "record.json").unlink()  # as a process that is still auditing it would leave it
     (unfinished / "marker").write_text("the other process's files")
-    assert first.exit_code in (0, 1), first.output
     with runs.claim(tmp_path / "runs", run_id) as mine:
         assert mine
-        busy = runner.invoke(app, ["audit", "--inventory", str(csv), *shared])
+        busy = runner.invoke(app, ["audit", "inventory", str(csv), *shared])
         assert busy.exit_code == 0, busy.output
         assert "in progress elsewhere" in busy.stdout and "being audited by another process" in busy.stdout
         assert "failed" not in busy.stdout and (unfinished / "marker").is_file()
-    done = runner.invoke(app, ["audit", "--inventory", str(csv), *shared])
+    done = runner.invoke(app, ["audit", "inventory", str(csv), *shared])
     assert "1 of 1 rows audited" in done.stdout and not (unfinished / "marker").exists()
     assert json.loads((unfinished / "record.json").read_text())["status"] == "completed"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from segaudit.losses import TieredLoss
+from segaudit.models.losses import TieredLoss
 
 
 def test_consistency_is_zero_for_identical_predictions():
@@ -65,10 +65,10 @@ def test_constant_model_is_perfectly_consistent():
 
 
 # --------------------------------------------------------------------------- tiers 2 and 3
-from segaudit.config import compose  # noqa: E402
-from segaudit.engine import train  # noqa: E402
-from segaudit.losses import sample_anchors, supervised_contrastive  # noqa: E402
-from segaudit.models import SegmentationWithAux, build_model  # noqa: E402
+from segaudit.core.config import compose  # noqa: E402
+from segaudit.models.build import SegmentationWithAux, build_model  # noqa: E402
+from segaudit.models.losses import sample_anchors, supervised_contrastive  # noqa: E402
+from segaudit.train.engine import train  # noqa: E402
 
 
 def _supcon_by_the_formula(z, y, t, t_base):
@@ -108,7 +108,7 @@ def test_anchor_sampling_is_class_balanced_with_hard_and_easy_halves():
     labels[0, 5:] = 1  # 50 pixels each
     labels[0, 0, 0] = 255
     preds = labels.clone().clamp(max=1)
-    preds[0, :2] = 1   # 19 hard pixels of class 0 (row 0 minus the ignore pixel, row 1)
+    preds[0, :2] = 1  # 19 hard pixels of class 0 (row 0 minus the ignore pixel, row 1)
     emb = torch.randn(1, 4, 10, 10)
     feats, classes = sample_anchors(emb, labels, preds, ignore_index=255, max_samples=20, max_views=100)
     assert feats.shape == (20, 4) and sorted(classes.tolist()) == [0] * 10 + [1] * 10
@@ -139,8 +139,18 @@ def test_gradients_reach_each_head(synth_root):
 @pytest.mark.parametrize("model_name", ["deeplabv3plus", "pspnet", "segformer", "unet"])
 @pytest.mark.parametrize("loss_name", ["tier1", "tier2", "tier3"])
 def test_every_model_trains_a_step_with_every_tier(model_name, loss_name, tiny, runs_root):
-    record = train(compose(tiny + [f"model={model_name}", f"loss={loss_name}", "train.iters=1",
-                                   "data_check.before_train=false", "train.log_every=1"]))
+    record = train(
+        compose(
+            tiny
+            + [
+                f"model={model_name}",
+                f"loss={loss_name}",
+                "train.iters=1",
+                "data_check.before_train=false",
+                "train.log_every=1",
+            ]
+        )
+    )
     assert record["status"] == "completed" and record["loss"] == loss_name
     extra = {"tier1": "consistency", "tier2": "reconstruction", "tier3": "contrast"}[loss_name]
     assert extra in record["train_log"][-1]

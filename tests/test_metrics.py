@@ -1,4 +1,4 @@
-"""segaudit.metrics against scikit-learn and hand-computed cases."""
+"""segaudit.measure.metrics against scikit-learn and hand-computed cases."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import accuracy_score, jaccard_score, recall_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from segaudit.metrics import ConfusionMatrix, confusion_matrix, pair_counts, summarize
+from segaudit.measure.metrics import ConfusionMatrix, confusion_matrix, pair_counts, summarize
 
 K = 6
 
@@ -19,7 +19,7 @@ def _random_case(seed: int):
     pred = torch.randint(0, K, (4, 17, 23), generator=gen)
     target[torch.rand(target.shape, generator=gen) < 0.15] = 255  # ignore pixels
     target[target == 4] = 0  # class 4 absent from the ground truth ...
-    pred[pred == 5] = 1      # ... and class 5 absent from the predictions
+    pred[pred == 5] = 1  # ... and class 5 absent from the predictions
     target[target == 5] = 2  # so class 5 is absent from both
     return pred, target
 
@@ -37,7 +37,7 @@ def test_matches_sklearn(seed):
     sk_iou = jaccard_score(t, p, labels=present, average=None) * 100
     np.testing.assert_allclose([result["iou"][c] for c in present], sk_iou)
     assert math.isnan(result["iou"][5])  # absent from both: undefined, left out
-    assert result["iou"][4] == 0.0       # predicted, never true: counts as 0
+    assert result["iou"][4] == 0.0  # predicted, never true: counts as 0
     assert result["miou"] == pytest.approx(sk_iou.mean())
     in_gt = [c for c in range(K) if (t == c).any()]
     sk_recall = recall_score(t, p, labels=in_gt, average=None) * 100
@@ -88,7 +88,7 @@ def test_rejects_bad_input():
 
 
 def test_agreement_counts_labelled_pixels_only():
-    from segaudit.metrics import AgreementMatrix
+    from segaudit.measure.metrics import AgreementMatrix
 
     target = torch.tensor([[0, 1, 255, 2]])
     reference = torch.tensor([[0, 1, 1, 1]])
@@ -98,8 +98,9 @@ def test_agreement_counts_labelled_pixels_only():
     scores.update(reference, target, reference)  # a second batch in full agreement
     result = scores.compute()
     assert result["agreement"] == pytest.approx(100 * (2 + 3) / 6)
-    assert result["miou"] == pytest.approx(summarize(
-        confusion_matrix(torch.cat([pred, reference]), torch.cat([target, target]), 3, 255))["miou"])
+    assert result["miou"] == pytest.approx(
+        summarize(confusion_matrix(torch.cat([pred, reference]), torch.cat([target, target]), 3, 255))["miou"]
+    )
     assert math.isnan(AgreementMatrix(3, 255).compute()["agreement"])
 
 

@@ -9,11 +9,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from expected import audit_exit, read
 from segaudit.cli import app
-from segaudit.config import compose
-from segaudit.engine import train
-from segaudit.plots import class_colors, sample_grid
-from segaudit.verdict import EXIT_CODES
+from segaudit.cli.common import EXIT_CODES
+from segaudit.core.config import compose
+from segaudit.diagnostics.verdict import OUTCOMES
+from segaudit.train.engine import train
+from segaudit.train.samples import class_colors, sample_grid
 
 runner = CliRunner()
 
@@ -41,8 +43,12 @@ def test_sample_grid_draws_each_class_in_its_colour(tmp_path):
     mask = np.zeros((32, 32), np.uint8)
     mask[:, 16:] = 1
     mask[:4] = 255  # ignore, drawn black
-    sample = {"image": np.full((32, 32, 3), 200, np.uint8), "mask": mask,
-              "pred_real": mask.copy(), "pred_noise": np.full((32, 32), 2)}
+    sample = {
+        "image": np.full((32, 32, 3), 200, np.uint8),
+        "mask": mask,
+        "pred_real": mask.copy(),
+        "pred_noise": np.full((32, 32), 2),
+    }
     colors = [[255, 0, 0], [0, 0, 255], [0, 255, 0]]
     path = sample_grid([sample, sample], ["a", "b", "c"], 255, tmp_path / "grid.png", "t", colors)
     picture = _not_blank(path)
@@ -59,8 +65,10 @@ def test_palette_has_an_ignore_colour():
 
 def test_audit_and_diagnose_plots(tiny, runs_root, tmp_path):
     train(compose(tiny + ["run_id=model", "eval_also=[noise]"]))
-    audited = runner.invoke(app, ["audit", "model", *tiny, "--plots", str(tmp_path / "audit")])
-    assert audited.exit_code in (0, 1), audited.output  # 1: red flags of a barely trained model
+    audited = runner.invoke(
+        app, ["audit", "model", "model", *tiny, "run_id=0-audit", "--plots", str(tmp_path / "audit")]
+    )
+    assert audited.exit_code == audit_exit(read(runs_root, "0-audit")), audited.output
     assert sorted(map(_kind, (tmp_path / "audit").glob("*.png"))) == ["miou_by_condition", "samples"]
     grid = _not_blank(next((tmp_path / "audit").glob("samples_*.png")))
     assert grid.shape[0] > grid.shape[1] * 0.8  # four sample rows under the column titles
@@ -70,16 +78,24 @@ def test_audit_and_diagnose_plots(tiny, runs_root, tmp_path):
     gate = _exit_code_follows_the_verdict(result, runs_root)
     assert sorted(gate["plots"]) == sorted(map(str, out.glob("*.png")))  # the record lists them
     assert sorted(map(_kind, out.glob("*.png"))) == [
-        "classes", "curve", "evidence", "learning_curves", *["prior"] * 8, "prior_all", "samples"]
+        "classes",
+        "curve",
+        "evidence",
+        "learning_curves",
+        *["prior"] * 8,
+        "prior_all",
+        "samples",
+    ]
     for png in out.glob("*.png"):
         _not_blank(png)
 
 
 def _exit_code_follows_the_verdict(result, runs_root):
     """2-iteration models may get any verdict; the exit code must be the verdict's."""
-    gate = next(r for r in map(lambda p: json.loads(p.read_text()), runs_root.glob("*/record.json"))
-                if r.get("verdict"))
-    assert result.exit_code == EXIT_CODES[gate["verdict"]], result.output
+    gate = next(
+        r for r in map(lambda p: json.loads(p.read_text()), runs_root.glob("*/record.json")) if r.get("verdict")
+    )
+    assert result.exit_code == EXIT_CODES[OUTCOMES[gate["verdict"]]], result.output
     return gate
 
 

@@ -7,10 +7,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from segaudit.config import compose
+from segaudit.core.config import compose
 from segaudit.data import build_dataset, prepare_dataset
-from segaudit.engine import train
-from segaudit.prior import analytic_prior
+from segaudit.measure.prior import analytic_prior
+from segaudit.train.engine import train
 
 SIZE = (32, 64)  # H, W: a driving-like 1:2 frame
 
@@ -43,30 +43,47 @@ def _write(root, image_rel, mask_rel, raw_ids, n=4, palette=False, ext=".png"):
 
 def cityscapes(root):
     # Raw ids: 23 sky, 7 road, 26 car, 0 unlabeled.
-    _write(root, lambda s, i: f"leftImg8bit/{s}/aachen/aachen_{i:06d}_000019_leftImg8bit.png",
-           lambda s, i: f"gtFine/{s}/aachen/aachen_{i:06d}_000019_gtFine_labelIds.png", [23, 26, 7, 0])
+    _write(
+        root,
+        lambda s, i: f"leftImg8bit/{s}/aachen/aachen_{i:06d}_000019_leftImg8bit.png",
+        lambda s, i: f"gtFine/{s}/aachen/aachen_{i:06d}_000019_gtFine_labelIds.png",
+        [23, 26, 7, 0],
+    )
     # Distractors in the same folders must be ignored.
     Image.fromarray(np.zeros(SIZE, np.uint8)).save(
-        root / "gtFine/train/aachen/aachen_000000_000019_gtFine_instanceIds.png")
+        root / "gtFine/train/aachen/aachen_000000_000019_gtFine_instanceIds.png"
+    )
 
 
 def bdd10k(root):
-    _write(root, lambda s, i: f"images/10k/{s}/{i:08x}-frame.jpg",
-           lambda s, i: f"labels/sem_seg/masks/{s}/{i:08x}-frame.png", [10, 13, 0, 255])
+    _write(
+        root,
+        lambda s, i: f"images/10k/{s}/{i:08x}-frame.jpg",
+        lambda s, i: f"labels/sem_seg/masks/{s}/{i:08x}-frame.png",
+        [10, 13, 0, 255],
+    )
 
 
 def mapillary(root, version="v1.2"):
-    _write(root, lambda s, i: f"{'training' if s == 'train' else 'validation'}/images/key{i}.jpg",
-           lambda s, i: f"{'training' if s == 'train' else 'validation'}/{version}/labels/key{i}.png",
-           [27, 55, 13, 65], palette=True)
+    _write(
+        root,
+        lambda s, i: f"{'training' if s == 'train' else 'validation'}/images/key{i}.jpg",
+        lambda s, i: f"{'training' if s == 'train' else 'validation'}/{version}/labels/key{i}.png",
+        [27, 55, 13, 65],
+        palette=True,
+    )
     count = 65 if version == "v1.2" else 124
     labels = [{"name": f"n{i}", "readable": f"Class {i}"} for i in range(count + 1)]
     (root / f"config_{version}.json").write_text(json.dumps({"labels": labels}))
 
 
 def idd(root):
-    _write(root, lambda s, i: f"leftImg8bit/{s}/{i:03d}/{i:06d}_leftImg8bit.png",
-           lambda s, i: f"gtFine/{s}/{i:03d}/{i:06d}_gtFine_labellevel3Ids.png", [25, 9, 0, 255])
+    _write(
+        root,
+        lambda s, i: f"leftImg8bit/{s}/{i:03d}/{i:06d}_leftImg8bit.png",
+        lambda s, i: f"gtFine/{s}/{i:03d}/{i:06d}_gtFine_labellevel3Ids.png",
+        [25, 9, 0, 255],
+    )
 
 
 def outside15k(root):
@@ -90,9 +107,16 @@ def test_preset_layout_mapping_step_and_prior(preset, tmp_path):
     writer, num_classes, mapping = PRESETS[preset]
     root = tmp_path / "data"
     writer(root)
-    overrides = [f"dataset={preset}", f"dataset.root={root}", "train.iters=1", "train.batch_size=2",
-                 "train.progress=false", f"paths.runs={tmp_path / 'runs'}",
-                 "model=unet", "model.encoder=resnet18"]
+    overrides = [
+        f"dataset={preset}",
+        f"dataset.root={root}",
+        "train.iters=1",
+        "train.batch_size=2",
+        "train.progress=false",
+        f"paths.runs={tmp_path / 'runs'}",
+        "model=unet",
+        "model.encoder=resnet18",
+    ]
     cfg = compose(overrides)
     dcfg = prepare_dataset(cfg.dataset, tmp_path / "cache")
     assert dcfg.num_classes == num_classes and len(dcfg.class_names) == num_classes

@@ -10,12 +10,19 @@ import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
-from segaudit.config import compose
-from segaudit.errors import DataError
-from segaudit.pictures import prior_pictures
-from segaudit.prior import (PSEUDO_COUNTS, analytic_prior, choose_pseudo_count, global_frequencies,
-                            leave_one_out_log_likelihood, leave_one_out_scores, run_prior)
-from segaudit.runs import load_table
+from segaudit.core.config import compose
+from segaudit.core.errors import DataError
+from segaudit.measure.prior import (
+    PSEUDO_COUNTS,
+    analytic_prior,
+    choose_pseudo_count,
+    global_frequencies,
+    leave_one_out_log_likelihood,
+    leave_one_out_scores,
+    run_prior,
+)
+from segaudit.report.pictures import prior_pictures
+from segaudit.runs.records import load_table
 
 
 def _folder(root, train_masks, val_masks, num_classes=3):
@@ -31,13 +38,21 @@ def _folder(root, train_masks, val_masks, num_classes=3):
 
 
 def _dcfg(root, num_classes=3):
-    return OmegaConf.create({
-        "name": "folder", "root": str(root), "num_classes": num_classes, "ignore_index": 255,
-        "layout": {"train": {"images": "images/train", "masks": "masks/train"},
-                   "val": {"images": "images/val", "masks": "masks/val"},
-                   "image_suffix": ".png", "mask_suffix": ".png"},
-        "transform": {"resize": None},
-    })
+    return OmegaConf.create(
+        {
+            "name": "folder",
+            "root": str(root),
+            "num_classes": num_classes,
+            "ignore_index": 255,
+            "layout": {
+                "train": {"images": "images/train", "masks": "masks/train"},
+                "val": {"images": "images/val", "masks": "masks/val"},
+                "image_suffix": ".png",
+                "mask_suffix": ".png",
+            },
+            "transform": {"resize": None},
+        }
+    )
 
 
 def test_hand_computed_prior(tmp_path):
@@ -109,8 +124,10 @@ def test_pseudo_count_maximises_the_leave_one_out_likelihood():
             brute += sum(np.log(probs[held[y, x], y, x]) for y in range(2) for x in range(3))
         assert leave_one_out_log_likelihood(counts, g, a) == pytest.approx(brute)
     best = choose_pseudo_count(counts, g)
-    assert all(leave_one_out_log_likelihood(counts, g, best) >= leave_one_out_log_likelihood(counts, g, a)
-               for a in PSEUDO_COUNTS)
+    assert all(
+        leave_one_out_log_likelihood(counts, g, best) >= leave_one_out_log_likelihood(counts, g, a)
+        for a in PSEUDO_COUNTS
+    )
 
 
 def test_streaming_matches_one_shot_numpy(synth_root):

@@ -15,23 +15,24 @@ from torch import nn
 from torchvision.transforms.v2 import functional as F
 from typer.testing import CliRunner
 
+from expected import audit_exit, read, suspects_exit
 from scenes import write_folder
 from segaudit.cli import app
-from segaudit.config import compose
+from segaudit.core.config import compose, load_group_option
+from segaudit.core.errors import ConfigError
 from segaudit.data import build_dataset, eval_loader, prepare_dataset
 from segaudit.data import check as check_module
 from segaudit.data import transforms as transforms_module
 from segaudit.data.check import alignment_probe, check_dataset
 from segaudit.data.sampler import size_grouped_batches
 from segaudit.data.synthetic import write_cityscapes_layout
-from segaudit.runs import load_table
-from segaudit.checkpoints import load_for_eval
-from segaudit.evaluation import evaluate, predict_labels
-from segaudit.errors import ConfigError
-from segaudit.inference import Inference, inference_settings, model_stride, pad_to_multiple, window_origins
-from segaudit.metrics import ConfusionMatrix
-from segaudit.models import build_model
-from segaudit.prior import analytic_prior
+from segaudit.measure.evaluation import evaluate, predict_labels
+from segaudit.measure.metrics import ConfusionMatrix
+from segaudit.measure.prior import analytic_prior
+from segaudit.models.build import build_model
+from segaudit.models.checkpoints import load_for_eval
+from segaudit.models.inference import Inference, inference_settings, model_stride, pad_to_multiple, window_origins
+from segaudit.runs.records import load_table
 
 runner = CliRunner()
 PROBE_SIZES = [(48, 48), (72, 72), (128, 128), (96, 160), (512, 1024)]
@@ -173,8 +174,7 @@ def test_every_mode_returns_logits_at_the_input_size(size):
     assert resized.shape == direct.shape
 
 
-@pytest.mark.parametrize("model_name,stride", [("deeplabv3plus", 16), ("pspnet", 8), ("segformer", 32),
-                                               ("unet", 32)])
+@pytest.mark.parametrize("model_name,stride", [("deeplabv3plus", 16), ("pspnet", 8), ("segformer", 32), ("unet", 32)])
 def test_smp_models_predict_at_sizes_that_are_not_stride_multiples(model_name, stride):
     mcfg = compose([f"model={model_name}"]).model
     model = build_model(mcfg, 5).eval()
@@ -191,8 +191,12 @@ def test_inference_settings_errors_name_the_key():
     slide = inference_settings(dcfg, compose(["inference.mode=slide"]).inference)
     assert slide["crop"] == (512, 1024) and slide["stride"] == (341, 683)
     resized = compose(["dataset=cityscapes", "dataset.transform.resize=[512,1024]"]).dataset
-    assert inference_settings(resized) == {"mode": "resize", "crop": (512, 1024), "stride": (341, 683),
-                                           "size": (512, 1024)}  # trained at that scale, seen at it
+    assert inference_settings(resized) == {
+        "mode": "resize",
+        "crop": (512, 1024),
+        "stride": (341, 683),
+        "size": (512, 1024),
+    }  # trained at that scale, seen at it
     with pytest.raises(ConfigError, match="inference.mode: 'tiles'"):
         inference_settings(dcfg, compose(["inference.mode=tiles"]).inference)
     with pytest.raises(ConfigError, match="inference.mode=resize needs inference.size"):
@@ -225,8 +229,9 @@ def test_size_grouped_batches_keep_order_and_never_mix_sizes():
 def test_mixed_size_evaluation_equals_one_image_at_a_time(tmp_path):
     """Batched evaluation over three sizes gives the confusion matrix of scoring each
     image alone at its native size (the reference needs no batching at all)."""
-    root = write_folder(tmp_path / "d", {"train": [(64, 64)] * 2,
-                                         "val": [(64, 64), (70, 50), (50, 90), (64, 64), (70, 50)]})
+    root = write_folder(
+        tmp_path / "d", {"train": [(64, 64)] * 2, "val": [(64, 64), (70, 50), (50, 90), (64, 64), (70, 50)]}
+    )
     dcfg = _dataset_cfg(root)
     model = build_model(compose([]).model, 8).eval()
     dataset = build_dataset(dcfg, "val", train=False)
@@ -242,21 +247,32 @@ def test_mixed_size_evaluation_equals_one_image_at_a_time(tmp_path):
 
 def test_train_on_200x300_jpeg_and_on_three_val_sizes(tmp_path):
     runs = tmp_path / "runs"
-    jpeg = write_folder(tmp_path / "jpeg", {"train": [(200, 300)] * 4, "val": [(200, 300)] * 2},
-                        image_ext=".jpg")
-    mixed = write_folder(tmp_path / "mixed", {"train": [(64, 64)] * 3 + [(70, 50)],
-                                              "val": [(64, 64), (70, 50), (50, 90)]})
+    jpeg = write_folder(tmp_path / "jpeg", {"train": [(200, 300)] * 4, "val": [(200, 300)] * 2}, image_ext=".jpg")
+    mixed = write_folder(
+        tmp_path / "mixed", {"train": [(64, 64)] * 3 + [(70, 50)], "val": [(64, 64), (70, 50), (50, 90)]}
+    )
     for root, extra in ((jpeg, ["dataset.layout.image_suffix=.jpg"]), (mixed, [])):
-        result = runner.invoke(app, ["train", "dataset=folder", f"dataset.root={root}", "train.iters=3",
-                                     "train.batch_size=2", "train.progress=false", f"paths.runs={runs}",
-                                     f"run_id={root.name}", *extra])
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                "dataset=folder",
+                f"dataset.root={root}",
+                "train.iters=3",
+                "train.batch_size=2",
+                "train.progress=false",
+                f"paths.runs={runs}",
+                f"run_id={root.name}",
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         record = json.loads((runs / root.name / "record.json").read_text())
         assert record["status"] == "completed" and record["inference"]["mode"] == "whole"
         assert np.isfinite(record["metrics"]["aacc"])
-    audit = runner.invoke(app, ["audit", "mixed", f"paths.runs={runs}", "run_id=mixed-audit"])
-    assert audit.exit_code in (0, 1), audit.output  # 1: red flags of a 3-iteration model
-    audited = json.loads((runs / "mixed-audit" / "record.json").read_text())
+    audit = runner.invoke(app, ["audit", "model", "mixed", f"paths.runs={runs}", "run_id=mixed-audit"])
+    audited = read(runs, "mixed-audit")
+    assert audit.exit_code == audit_exit(audited), audit.output
     trained = json.loads((runs / "mixed" / "record.json").read_text())
     assert audited["audit"]["miou"]["real"] == pytest.approx(trained["metrics"]["miou"], nan_ok=True)
 
@@ -264,9 +280,20 @@ def test_train_on_200x300_jpeg_and_on_three_val_sizes(tmp_path):
 def test_training_crops_that_are_not_stride_multiples(tmp_path):
     root = write_folder(tmp_path / "d", {"train": [(72, 72)] * 3, "val": [(72, 72), (20, 20)]})
     for model_name in ("deeplabv3plus", "pspnet"):
-        result = runner.invoke(app, ["train", "dataset=folder", f"dataset.root={root}", f"model={model_name}",
-                                     "dataset.transform.crop=[40,56]", "train.iters=2", "train.batch_size=2",
-                                     "train.progress=false", f"paths.runs={tmp_path / 'runs'}"])
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                "dataset=folder",
+                f"dataset.root={root}",
+                f"model={model_name}",
+                "dataset.transform.crop=[40,56]",
+                "train.iters=2",
+                "train.batch_size=2",
+                "train.progress=false",
+                f"paths.runs={tmp_path / 'runs'}",
+            ],
+        )
         assert result.exit_code == 0, result.output
 
 
@@ -285,8 +312,9 @@ def _layout_case(tmp_path, case):
     return root
 
 
-@pytest.mark.parametrize("case,hint", [("mask-suffix", "dataset.layout.mask_suffix=_mask.png"),
-                                       ("nested", "sub-folders differ")])
+@pytest.mark.parametrize(
+    "case,hint", [("mask-suffix", "dataset.layout.mask_suffix=_mask.png"), ("nested", "sub-folders differ")]
+)
 @pytest.mark.parametrize("command", [["data", "check"], ["prior"], ["train"]])
 def test_zero_pairs_name_the_orphans_not_a_traceback(tmp_path, case, hint, command):
     root = _layout_case(tmp_path, case)
@@ -329,8 +357,7 @@ def test_an_all_ignore_dataset_is_refused_before_a_run_exists(tmp_path):
     assert checked.exit_code == 2
     assert "every pixel is ignore (255): nothing to learn from" in checked.stderr
     assert "nothing to score" in checked.stderr
-    trained = runner.invoke(app, ["train", "dataset=folder", f"dataset.root={root}",
-                                  f"paths.runs={tmp_path / 'runs'}"])
+    trained = runner.invoke(app, ["train", "dataset=folder", f"dataset.root={root}", f"paths.runs={tmp_path / 'runs'}"])
     assert trained.exit_code == 2 and not (tmp_path / "runs").exists()
 
 
@@ -367,8 +394,9 @@ def test_cityscapes_at_full_size_checks_and_priors(cityscapes_root):
 
 def test_data_synth_writes_a_cityscapes_layout_the_preset_reads(tmp_path):
     out = tmp_path / "cs"
-    made = runner.invoke(app, ["data", "synth", "--out", str(out), "--layout", "cityscapes",
-                               "--n-train", "1", "--n-val", "1"])
+    made = runner.invoke(
+        app, ["data", "synth", "--out", str(out), "--layout", "cityscapes", "--n-train", "1", "--n-val", "1"]
+    )
     assert made.exit_code == 0, made.output
     labels = next((out / "gtFine" / "train").rglob("*_gtFine_labelIds.png"))
     assert Image.open(labels).size == (2048, 1024)
@@ -383,21 +411,34 @@ def test_cityscapes_end_to_end_at_1024x2048_whole_and_slide(cityscapes_root, tmp
     """data check -> prior -> train (crops of 512x1024) -> audit with whole and slide."""
     runs = tmp_path / "runs"
     common = ["dataset=cityscapes", f"dataset.root={cityscapes_root}", f"paths.runs={runs}"]
-    check = subprocess.run([sys.executable, "-m", "segaudit.cli", "data", "check", *common],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-m", "segaudit.cli", "data", "check", *common], capture_output=True, text=True
+    )
     assert check.returncode == 0 and "2048x1024" in check.stdout, check.stderr
     assert runner.invoke(app, ["prior", *common, "run_id=prior"]).exit_code == 0
-    trained = runner.invoke(app, ["train", *common, "dataset.transform.crop=[512,1024]", "train.iters=2",
-                                  "train.batch_size=2", "train.eval_batch_size=1", "train.progress=false",
-                                  "run_id=cs"])
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            *common,
+            "dataset.transform.crop=[512,1024]",
+            "train.iters=2",
+            "train.batch_size=2",
+            "train.eval_batch_size=1",
+            "train.progress=false",
+            "run_id=cs",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     record = json.loads((runs / "cs" / "record.json").read_text())
     prior = json.loads((runs / "prior" / "record.json").read_text())
     for mode, extra in (("whole", []), ("slide", ["inference.mode=slide"])):
-        result = runner.invoke(app, ["audit", "cs", f"paths.runs={runs}", "train.eval_batch_size=1",
-                                     f"run_id=audit-{mode}", *extra])
-        assert result.exit_code in (0, 1), result.output  # 1: the red flags of a 2-iteration model
-        audit = json.loads((runs / f"audit-{mode}" / "record.json").read_text())["audit"]
+        result = runner.invoke(
+            app,
+            ["audit", "model", "cs", f"paths.runs={runs}", "train.eval_batch_size=1", f"run_id=audit-{mode}", *extra],
+        )
+        assert result.exit_code == audit_exit(read(runs, f"audit-{mode}")), result.output
+        audit = read(runs, f"audit-{mode}")["audit"]
         assert audit["inference"]["mode"] == mode
         assert audit["prior_miou"] == pytest.approx(prior["metrics"]["miou"])
         if mode == "whole":  # the training run's own evaluation, repeated exactly
@@ -407,13 +448,19 @@ def test_cityscapes_end_to_end_at_1024x2048_whole_and_slide(cityscapes_root, tmp
             model = load_for_eval(compose([f"paths.runs={runs}"]), "cs", torch.device("cpu"))
             dcfg = model.saved.dataset
             windows = Inference("slide", multiple=16, crop=(512, 1024), stride=(341, 683))
-            by_hand = evaluate(model.model, eval_loader(build_dataset(dcfg, "val", train=False), 1), 19, 255,
-                               torch.device("cpu"), infer=windows)
+            by_hand = evaluate(
+                model.model,
+                eval_loader(build_dataset(dcfg, "val", train=False), 1),
+                19,
+                255,
+                torch.device("cpu"),
+                infer=windows,
+            )
             assert audit["miou"]["real"] == pytest.approx(by_hand["miou"], nan_ok=True)
 
 
 def test_pair_matching_thumbnails_stay_small_at_cityscapes_size():
-    from segaudit.suspects import PairScore, best_matches, thumb_size
+    from segaudit.diagnostics.suspects import PairScore, best_matches, thumb_size
 
     height, width = thumb_size((1024, 2048))
     assert height * width <= 4096 and abs(width / height - 2) < 0.05
@@ -432,15 +479,23 @@ def test_pair_matching_thumbnails_stay_small_at_cityscapes_size():
 def test_suspects_and_class_table_on_cityscapes_at_1024x2048(cityscapes_root, tmp_path):
     """Cross-fitting at full size: 3 train + 2 val pairs scored at 1024x2048 (about a minute)."""
     runs = tmp_path / "runs"
-    common = ["dataset=cityscapes", f"dataset.root={cityscapes_root}", f"paths.runs={runs}",
-              "train.progress=false", "dataset.transform.crop=[256,512]", "train.batch_size=2"]
+    common = [
+        "dataset=cityscapes",
+        f"dataset.root={cityscapes_root}",
+        f"paths.runs={runs}",
+        "train.progress=false",
+        "dataset.transform.crop=[256,512]",
+        "train.batch_size=2",
+    ]
     result = runner.invoke(app, ["suspects", *common, "train.iters=2", "--format", "json"])
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == suspects_exit(runs, load_group_option("gate", "default").suspects_max_share), (
+        result.output
+    )
     pairs = json.loads(result.stdout)
     assert sorted(p["split"] for p in pairs) == ["train"] * 3 + ["val"] * 2
     assert all("/" in p["stem"] and 0 <= p["own_fit"] <= 100 for p in pairs)  # city/stem
     fold = next(r for r in load_table(runs).itertuples() if r.strategy == "crossfit-1of2")
-    classes = runner.invoke(app, ["report", "--classes", fold.run_id, "--format", "json", *common])
+    classes = runner.invoke(app, ["report", "classes", fold.run_id, "--format", "json", *common])
     assert classes.exit_code == 0, classes.output
     rows = json.loads(classes.stdout)
     assert len(rows) == 19 and sum(r["train_share"] for r in rows) == pytest.approx(100.0)
@@ -454,20 +509,36 @@ def test_html_report_and_tensorboard_at_1024x2048(cityscapes_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     runs = tmp_path / "runs"
-    common = ["dataset=cityscapes", f"dataset.root={cityscapes_root}", f"paths.runs={runs}",
-              "train.progress=false", "train.eval_batch_size=1"]
-    trained = runner.invoke(app, ["train", *common, "dataset.transform.crop=[512,1024]", "train.iters=2",
-                                  "train.batch_size=2", "train.log_every=1", "logger=tensorboard", "run_id=cs"])
+    common = [
+        "dataset=cityscapes",
+        f"dataset.root={cityscapes_root}",
+        f"paths.runs={runs}",
+        "train.progress=false",
+        "train.eval_batch_size=1",
+    ]
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            *common,
+            "dataset.transform.crop=[512,1024]",
+            "train.iters=2",
+            "train.batch_size=2",
+            "train.log_every=1",
+            "logger=tensorboard",
+            "run_id=cs",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     record = json.loads((runs / "cs" / "record.json").read_text())
     events = EventAccumulator(str(runs / "cs" / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     assert [e.value for e in events.Scalars("real/miou")] == pytest.approx([record["metrics"]["miou"]], abs=1e-4)
     assert events.Images("samples")[0].width > 200
-    audited = runner.invoke(app, ["audit", "cs", *common, "run_id=audit-cs"])
-    assert audited.exit_code in (0, 1), audited.output
+    audited = runner.invoke(app, ["audit", "model", "cs", *common, "run_id=audit-cs"])
+    assert audited.exit_code == audit_exit(read(runs, "audit-cs")), audited.output
     page = tmp_path / "report.html"
-    result = runner.invoke(app, ["report", f"paths.runs={runs}", "--html", str(page)])
+    result = runner.invoke(app, ["report", "html", str(page), f"paths.runs={runs}"])
     assert result.exit_code == 0, result.output
     assert page.stat().st_size < 3_000_000
     soup = BeautifulSoup(page.read_text(), "html.parser")

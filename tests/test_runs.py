@@ -6,16 +6,29 @@ import math
 import pandas as pd
 import pytest
 
-from segaudit.errors import ConfigError
-from segaudit.runs import COLUMNS, atomic_write, load_table, new_run_dir, read_record, write_record
+from segaudit.core.errors import ConfigError
+from segaudit.runs.records import COLUMNS, atomic_write, load_table, new_run_dir, read_record, write_record
 
 
 def _record(run_id, started, miou, **extra):
     record = {
-        "schema": 1, "run_id": run_id, "phase": "train", "diagnose_id": None, "dataset": "synthetic",
-        "model": "unet", "encoder": "resnet18", "loss": "ce", "train_condition": "real",
-        "eval_condition": "real", "strategy": "baseline", "seed": 0, "status": "completed",
-        "step": 10, "iters": 10, "started_at": started, "throughput_ips": 12.5,
+        "schema": 1,
+        "run_id": run_id,
+        "phase": "train",
+        "diagnose_id": None,
+        "dataset": "synthetic",
+        "model": "unet",
+        "encoder": "resnet18",
+        "loss": "ce",
+        "train_condition": "real",
+        "eval_condition": "real",
+        "strategy": "baseline",
+        "seed": 0,
+        "status": "completed",
+        "step": 10,
+        "iters": 10,
+        "started_at": started,
+        "throughput_ips": 12.5,
         "timings": {"total_s": 3.0},
         "metrics": None if miou is None else {"miou": miou, "macc": 50.0, "aacc": 80.0},
         "history": [] if miou is None else [{"step": 10, "miou": miou}],
@@ -56,13 +69,20 @@ def test_nan_is_written_as_null(tmp_path):
     assert read_record(tmp_path)["metrics"]["miou"] is None
 
 
-@pytest.mark.parametrize("content", [
-    b"null", b"[]", b'"text"', b"{}", b"\xff\xfe not utf-8",
-    json.dumps(_record("x", "2026-01-02T00:00:00+00:00", 40.0, metrics="oops")).encode(),
-    json.dumps(_record("x", "2026-01-02T00:00:00+00:00", 40.0, history={"a": 1})).encode(),
-    json.dumps(_record("x", "2026-01-02T00:00:00+00:00", 40.0, seed="zero")).encode(),
-    json.dumps(_record("x", "2026-01-02T00:00:00+00:00", "41")).encode(),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"null",
+        b"[]",
+        b'"text"',
+        b"{}",
+        b"\xff\xfe not utf-8",
+        json.dumps(_record("x", "2026-01-02T00:00:00+00:00", 40.0, metrics="oops")).encode(),
+        json.dumps(_record("x", "2026-01-02T00:00:00+00:00", 40.0, history={"a": 1})).encode(),
+        json.dumps(_record("x", "2026-01-02T00:00:00+00:00", 40.0, seed="zero")).encode(),
+        json.dumps(_record("x", "2026-01-02T00:00:00+00:00", "41")).encode(),
+    ],
+)
 def test_a_malformed_record_is_skipped_with_one_warning(tmp_path, capsys, content):
     _write(tmp_path, _record("good", "2026-01-01T00:00:00+00:00", 40.0))
     (tmp_path / "bad").mkdir()
@@ -85,7 +105,7 @@ def test_missing_fields_show_as_missing_not_as_zero(tmp_path):
 def rich_table_text(table) -> str:
     from rich.console import Console
 
-    from segaudit.report import rich_table
+    from segaudit.report.terminal import rich_table
 
     console = Console(width=100, record=True)
     console.print(rich_table(table))
@@ -130,26 +150,26 @@ def test_unreadable_record_is_skipped(tmp_path, capsys):
 
 def test_table_is_a_real_dataframe(tmp_path):
     for i, strategy in enumerate(["baseline", "tier1", "tier1"]):
-        _write(tmp_path, _record(f"r{i}", f"2026-01-0{i + 1}T00:00:00+00:00", 40.0 + i,
-                                 strategy=strategy))
+        _write(tmp_path, _record(f"r{i}", f"2026-01-0{i + 1}T00:00:00+00:00", 40.0 + i, strategy=strategy))
     means = load_table(tmp_path).groupby("strategy")["miou"].mean()
-    pd.testing.assert_series_equal(means, pd.Series({"baseline": 40.0, "tier1": 41.5},
-                                                    name="miou").rename_axis("strategy"))
+    pd.testing.assert_series_equal(
+        means, pd.Series({"baseline": 40.0, "tier1": 41.5}, name="miou").rename_axis("strategy")
+    )
 
 
 def test_compare_before_after(tmp_path):
-    from segaudit.scope import compare_table
+    from segaudit.diagnostics.scope import compare_table
 
     day = iter(range(1, 30))
+
     def add(run_id, miou, **extra):
         _write(tmp_path, _record(run_id, f"2026-01-{next(day):02d}T00:00:00+00:00", miou, **extra))
 
-    add("prior", 30.0, phase="prior", model="analytic_prior", train_condition="labels",
-        eval_condition="labels")
+    add("prior", 30.0, phase="prior", model="analytic_prior", train_condition="labels", eval_condition="labels")
     add("b1", 39.0, metrics_by_condition={"noise": {"miou": 20.0}})
     add("b2", 41.0, metrics_by_condition={"noise": {"miou": 22.0}})
     add("t1", 45.0, strategy="tier1")
-    add("other", 50.0, model="pspnet", strategy="tier1")    # no pspnet baseline: no delta
+    add("other", 50.0, model="pspnet", strategy="tier1")  # no pspnet baseline: no delta
     add("noisy", 31.0, strategy="tier1", train_condition="noise")  # not a real-image run
     add("broken", None, strategy="tier1", status="failed")
     compared = compare_table(load_table(tmp_path)).set_index(["model", "group"])

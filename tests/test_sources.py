@@ -12,10 +12,11 @@ from safetensors.torch import save_file
 from torch.export import Dim
 from typer.testing import CliRunner
 
-from segaudit.checkpoints import load_checkpoint, load_trained_model
+from expected import audit_exit, read
 from segaudit.cli import app
-from segaudit.config import compose
-from segaudit.engine import train
+from segaudit.core.config import compose
+from segaudit.models.checkpoints import load_checkpoint, load_trained_model
+from segaudit.train.engine import train
 
 runner = CliRunner()
 
@@ -53,12 +54,20 @@ def native(tmp_path_factory, synth_root):
     audit, and the overrides that reach its data."""
     base = tmp_path_factory.mktemp("sources")
     runs_root = base / "runs"
-    tiny = ["dataset=folder", f"dataset.root={synth_root}", "dataset.transform.crop=[32,32]",
-            "dataset.cache_in_memory=true", "train.iters=60", "train.batch_size=4",
-            "train.eval_batch_size=8", "train.progress=false", f"paths.runs={runs_root}",
-            f"paths.cache={base / 'cache'}"]
+    tiny = [
+        "dataset=folder",
+        f"dataset.root={synth_root}",
+        "dataset.transform.crop=[32,32]",
+        "dataset.cache_in_memory=true",
+        "train.iters=60",
+        "train.batch_size=4",
+        "train.eval_batch_size=8",
+        "train.progress=false",
+        f"paths.runs={runs_root}",
+        f"paths.cache={base / 'cache'}",
+    ]
     train(compose(tiny + ["model=unet", "run_id=native"]))
-    done = runner.invoke(app, ["audit", "native", *tiny, "run_id=native-audit"])
+    done = runner.invoke(app, ["audit", "model", "native", *tiny, "run_id=native-audit"])
     assert done.exit_code == 0, done.output
     record = json.loads((runs_root / "native-audit" / "record.json").read_text())
     assert record["audit"]["red_flags"] == [] and record["audit"]["probe"] is None
@@ -66,16 +75,14 @@ def native(tmp_path_factory, synth_root):
     model, _ = load_trained_model(ckpt, runs_root / "native" / "checkpoint.pt")
     (base / "pkg").mkdir()
     (base / "pkg" / "segaudit_test_factory.py").write_text(textwrap.dedent(FACTORY))
-    return {"tiny": tiny, "runs": runs_root, "base": base, "model": model.eval(),
-            "miou": record["audit"]["miou"]}
+    return {"tiny": tiny, "runs": runs_root, "base": base, "model": model.eval(), "miou": record["audit"]["miou"]}
 
 
 def _audit(native, source, *extra, monkeypatch=None):
     run_id = f"audit-{abs(hash((str(source), extra)))}"
-    done = runner.invoke(app, ["audit", str(source), *native["tiny"], f"run_id={run_id}", *extra])
-    assert done.exit_code in (0, 1), done.output
-    record = json.loads((native["runs"] / run_id / "record.json").read_text())
-    assert done.exit_code == (1 if record["audit"]["red_flags"] else 0)  # exit 1: a red flag
+    done = runner.invoke(app, ["audit", "model", str(source), *native["tiny"], f"run_id={run_id}", *extra])
+    record = read(native["runs"], run_id)
+    assert done.exit_code == audit_exit(record), done.output  # exit 1: a red flag
     return record
 
 
@@ -108,10 +115,11 @@ def test_torchscript_and_pt2_need_trust_then_audit_the_same(native):
     scripted = native["base"] / "model.ts"
     torch.jit.save(torch.jit.trace(native["model"], example), scripted)
     program = native["base"] / "model.pt2"
-    torch.export.save(torch.export.export(native["model"], (example,),
-                                          dynamic_shapes=({0: Dim("batch", min=1, max=64)},)), program)
+    torch.export.save(
+        torch.export.export(native["model"], (example,), dynamic_shapes=({0: Dim("batch", min=1, max=64)},)), program
+    )
     for path in (scripted, program):
-        refused = runner.invoke(app, ["audit", str(path), *native["tiny"]])
+        refused = runner.invoke(app, ["audit", "model", str(path), *native["tiny"]])
         assert refused.exit_code == 2 and "--trust-model" in refused.stderr, refused.output
         record = _audit(native, path, "--trust-model")
         _same(record["audit"]["miou"], native["miou"], 0.01)
@@ -134,11 +142,18 @@ def test_a_bgr_255_model_needs_its_card(native, monkeypatch):
     assert "channels=bgr" in suggestion and "input_range=255" in suggestion
     assert block["probe"]["suggestion"]["miou"] > block["probe"]["baseline"] + 10
     (native["base"] / "bgr.safetensors.card.yaml").write_text(
-        "channels: bgr\ninput_range: 255\nmean: [0, 0, 0]\nstd: [1, 1, 1]\n")
+        "channels: bgr\ninput_range: 255\nmean: [0, 0, 0]\nstd: [1, 1, 1]\n"
+    )
     with_card = _audit(native, weights, "--factory", "segaudit_test_factory:build_bgr255", "seed=1")
     _same(with_card["audit"]["miou"], native["miou"], 0.01)
-    overrides = _audit(native, native["base"] / "bgr.safetensors", "--factory",
-                       "segaudit_test_factory:build_bgr255", "card.channels=rgb", "seed=2")
+    overrides = _audit(
+        native,
+        native["base"] / "bgr.safetensors",
+        "--factory",
+        "segaudit_test_factory:build_bgr255",
+        "card.channels=rgb",
+        "seed=2",
+    )
     assert overrides["audit"]["miou"]["real"] != pytest.approx(native["miou"]["real"], abs=0.5)
 
 
@@ -160,9 +175,12 @@ def test_hostile_pickles_never_run(native, tmp_path, monkeypatch):
     as_model = tmp_path / "model.pt"
     with open(as_model, "wb") as fh:
         pickle.dump(_Payload(marker), fh)
-    for path, extra in ((as_checkpoint, []), (as_state_dict, ["--factory", "segaudit_test_factory:build"]),
-                        (as_model, [])):
-        done = runner.invoke(app, ["audit", str(path), *native["tiny"], *extra])
+    for path, extra in (
+        (as_checkpoint, []),
+        (as_state_dict, ["--factory", "segaudit_test_factory:build"]),
+        (as_model, []),
+    ):
+        done = runner.invoke(app, ["audit", "model", str(path), *native["tiny"], *extra])
         assert done.exit_code == 2, done.output
         assert len(done.stderr.strip().splitlines()) == 1 and str(path) in done.stderr
     assert not marker.exists()
@@ -172,13 +190,14 @@ def test_weights_without_a_factory_and_a_wrong_class_count_are_one_line(native, 
     monkeypatch.syspath_prepend(str(native["base"] / "pkg"))
     weights = native["base"] / "plain.pt"
     torch.save(native["model"].state_dict(), weights)
-    done = runner.invoke(app, ["audit", str(weights), *native["tiny"]])
+    done = runner.invoke(app, ["audit", "model", str(weights), *native["tiny"]])
     assert done.exit_code == 2 and "give --factory" in done.stderr, done.output
     (native["base"] / "pkg" / "segaudit_test_five.py").write_text(
         "import segmentation_models_pytorch as smp\n"
-        "def build():\n    return smp.Unet('resnet18', encoder_weights=None, classes=5)\n")
+        "def build():\n    return smp.Unet('resnet18', encoder_weights=None, classes=5)\n"
+    )
     five = smp_five_weights(native["base"])
-    done = runner.invoke(app, ["audit", str(five), *native["tiny"], "--factory", "segaudit_test_five:build"])
+    done = runner.invoke(app, ["audit", "model", str(five), *native["tiny"], "--factory", "segaudit_test_five:build"])
     assert done.exit_code == 2 and "expected (N, 8, H, W)" in done.stderr, done.output
 
 
@@ -186,8 +205,9 @@ def smp_five_weights(base: Path) -> Path:
     import segmentation_models_pytorch as smp
 
     path = base / "five.safetensors"
-    save_file({k: v.contiguous() for k, v in
-               smp.Unet("resnet18", encoder_weights=None, classes=5).state_dict().items()}, path)
+    save_file(
+        {k: v.contiguous() for k, v in smp.Unet("resnet18", encoder_weights=None, classes=5).state_dict().items()}, path
+    )
     return path
 
 
@@ -197,8 +217,13 @@ def test_onnx_audits_like_the_original_and_its_metadata_fills_the_card(native):
 
     path = native["base"] / "model.onnx"
     batch, height, width = Dim("batch", min=1, max=64), Dim("h", min=32, max=2048), Dim("w", min=32, max=2048)
-    torch.onnx.export(native["model"], (torch.zeros(2, 3, 32, 32),), str(path), dynamo=True,
-                      dynamic_shapes=({0: batch, 2: height, 3: width},))
+    torch.onnx.export(
+        native["model"],
+        (torch.zeros(2, 3, 32, 32),),
+        str(path),
+        dynamo=True,
+        dynamic_shapes=({0: batch, 2: height, 3: width},),
+    )
     record = _audit(native, path)
     _same(record["audit"]["miou"], native["miou"], 0.1)
     assert record["model"] == "external-onnx"
@@ -224,6 +249,7 @@ def build():
 def test_a_torchvision_model_through_its_out_dict(native, monkeypatch, synth_root):
     import numpy as np
     from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
     from segaudit.data import build_dataset, prepare_dataset
 
     (native["base"] / "pkg" / "segaudit_test_tv.py").write_text(textwrap.dedent(TORCHVISION_FACTORY))
@@ -264,23 +290,32 @@ def test_an_smp_folder_audits_cityscapes_at_1024x2048_like_its_factory_copy(tmp_
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "segaudit_test_cs19.py").write_text(
         "import segmentation_models_pytorch as smp\n"
-        "def build():\n    return smp.Unet('resnet18', encoder_weights=None, classes=19)\n")
+        "def build():\n    return smp.Unet('resnet18', encoder_weights=None, classes=19)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
-    common = ["dataset=cityscapes", f"dataset.root={root}", "train.eval_batch_size=1", "audit.probe=false",
-              f"paths.runs={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}"]
+    common = [
+        "dataset=cityscapes",
+        f"dataset.root={root}",
+        "train.eval_batch_size=1",
+        "audit.probe=false",
+        f"paths.runs={tmp_path / 'runs'}",
+        f"paths.cache={tmp_path / 'cache'}",
+    ]
     audits = {}
-    for name, args in (("folder", [str(tmp_path / "folder")]),
-                       ("factory", [str(tmp_path / "w.safetensors"), "--factory", "segaudit_test_cs19:build"])):
-        done = runner.invoke(app, ["audit", *args, *common, f"run_id={name}"])
-        assert done.exit_code in (0, 1), done.output  # an untrained model: red flags are fine
-        audits[name] = json.loads((tmp_path / "runs" / name / "record.json").read_text())
+    for name, args in (
+        ("folder", [str(tmp_path / "folder")]),
+        ("factory", [str(tmp_path / "w.safetensors"), "--factory", "segaudit_test_cs19:build"]),
+    ):
+        done = runner.invoke(app, ["audit", "model", *args, *common, f"run_id={name}"])
+        audits[name] = read(tmp_path / "runs", name)
+        assert done.exit_code == audit_exit(audits[name]), done.output  # an untrained model: red flags
     assert audits["folder"]["audit"]["inference"]["mode"] == "whole"
     _same(audits["factory"]["audit"]["miou"], audits["folder"]["audit"]["miou"], 0.01)
 
 
 # --------------------------------------------------------------------------- verdict, API
 def test_red_flags_by_hand():
-    from segaudit.audit import red_flags
+    from segaudit.diagnostics.audit import red_flags
 
     gate = compose([]).gate  # noise_ratio 0.7, prior and shuffled margins 3
     healthy = {"real": 50.0, "noise": 34.9, "blank": 5.0, "shuffled": 46.9}
@@ -294,7 +329,7 @@ def test_red_flags_by_hand():
 
 
 def test_reported_miou_says_which_side_to_look_at():
-    from segaudit.audit import reported_finding
+    from segaudit.diagnostics.audit import reported_finding
 
     assert reported_finding(61.3, 32.0, None, 3.0) is None
     assert "your evaluation loses 21 points: look at evaluation" in reported_finding(61.3, 32.0, 40.1, 3.0)
@@ -320,28 +355,25 @@ def test_python_api_audits_a_model_in_memory_like_the_cli(native):
     dataset_args = [a for a in native["tiny"] if a.startswith(("dataset.", "train.eval"))]
     root = next(a.split("=", 1)[1] for a in dataset_args if a.startswith("dataset.root="))
     overrides = [a for a in dataset_args if not a.startswith("dataset.root=")]
-    record = segaudit.audit_model(model, dataset="folder", root=root, runs=runs, overrides=overrides,
-                                  name="my-unet")
+    record = segaudit.audit_model(model, dataset="folder", root=root, runs=runs, overrides=overrides, name="my-unet")
     assert model.training  # put back the way it was
     _same(record["audit"]["miou"], native["miou"], 0.01)
     assert record["encoder"] == "my-unet" and record["audit"]["red_flags"] == []
-    assert segaudit.check_model(model.eval(), dataset="folder", root=root, runs=runs,
-                                overrides=overrides) == []
+    assert segaudit.check_model(model.eval(), dataset="folder", root=root, runs=runs, overrides=overrides) == []
     # A plain function works too; an untrained model raises its red flags.
     torch.manual_seed(0)
     import segmentation_models_pytorch as smp
 
     untrained = smp.Unet("resnet18", encoder_weights=None, classes=8).eval()
     with pytest.raises(segaudit.RedFlags) as raised:
-        segaudit.check_model(lambda x: untrained(x), dataset="folder", root=root, runs=runs,
-                             overrides=overrides)
+        segaudit.check_model(lambda x: untrained(x), dataset="folder", root=root, runs=runs, overrides=overrides)
     assert raised.value.flags and raised.value.record["phase"] == "audit"
     listed = runner.invoke(app, ["report", f"paths.runs={runs}", "--format", "json"])
     assert len(json.loads(listed.stdout)) == 3
 
 
 def test_class_map_reorders_a_models_channels(native):
-    from segaudit.sources import channel_for_class, class_map_list
+    from segaudit.models.sources import channel_for_class, class_map_list
 
     permuted = native["base"] / "permuted"
     order = [3, 0, 7, 1, 6, 2, 5, 4]  # model channel i predicts dataset class order[i]
@@ -400,36 +432,51 @@ def test_predictions_only_scores_like_the_in_process_audit(native):
     base = native["base"]
     native["model"].save_pretrained(base / "smp-for-predictions")
     (base / "predict.py").write_text(textwrap.dedent(PREDICT_SCRIPT))
-    exported = runner.invoke(app, ["audit", "--export-inputs", str(base / "inputs"), *native["tiny"]])
+    exported = runner.invoke(app, ["audit", "export-inputs", str(base / "inputs"), *native["tiny"]])
     assert exported.exit_code == 0, exported.output
     manifest = json.loads((base / "inputs" / "manifest.json").read_text())
     assert len(manifest["images"]) == 8 and len(list((base / "inputs" / "noise").glob("*.png"))) == 8
-    subprocess.run([sys.executable, str(base / "predict.py"), str(base / "inputs"),
-                    str(base / "smp-for-predictions"), str(base / "preds")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(base / "predict.py"),
+            str(base / "inputs"),
+            str(base / "smp-for-predictions"),
+            str(base / "preds"),
+        ],
+        check=True,
+    )
     record = _audit_predictions(native, base / "preds")
     _same(record["audit"]["miou"], native["miou"], 0.01)
     assert record["model"] == "external-predictions" and record["audit"]["red_flags"] == []
     # A missing prediction is a one-line error naming the file; a non-empty export folder too.
     next((base / "preds" / "blank").glob("*.png")).unlink()
-    done = runner.invoke(app, ["audit", "--predictions", str(base / "preds"), *native["tiny"]])
+    done = runner.invoke(app, ["audit", "score-predictions", str(base / "preds"), *native["tiny"]])
     assert done.exit_code == 2 and "prediction missing" in done.stderr, done.output
-    again = runner.invoke(app, ["audit", "--export-inputs", str(base / "inputs"), *native["tiny"]])
+    again = runner.invoke(app, ["audit", "export-inputs", str(base / "inputs"), *native["tiny"]])
     assert again.exit_code == 2 and "not empty" in again.stderr
 
 
 def _audit_predictions(native, folder):
-    done = runner.invoke(app, ["audit", "--predictions", str(folder), *native["tiny"], "run_id=from-pngs"])
-    assert done.exit_code in (0, 1), done.output
-    return json.loads((native["runs"] / "from-pngs" / "record.json").read_text())
+    done = runner.invoke(app, ["audit", "score-predictions", str(folder), *native["tiny"], "run_id=from-pngs"])
+    record = read(native["runs"], "from-pngs")
+    assert done.exit_code == audit_exit(record), done.output
+    return record
 
 
 def _tiny_segformer(num_labels: int):
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
     torch.manual_seed(0)
-    config = SegformerConfig(num_labels=num_labels, num_encoder_blocks=4, depths=[1, 1, 1, 1],
-                             hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 1, 1, 1],
-                             sr_ratios=[8, 4, 2, 1], decoder_hidden_size=32)
+    config = SegformerConfig(
+        num_labels=num_labels,
+        num_encoder_blocks=4,
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[8, 16, 24, 32],
+        num_attention_heads=[1, 1, 1, 1],
+        sr_ratios=[8, 4, 2, 1],
+        decoder_hidden_size=32,
+    )
     return SegformerForSemanticSegmentation(config).eval()
 
 
@@ -442,16 +489,30 @@ def test_a_hugging_face_segformer_folder_and_its_preprocessor_card(native):
     model = _tiny_segformer(8)
     folder = native["base"] / "segformer"
     model.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(
-        {"do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5],
+            }
+        )
+    )
     record = _audit(native, folder)
     assert record["model"] == "external-hf"
     card = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "input_range": 1, "output": "logits"}
     dataset_args = [a for a in native["tiny"] if a.startswith(("dataset.", "train.eval"))]
     root = next(a.split("=", 1)[1] for a in dataset_args if a.startswith("dataset.root="))
-    by_api = segaudit.audit_model(model, dataset="folder", root=root, card=card, runs=native["base"] / "hf-api",
-                                  overrides=[a for a in dataset_args if not a.startswith("dataset.root=")])
+    by_api = segaudit.audit_model(
+        model,
+        dataset="folder",
+        root=root,
+        card=card,
+        runs=native["base"] / "hf-api",
+        overrides=[a for a in dataset_args if not a.startswith("dataset.root=")],
+    )
     _same(record["audit"]["miou"], by_api["audit"]["miou"], 0.01)
     # Without the preprocessor config the dataset's ImageNet statistics apply: other numbers.
     (folder / "preprocessor_config.json").unlink()
@@ -464,7 +525,7 @@ def test_a_hugging_face_folder_without_the_extra_is_one_line(native, monkeypatch
     folder = native["base"] / "segformer-noextra"
     _tiny_segformer(8).save_pretrained(folder)
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
-    done = runner.invoke(app, ["audit", str(folder), *native["tiny"]])
+    done = runner.invoke(app, ["audit", "model", str(folder), *native["tiny"]])
     assert done.exit_code == 2 and "pip install 'segaudit[hf]'" in done.stderr, done.output
 
 
@@ -473,7 +534,7 @@ def test_a_factory_named_by_a_card_file_needs_trust(native, monkeypatch):
     weights = native["base"] / "carded.safetensors"
     save_file({k: v.contiguous() for k, v in native["model"].state_dict().items()}, weights)
     (native["base"] / "carded.safetensors.card.yaml").write_text("factory: segaudit_test_factory:build\n")
-    refused = runner.invoke(app, ["audit", str(weights), *native["tiny"]])
+    refused = runner.invoke(app, ["audit", "model", str(weights), *native["tiny"]])
     assert refused.exit_code == 2 and "names a factory" in refused.stderr and "--trust-model" in refused.stderr
     record = _audit(native, weights, "--trust-model")
     _same(record["audit"]["miou"], native["miou"], 0.01)
@@ -489,8 +550,12 @@ def test_a_model_fixed_to_one_input_size_gets_its_card_input_size(native):
 
     dataset_args = [a for a in native["tiny"] if a.startswith(("dataset.", "train.eval"))]
     root = next(a.split("=", 1)[1] for a in dataset_args if a.startswith("dataset.root="))
-    common = {"dataset": "folder", "root": root, "runs": native["base"] / "size-runs",
-              "overrides": [a for a in dataset_args if not a.startswith("dataset.root=")]}
+    common = {
+        "dataset": "folder",
+        "root": root,
+        "runs": native["base"] / "size-runs",
+        "overrides": [a for a in dataset_args if not a.startswith("dataset.root=")],
+    }
     with pytest.raises(Exception, match="fails on a 32x32 image"):
         segaudit.audit_model(fixed_64, **common)
     resized = segaudit.audit_model(fixed_64, card={"input_size": [64, 64]}, **common)
@@ -508,9 +573,14 @@ def test_predictions_only_at_cityscapes_size_and_layout(tmp_path):
     from segaudit.data.synthetic import write_cityscapes_layout
 
     root = write_cityscapes_layout(tmp_path / "cs", {"train": 2, "val": 2})  # train: the prior
-    common = ["dataset=cityscapes", f"dataset.root={root}", "train.eval_batch_size=1",
-              f"paths.runs={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}"]
-    done = runner.invoke(app, ["audit", "--export-inputs", str(tmp_path / "inputs"), *common])
+    common = [
+        "dataset=cityscapes",
+        f"dataset.root={root}",
+        "train.eval_batch_size=1",
+        f"paths.runs={tmp_path / 'runs'}",
+        f"paths.cache={tmp_path / 'cache'}",
+    ]
+    done = runner.invoke(app, ["audit", "export-inputs", str(tmp_path / "inputs"), *common])
     assert done.exit_code == 0, done.output
     manifest = json.loads((tmp_path / "inputs" / "manifest.json").read_text())
     assert [item["size"] for item in manifest["images"]] == [[1024, 2048]] * 2
@@ -523,7 +593,7 @@ def test_predictions_only_at_cityscapes_size_and_layout(tmp_path):
         for stem in stems:
             (tmp_path / "preds" / condition / stem).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(road).save(tmp_path / "preds" / condition / f"{stem}.png")
-    scored = runner.invoke(app, ["audit", "--predictions", str(tmp_path / "preds"), *common, "run_id=pngs"])
+    scored = runner.invoke(app, ["audit", "score-predictions", str(tmp_path / "preds"), *common, "run_id=pngs"])
     assert scored.exit_code == 1, scored.output  # a constant prediction: red flags
     block = json.loads((tmp_path / "runs" / "pngs" / "record.json").read_text())["audit"]
     assert len(set(block["miou"].values())) == 1 and block["agreement_real_noise"] == pytest.approx(100.0)

@@ -95,8 +95,9 @@ def test_texture_style_keeps_the_masks_and_gives_no_colour_cue(tmp_path):
 
 
 def test_distinct_classes_alone_stand_out(tmp_path):
-    root = write_synthetic(tmp_path, SynthSpec(n_train=8, n_val=1, size=64, style="texture", content=1.0,
-                                               distinct=("car", "person")))
+    root = write_synthetic(
+        tmp_path, SynthSpec(n_train=8, n_val=1, size=64, style="texture", content=1.0, distinct=("car", "person"))
+    )
     for path in sorted((root / "masks" / "train").glob("*.png")):
         mask = np.array(Image.open(path))
         grey = np.array(Image.open(root / "images" / "train" / path.name)).astype(float).mean(2)

@@ -11,16 +11,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from segaudit.cli import app
-from segaudit.config import compose
-from segaudit.errors import ConfigError
-from segaudit.trackers import MLflowTracker, TensorBoardTracker, build_tracker, flat_params, publish
+from segaudit.core.config import compose
+from segaudit.core.errors import ConfigError
+from segaudit.runs.trackers import MLflowTracker, TensorBoardTracker, build_tracker, flat_params, publish
 
 runner = CliRunner()
 
 
 def _train(tiny, *extra):
-    result = runner.invoke(app, ["train", *tiny, "train.iters=4", "train.log_every=1", "train.eval_at=[2]",
-                                 "eval_also=[noise]", *extra])
+    result = runner.invoke(
+        app, ["train", *tiny, "train.iters=4", "train.log_every=1", "train.eval_at=[2]", "eval_also=[noise]", *extra]
+    )
     return result
 
 
@@ -42,7 +43,8 @@ def test_tensorboard_events_equal_the_record_at_every_step(tiny, runs_root):
         assert [s for s, _ in logged] == [s for s, _ in expected] == [2, 4]
         assert [v for _, v in logged] == pytest.approx([v for _, v in expected], abs=1e-4)
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(
-        [e["loss"] for e in record["train_log"]], abs=1e-5)
+        [e["loss"] for e in record["train_log"]], abs=1e-5
+    )
     assert [e.step for e in events.Scalars("train/lr")] == [1, 2, 3, 4]
     assert "train/ips" in events.Tags()["scalars"]
     (image,) = events.Images("samples")  # the sample grid
@@ -58,8 +60,7 @@ def tracking_uri(tmp_path_factory):
 def test_mlflow_run_holds_the_record_params_tags_and_artifacts(tiny, runs_root, tracking_uri):
     import mlflow
 
-    result = _train(tiny, "logger=mlflow", f"logger.tracking_uri={tracking_uri}", "run_id=ml",
-                    "strategy=tier-probe")
+    result = _train(tiny, "logger=mlflow", f"logger.tracking_uri={tracking_uri}", "run_id=ml", "strategy=tier-probe")
     assert result.exit_code == 0, result.output
     record = _record(runs_root, "ml")
     mlflow.set_tracking_uri(tracking_uri)
@@ -88,14 +89,24 @@ def test_a_verdict_is_a_tag(runs_root, tracking_uri, tmp_path):
     (runs_root / "gate-x").mkdir(parents=True)
     bars = runs_root / "gate-x" / "evidence_gate-x.png"
     Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(bars)
-    record = {"run_id": "gate-x", "phase": "gate", "strategy": "diagnose", "status": "completed", "step": 0,
-              "verdict": "SPATIAL_SHORTCUT", "evidence": {"prior": 31.5, "real": 40.0, "notes": []},
-              "metrics": {"miou": 40.0, "macc": 50.0, "aacc": 80.0}, "plots": [str(bars)]}
+    record = {
+        "run_id": "gate-x",
+        "phase": "gate",
+        "strategy": "diagnose",
+        "status": "completed",
+        "step": 0,
+        "verdict": "SPATIAL_SHORTCUT",
+        "evidence": {"prior": 31.5, "real": 40.0, "notes": []},
+        "metrics": {"miou": 40.0, "macc": 50.0, "aacc": 80.0},
+        "plots": [str(bars)],
+    }
     publish(cfg, runs_root / "gate-x", record)
     mlflow.set_tracking_uri(tracking_uri)  # not left to whichever test ran before
-    run = mlflow.search_runs(experiment_names=["segaudit"], filter_string="tags.`segaudit.run_id` = 'gate-x'",
-                             ).iloc[0]
-    assert run["tags.segaudit.verdict"] == "SPATIAL_SHORTCUT" and run["metrics.evidence/prior"] == 31.5
+    run = mlflow.search_runs(
+        experiment_names=["segaudit"],
+        filter_string="tags.`segaudit.run_id` = 'gate-x'",
+    ).iloc[0]
+    assert run["tags.segaudit.diagnostics.verdict"] == "SPATIAL_SHORTCUT" and run["metrics.evidence/prior"] == 31.5
     assert run["metrics.final/miou"] == 40.0
     plots = mlflow.MlflowClient(tracking_uri).list_artifacts(run["run_id"], "plots")
     assert [a.path for a in plots] == ["plots/evidence_gate-x.png"]  # the record's PNGs
@@ -137,10 +148,13 @@ def test_a_missing_extra_is_one_line_before_a_run_exists(tiny, runs_root):
     assert "pip install 'segaudit[tensorboard]'" in result.stderr and not runs_root.exists()
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("logger.subdir=../outside", "logger.subdir='../outside': expected one folder name"),
-    ("+logger.colour=red", "logger=tensorboard: "),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("logger.subdir=../outside", "logger.subdir='../outside': expected one folder name"),
+        ("+logger.colour=red", "logger=tensorboard: "),
+    ],
+)
 def test_a_bad_logger_setting_is_one_line_before_a_run_exists(tiny, runs_root, setting, message):
     result = runner.invoke(app, ["train", *tiny, "logger=tensorboard", setting])
     assert result.exit_code == 2 and message in result.stderr, result.output
@@ -157,7 +171,11 @@ def test_only_segaudit_trackers_are_built_from_a_config(runs_root):
 
 def test_flat_params_spell_every_leaf():
     assert flat_params({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}}) == {
-        "a.b": "1", "a.c": "[1, 2]", "d": "None", "e": "{}"}
+        "a.b": "1",
+        "a.c": "[1, 2]",
+        "d": "None",
+        "e": "{}",
+    }
 
 
 def test_tensorboard_logs_a_cityscapes_size_picture_and_the_final_numbers(runs_root):
@@ -168,8 +186,15 @@ def test_tensorboard_logs_a_cityscapes_size_picture_and_the_final_numbers(runs_r
     run_dir.mkdir(parents=True)
     picture = run_dir / "samples_audit-cs.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1024, 2048, 3), dtype=np.uint8)).save(picture)
-    record = {"run_id": "audit-cs", "phase": "audit", "status": "completed", "step": 0, "plots": [str(picture)],
-              "metrics": {"miou": 41.5, "macc": 50.0, "aacc": 90.0}, "audit": {"content_gain": 9.5}}
+    record = {
+        "run_id": "audit-cs",
+        "phase": "audit",
+        "status": "completed",
+        "step": 0,
+        "plots": [str(picture)],
+        "metrics": {"miou": 41.5, "macc": 50.0, "aacc": 90.0},
+        "audit": {"content_gain": 9.5},
+    }
     publish(compose([f"paths.runs={runs_root}", "logger=tensorboard"]), run_dir, record)
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()

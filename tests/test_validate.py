@@ -11,18 +11,24 @@ from imagecorruptions import corrupt
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
-from segaudit.audit import audit
 from segaudit.cli import app
-from segaudit.config import compose, load_group_option
+from segaudit.core.config import compose, load_group_option
+from segaudit.core.errors import ConfigError, DataError
 from segaudit.data import build_dataset
 from segaudit.data.synthetic import SynthSpec, write_synthetic
-from segaudit.engine import train
-from segaudit.errors import ConfigError, DataError
-from segaudit.evaluation import predict_labels
-from segaudit.metrics import ConfusionMatrix
-from segaudit.runs import load_table
-from segaudit.validate import (corrupt_batch, cross_dataset_gate, generalization_gate, noise_gate,
-                               perturbations, robustness_gates)
+from segaudit.diagnostics.audit import audit
+from segaudit.measure.evaluation import predict_labels
+from segaudit.measure.metrics import ConfusionMatrix
+from segaudit.runs.records import load_table
+from segaudit.train.engine import train
+from segaudit.workflows.validate import (
+    corrupt_batch,
+    cross_dataset_gate,
+    generalization_gate,
+    noise_gate,
+    perturbations,
+    robustness_gates,
+)
 
 runner = CliRunner()
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -47,12 +53,16 @@ def test_noise_gate_seed_preset_is_the_literal_10():
 
 def test_robustness_gates_boundaries_are_inclusive():
     rcfg = OmegaConf.create({"min_agreement": 95.0, "max_miou_drop": 5.0})
-    gates = robustness_gates(60.0, {
-        "edge": {"agreement": 95.0, "miou": 55.0},       # exactly on both thresholds
-        "unstable": {"agreement": 94.99, "miou": 60.0},  # prediction changes too much
-        "dropping": {"agreement": 99.0, "miou": 54.99},  # mIoU falls too far
-        "better": {"agreement": 96.0, "miou": 62.0},     # a gain is not a drop
-    }, rcfg)
+    gates = robustness_gates(
+        60.0,
+        {
+            "edge": {"agreement": 95.0, "miou": 55.0},  # exactly on both thresholds
+            "unstable": {"agreement": 94.99, "miou": 60.0},  # prediction changes too much
+            "dropping": {"agreement": 99.0, "miou": 54.99},  # mIoU falls too far
+            "better": {"agreement": 96.0, "miou": 62.0},  # a gain is not a drop
+        },
+        rcfg,
+    )
     assert [g.result for g in gates] == ["PASS", "FAIL", "FAIL", "PASS"]
     assert gates[0].value == 95.0 and "drop +5.00" in gates[0].detail
     assert "drop -2.00" in gates[3].detail
@@ -82,8 +92,9 @@ def test_cross_dataset_gate_uses_the_sample_std():
 def test_corrupt_batch_matches_imagecorruptions_on_the_same_pixels():
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 256, size=(2, 32, 40, 3), dtype=np.uint8)
-    normalised = (torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255
-                  - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    normalised = (
+        torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)
+    ) / torch.tensor(STD).view(1, 3, 1, 1)
     before = np.random.get_state()[1].copy()
     ours = corrupt_batch(normalised, "gaussian_noise", 2, MEAN, STD, seed=7)
     assert np.array_equal(np.random.get_state()[1], before)  # the caller's RNG is untouched
@@ -125,26 +136,46 @@ def synth_with_test(tmp_path_factory):
 def setup(synth_with_test, tmp_path):
     main, other, renamed = synth_with_test
     runs = tmp_path / "runs"
-    common = ["dataset=folder", "dataset.transform.crop=[32,32]", "dataset.cache_in_memory=true",
-              "train.iters=3", "train.batch_size=2", "train.eval_batch_size=4",
-              "train.progress=false", f"paths.runs={runs}", "gate.validate.robustness.severities=[1]",
-              "gate.validate.robustness.corruptions=[gaussian_noise,brightness]"]
+    common = [
+        "dataset=folder",
+        "dataset.transform.crop=[32,32]",
+        "dataset.cache_in_memory=true",
+        "train.iters=3",
+        "train.batch_size=2",
+        "train.eval_batch_size=4",
+        "train.progress=false",
+        f"paths.runs={runs}",
+        "gate.validate.robustness.severities=[1]",
+        "gate.validate.robustness.corruptions=[gaussian_noise,brightness]",
+    ]
     train(compose(common + [f"dataset.root={main}", "run_id=on-main", "eval_also=[noise]"]))
     return common, runs, main, other, renamed
 
 
-LENIENT = ["gate.noise_eval_ratio=null", "gate.noise_eval_max=101",
-           "gate.validate.robustness.min_agreement=0", "gate.validate.robustness.max_miou_drop=100",
-           "gate.validate.generalization.max_gap=100", "gate.validate.cross_dataset.spread_min=-1"]
+LENIENT = [
+    "gate.noise_eval_ratio=null",
+    "gate.noise_eval_max=101",
+    "gate.validate.robustness.min_agreement=0",
+    "gate.validate.robustness.max_miou_drop=100",
+    "gate.validate.generalization.max_gap=100",
+    "gate.validate.cross_dataset.spread_min=-1",
+]
 
 
 def test_validate_prints_every_gate_and_records_the_run(setup):
     common, runs, main, other, renamed = setup
-    result = runner.invoke(app, ["validate", "on-main", *common, *LENIENT,
-                                 "--cross", f"folder={other}", "--cross", f"folder={renamed}"])
+    result = runner.invoke(
+        app, ["validate", "on-main", *common, *LENIENT, "--cross", f"folder={other}", "--cross", f"folder={renamed}"]
+    )
     assert result.exit_code == 0, result.output
-    for row in ("noise input fails", "robust: gaussian sigma=0.05", "robust: gaussian_noise s1",
-                "robust: brightness s1", "generalization", "cross-dataset"):
+    for row in (
+        "noise input fails",
+        "robust: gaussian sigma=0.05",
+        "robust: gaussian_noise s1",
+        "robust: brightness s1",
+        "generalization",
+        "cross-dataset",
+    ):
         assert row in result.stdout
     assert "FAIL" not in result.stdout and "PASS: 6 passed, 0 failed, 0 skipped" in result.stdout
     assert "cross-dataset mIoU" in result.stdout and "n/a" in result.stdout  # renamed classes
@@ -164,8 +195,9 @@ def test_validate_prints_every_gate_and_records_the_run(setup):
 def test_validate_repeats_the_audit_numbers(setup):
     common, runs, *_ = setup
     measured = runner.invoke(app, ["validate", "on-main", *common])
-    record = next(r for r in map(lambda p: json.loads(p.read_text()), runs.glob("*/record.json"))
-                  if r["phase"] == "validate")
+    record = next(
+        r for r in map(lambda p: json.loads(p.read_text()), runs.glob("*/record.json")) if r["phase"] == "validate"
+    )
     assert measured.exit_code == (0 if record["validate"]["passed"] else 1), measured.output
     audited = audit(compose(common), "on-main")["audit"]["miou"]
     # The same seeded noise and the same images: both commands measure the same model alike.
@@ -175,8 +207,11 @@ def test_validate_repeats_the_audit_numbers(setup):
 
 def test_a_failing_gate_exits_1_and_skips_are_explained(setup, tmp_path):
     common, runs, main, *_ = setup
-    strict = [*LENIENT[:-2], "gate.validate.robustness.min_agreement=100.1",
-              "gate.validate.generalization.split=holdout"]
+    strict = [
+        *LENIENT[:-2],
+        "gate.validate.robustness.min_agreement=100.1",
+        "gate.validate.generalization.split=holdout",
+    ]
     result = runner.invoke(app, ["validate", "on-main", *common, *strict])
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.stdout
@@ -184,11 +219,14 @@ def test_a_failing_gate_exits_1_and_skips_are_explained(setup, tmp_path):
     assert "cross-dataset skipped" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["nope"], "nope: neither a checkpoint file nor a run id"),
-    (["on-main", "--cross", "atlantis=/x"], "--cross atlantis=/x: "),
-    (["on-main", "gate.validate.robustness.corruptions=[fog_machine]"], "unknown fog_machine"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope"], "nope: neither a checkpoint file nor a run id"),
+        (["on-main", "--cross", "atlantis=/x"], "--cross atlantis=/x: "),
+        (["on-main", "gate.validate.robustness.corruptions=[fog_machine]"], "unknown fog_machine"),
+    ],
+)
 def test_bad_input_is_one_line(setup, args, message):
     common, runs, *_ = setup
     before = sorted(p.name for p in runs.iterdir())
@@ -204,14 +242,13 @@ def test_cross_dataset_file_maps_another_label_space(setup, tmp_path):
     from segaudit.data.synthetic import CLASS_NAMES
 
     mapped = tmp_path / "renamed_as_synthetic.yaml"
-    config = OmegaConf.merge(load_group_option("dataset", "folder"),
-                             {"name": "renamed", "class_names": CLASS_NAMES})
+    config = OmegaConf.merge(load_group_option("dataset", "folder"), {"name": "renamed", "class_names": CLASS_NAMES})
     OmegaConf.save(config, mapped)
-    result = runner.invoke(app, ["validate", "on-main", *common, *LENIENT,
-                                 "--cross", f"{mapped}={renamed}"])
+    result = runner.invoke(app, ["validate", "on-main", *common, *LENIENT, "--cross", f"{mapped}={renamed}"])
     assert result.exit_code == 0, result.output
-    record = next(json.loads(p.read_text()) for p in runs.glob("*/record.json")
-                  if "validate" in json.loads(p.read_text()))
+    record = next(
+        json.loads(p.read_text()) for p in runs.glob("*/record.json") if "validate" in json.loads(p.read_text())
+    )
     assert record["validate"]["cross_dataset"]["renamed"] is not None  # scored, not n/a
     missing = runner.invoke(app, ["validate", "on-main", *common, "--cross", f"{tmp_path}/no.yaml=/x"])
     assert missing.exit_code == 2 and "no.yaml not found" in missing.stderr
@@ -222,8 +259,8 @@ def test_test_split_without_labelled_pixels_is_skipped(setup, tmp_path):
 
     from PIL import Image
 
-    from segaudit.checkpoints import load_for_eval
-    from segaudit.validate import score_split
+    from segaudit.models.checkpoints import load_for_eval
+    from segaudit.workflows.validate import score_split
 
     common, runs, main, *_ = setup
     copy = shutil.copytree(main, tmp_path / "unlabelled")
@@ -245,4 +282,6 @@ def test_test_split_without_labelled_pixels_is_skipped(setup, tmp_path):
             by_hand.update(predict_labels(trained.model, image[None], torch.device("cpu"), None), mask[None])
     assert labelled["miou"] == pytest.approx(by_hand.compute()["miou"])
     assert score_split(trained.model, dcfg, "holdout", torch.device("cpu"), None, 4) == (
-        None, "dataset.layout has no 'holdout' split")
+        None,
+        "dataset.layout has no 'holdout' split",
+    )

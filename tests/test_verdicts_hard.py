@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 from segaudit.cli import app
 from segaudit.data.synthetic import SynthSpec, write_synthetic
-from segaudit.verdict import HEALTHY, INCONCLUSIVE, PIPELINE_FAULT, SPATIAL_SHORTCUT
+from segaudit.diagnostics.verdict import HEALTHY, INCONCLUSIVE, PIPELINE_FAULT, SPATIAL_SHORTCUT
 
 runner = CliRunner()
 SHORT = 600  # the short fixed budget: the control has stopped learning the location prior by then
@@ -45,10 +45,23 @@ def hard(tmp_path_factory) -> Path:
 
 
 def _diagnose(root: Path, runs: Path, *extra: str) -> tuple[int, dict]:
-    result = runner.invoke(app, ["diagnose", "dataset=folder", f"dataset.root={root}", "dataset.cache_in_memory=true",
-                                 "dataset.transform.scale=[0.75,1.25]", "dataset.transform.crop=[64,64]",
-                                 "train.progress=false", f"paths.runs={runs}", "run_id=d", "--no-noise-train",
-                                 "diagnose.tier1=false", *extra])
+    result = runner.invoke(
+        app,
+        [
+            "diagnose",
+            "dataset=folder",
+            f"dataset.root={root}",
+            "dataset.cache_in_memory=true",
+            "dataset.transform.scale=[0.75,1.25]",
+            "dataset.transform.crop=[64,64]",
+            "train.progress=false",
+            f"paths.runs={runs}",
+            "run_id=d",
+            "--no-noise-train",
+            "diagnose.tier1=false",
+            *extra,
+        ],
+    )
     assert result.exit_code in (0, 1, 3), result.output
     return result.exit_code, json.loads((runs / "d" / "record.json").read_text())
 
@@ -82,12 +95,14 @@ def small_scenes(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("small")
     clean = write_synthetic(base / "clean", SynthSpec(n_train=64, n_val=128, size=32))
     more = write_synthetic(base / "more", SynthSpec(n_train=256, n_val=128, size=32))
-    return {"clean": clean, "broken": _permute_masks(clean, base / "broken", share=1.0),
-            "partial": _permute_masks(more, base / "partial", share=0.3)}
+    return {
+        "clean": clean,
+        "broken": _permute_masks(clean, base / "broken", share=1.0),
+        "partial": _permute_masks(more, base / "partial", share=0.3),
+    }
 
 
-@pytest.mark.parametrize("case,expected", [("broken", PIPELINE_FAULT), ("clean", HEALTHY),
-                                           ("partial", PIPELINE_FAULT)])
+@pytest.mark.parametrize("case,expected", [("broken", PIPELINE_FAULT), ("clean", HEALTHY), ("partial", PIPELINE_FAULT)])
 def test_short_budget_tells_a_broken_pipeline_apart(small_scenes, tmp_path, case, expected):
     """The fast end-to-end check on 32 px colour scenes, 120 steps. With every training
     mask moved one image along, trained in stages of 60 and 120 steps: at 60 the control
@@ -96,13 +111,29 @@ def test_short_budget_tells_a_broken_pipeline_apart(small_scenes, tmp_path, case
     PIPELINE_FAULT while the clean one is HEALTHY. With 30% of the masks moved, the model
     reads content from the rest, but explains its own training pairs less than val
     pairs: a PIPELINE_FAULT without the pair scoring."""
-    budget = (["train.iters=auto", "diagnose.first_iters=60", "diagnose.max_iters=120"] if case == "broken"
-              else ["train.iters=120"])
-    result = runner.invoke(app, ["diagnose", "dataset=folder", f"dataset.root={small_scenes[case]}",
-                                 "dataset.cache_in_memory=true", "dataset.transform.crop=[32,32]",
-                                 "dataset.transform.scale=[0.75,1.25]", "train.progress=false",
-                                 f"paths.runs={tmp_path}", "run_id=d", "--no-noise-train", "--no-suspects",
-                                 "diagnose.tier1=false", *budget])
+    budget = (
+        ["train.iters=auto", "diagnose.first_iters=60", "diagnose.max_iters=120"]
+        if case == "broken"
+        else ["train.iters=120"]
+    )
+    result = runner.invoke(
+        app,
+        [
+            "diagnose",
+            "dataset=folder",
+            f"dataset.root={small_scenes[case]}",
+            "dataset.cache_in_memory=true",
+            "dataset.transform.crop=[32,32]",
+            "dataset.transform.scale=[0.75,1.25]",
+            "train.progress=false",
+            f"paths.runs={tmp_path}",
+            "run_id=d",
+            "--no-noise-train",
+            "--no-suspects",
+            "diagnose.tier1=false",
+            *budget,
+        ],
+    )
     record = json.loads((tmp_path / "d" / "record.json").read_text())
     assert record["verdict"] == expected, record["reasons"]
     assert result.exit_code == {HEALTHY: 0, PIPELINE_FAULT: 1}[expected]

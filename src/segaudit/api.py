@@ -19,14 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from segaudit.audit import audit_trained
-from segaudit.checkpoints import adapt_external
-from segaudit.config import compose
+from segaudit.core.config import compose
+from segaudit.core.devices import resolve_device
+from segaudit.core.errors import SegauditError
 from segaudit.data import prepare_dataset
-from segaudit.devices import resolve_device
-from segaudit.errors import SegauditError
-from segaudit.runs import RunRecord
-from segaudit.sources import ModelCard, card_from_mapping
+from segaudit.diagnostics.audit import audit_trained
+from segaudit.models.checkpoints import adapt_external
+from segaudit.models.sources import ModelCard, card_from_mapping
+from segaudit.runs.records import RunRecord
 
 
 class RedFlags(SegauditError):
@@ -50,10 +50,16 @@ class _CallableModel(nn.Module):
         return self.function(images)
 
 
-def audit_model(model: nn.Module | Callable[[torch.Tensor], Any], dataset: str = "synthetic",
-                root: str | Path | None = None, card: ModelCard | dict | None = None,
-                runs: str | Path = "runs", overrides: Sequence[str] = (), name: str = "python-model",
-                reported_miou: float | None = None) -> RunRecord:
+def audit_model(
+    model: nn.Module | Callable[[torch.Tensor], Any],
+    dataset: str = "synthetic",
+    root: str | Path | None = None,
+    card: ModelCard | dict | None = None,
+    runs: str | Path = "runs",
+    overrides: Sequence[str] = (),
+    name: str = "python-model",
+    reported_miou: float | None = None,
+) -> RunRecord:
     """Audit a model in memory on a dataset's val split: real, noise, blank and shuffled
     inputs against the analytic prior, with red flags (`segaudit audit`'s record).
 
@@ -63,7 +69,7 @@ def audit_model(model: nn.Module | Callable[[torch.Tensor], Any], dataset: str =
             mode and put back in the mode it was in; it is not moved off its device.
         dataset: a `conf/dataset` preset (`cityscapes`, `folder`, ...).
         root: the dataset's folder (`dataset.root`); None keeps the preset's.
-        card: the model's input/output conventions (`segaudit.sources.ModelCard` or a
+        card: the model's input/output conventions (`segaudit.models.sources.ModelCard` or a
             mapping of its fields); unstated fields take the dataset's values.
         runs: the runs folder the record is written under (`paths.runs`).
         overrides: more config overrides, as on the command line (`train.eval_batch_size=4`).
@@ -98,8 +104,9 @@ def audit_model(model: nn.Module | Callable[[torch.Tensor], Any], dataset: str =
         module.train(was_training)
 
 
-def check_model(model: nn.Module | Callable[[torch.Tensor], Any], *args, raise_on_flag: bool = True,
-                **kwargs) -> list[str]:
+def check_model(
+    model: nn.Module | Callable[[torch.Tensor], Any], *args, raise_on_flag: bool = True, **kwargs
+) -> list[str]:
     """`audit_model`, reduced to its red flags, each decided by a 95% interval over the val
     images: real images explain no more of the labels than the analytic prior, or no more
     than another image's pixels, or noise input keeps over 70% of what real images explain

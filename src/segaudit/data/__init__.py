@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
 from omegaconf import DictConfig, OmegaConf, open_dict
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from segaudit.core.datafiles import read_yaml
+from segaudit.core.errors import DataError
 from segaudit.data.conditions import ON_DEVICE, REPAIRED, condition_samples
 from segaudit.data.folder import FolderDataset, Sample, pair_files
 from segaudit.data.labels import label_lut, names_from_json
 from segaudit.data.sampler import size_grouped_batches
 from segaudit.data.synthetic import SynthSpec, ensure_synthetic
 from segaudit.data.transforms import build_transform
-from segaudit.datafiles import read_yaml
-from segaudit.errors import DataError
 
 __all__ = ["FolderDataset", "build_dataset", "eval_loader", "list_samples", "prepare_dataset"]
 
@@ -54,10 +54,13 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
                     dcfg[key] = meta[key]
         if dcfg.get("ignore_index") is None:
             dcfg.ignore_index = DEFAULT_IGNORE_INDEX
-        if isinstance(dcfg.ignore_index, bool) or not (isinstance(dcfg.ignore_index, int)
-                                                       and 0 <= dcfg.ignore_index <= 255):
-            raise DataError(f"dataset.ignore_index: {dcfg.ignore_index!r} is not a label id in 0..255 "
-                            f"(set it in the config or in {meta_file})")
+        if isinstance(dcfg.ignore_index, bool) or not (
+            isinstance(dcfg.ignore_index, int) and 0 <= dcfg.ignore_index <= 255
+        ):
+            raise DataError(
+                f"dataset.ignore_index: {dcfg.ignore_index!r} is not a label id in 0..255 "
+                f"(set it in the config or in {meta_file})"
+            )
         _check_names(dcfg, meta_file)
         if dcfg.get("num_classes") is None and dcfg.get("class_names"):
             dcfg.num_classes = len(dcfg.class_names)
@@ -69,10 +72,7 @@ def prepare_dataset(dcfg: DictConfig, cache_dir: str | Path) -> DictConfig:
         if dcfg.get("class_names") is None:
             dcfg.class_names = [f"class_{i}" for i in range(dcfg.num_classes)]
         if len(dcfg.class_names) != dcfg.num_classes:
-            raise DataError(
-                f"dataset.class_names has {len(dcfg.class_names)} names for "
-                f"num_classes={dcfg.num_classes}"
-            )
+            raise DataError(f"dataset.class_names has {len(dcfg.class_names)} names for num_classes={dcfg.num_classes}")
         _resolve_auto(dcfg)
     label_lut(dcfg)  # a broken label map fails here, before any run starts
     return dcfg
@@ -84,8 +84,9 @@ def _read_meta(path: Path) -> dict:
     if meta is None:
         return {}
     if not isinstance(meta, dict):
-        raise DataError(f"{path}: expected keys such as num_classes, class_names, ignore_index; "
-                        f"found a {type(meta).__name__}")
+        raise DataError(
+            f"{path}: expected keys such as num_classes, class_names, ignore_index; found a {type(meta).__name__}"
+        )
     return meta
 
 
@@ -127,8 +128,13 @@ def _resolve_auto(dcfg: DictConfig) -> None:
         return
     root, layout = Path(dcfg.root), dcfg.layout.train
     try:
-        samples = pair_files(root / layout.images, root / layout.masks, dcfg.layout.image_suffix,
-                             dcfg.layout.mask_suffix, allow_orphans=True)
+        samples = pair_files(
+            root / layout.images,
+            root / layout.masks,
+            dcfg.layout.image_suffix,
+            dcfg.layout.mask_suffix,
+            allow_orphans=True,
+        )
     except DataError:  # no pairs at all: leave `auto`; the data check lists the orphans
         return
     if "transform" in dcfg and dcfg.transform.get("resize") is not None:
@@ -151,8 +157,13 @@ def list_samples(dcfg: DictConfig, split: str) -> list[Sample]:
         raise DataError(f"dataset.layout has no split '{split}'")
     root, layout = Path(dcfg.root), dcfg.layout[split]
     excluded = set((dcfg.get("exclude") or {}).get(split) or [])
-    samples = pair_files(root / layout.images, root / layout.masks, dcfg.layout.image_suffix,
-                         dcfg.layout.mask_suffix, allow_orphans=dcfg.get("exclude") is not None)
+    samples = pair_files(
+        root / layout.images,
+        root / layout.masks,
+        dcfg.layout.image_suffix,
+        dcfg.layout.mask_suffix,
+        allow_orphans=dcfg.get("exclude") is not None,
+    )
     samples = [s for s in samples if s.stem not in excluded]
     if not samples:
         raise DataError(f"{root / layout.images}: no usable image/mask pairs in split '{split}'")
@@ -170,8 +181,7 @@ def _first_readable_size(samples: list[Sample]) -> tuple[int, int]:
     raise DataError(f"{samples[0].image.parent}: no readable image among the first {min(50, len(samples))}")
 
 
-def build_dataset(dcfg: DictConfig, split: str, train: bool,
-                  condition: DictConfig | None = None) -> FolderDataset:
+def build_dataset(dcfg: DictConfig, split: str, train: bool, condition: DictConfig | None = None) -> FolderDataset:
     """The dataset of one split, with training or evaluation transforms.
 
     Args:
@@ -186,9 +196,14 @@ def build_dataset(dcfg: DictConfig, split: str, train: bool,
     if condition is not None:
         samples = condition_samples(samples, condition, dcfg, split)
     transform = build_transform(dcfg.transform, train=train, ignore_index=int(dcfg.ignore_index))
-    return FolderDataset(samples, transform, cache_in_memory=bool(dcfg.get("cache_in_memory")),
-                         read_images=name not in ON_DEVICE, fit_images=name in REPAIRED,
-                         label_lut=label_lut(dcfg))
+    return FolderDataset(
+        samples,
+        transform,
+        cache_in_memory=bool(dcfg.get("cache_in_memory")),
+        read_images=name not in ON_DEVICE,
+        fit_images=name in REPAIRED,
+        label_lut=label_lut(dcfg),
+    )
 
 
 def _sizes(dataset: Dataset) -> list[tuple[int, int]]:
@@ -198,8 +213,7 @@ def _sizes(dataset: Dataset) -> list[tuple[int, int]]:
     return dataset.image_sizes()
 
 
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """An evaluation DataLoader whose batches hold same-sized samples only.
 
     `dataset` is a `FolderDataset`, a `Subset` of one, or anything with `image_sizes()`.

@@ -1,4 +1,4 @@
-"""`segaudit data check`: find what is wrong with a dataset before any model sees it.
+"""The data check: find what is wrong with a dataset before any model sees it.
 
 Every image and mask is read once, in parallel threads. Problems are one line each,
 naming the file and what is wrong; a per-split summary follows. The alignment probe
@@ -22,12 +22,10 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 from torchvision import tv_tensors
 
-from segaudit.consistency import split_consistency
-from segaudit.data import prepare_dataset
+from segaudit.core.errors import DataError, first_line
 from segaudit.data.folder import Sample, list_by_stem, pairing_hint, short_list
 from segaudit.data.labels import label_lut
 from segaudit.data.transforms import build_transform
-from segaudit.errors import DataError, first_line
 
 ALIGNMENT_MIN = 99.9  # percent of probe pixels whose image still encodes their label
 
@@ -63,8 +61,7 @@ class SplitSummary:
         """`2048x1024` for one size, `3 sizes (64x64 x4, 70x50 x2, ...)` for several."""
         if not self.sizes:
             return "-"
-        shown = [f"{w}x{h}" + (f" x{n}" if len(self.sizes) > 1 else "")
-                 for (w, h), n in self.sizes.most_common(3)]
+        shown = [f"{w}x{h}" + (f" x{n}" if len(self.sizes) > 1 else "") for (w, h), n in self.sizes.most_common(3)]
         more = ", ..." if len(self.sizes) > 3 else ""
         return shown[0] if len(shown) == 1 else f"{len(self.sizes)} sizes ({', '.join(shown)}{more})"
 
@@ -80,7 +77,7 @@ class CheckReport:
     summaries: list[SplitSummary]
     alignment: float | None
     bad_stems: dict[str, list[str]]  # split -> stems of pairs with an error
-    consistency: dict | None = None  # `segaudit.consistency.split_consistency` (train vs val labels)
+    consistency: dict | None = None  # `segaudit.measure.consistency.split_consistency` (train vs val labels)
 
     @property
     def errors(self) -> list[Problem]:
@@ -88,8 +85,15 @@ class CheckReport:
 
 
 EXIF_ORIENTATION = 0x0112
-ORIENTATIONS = {2: "mirrored", 3: "rotated 180°", 4: "flipped upside down", 5: "transposed",
-                6: "rotated 90° clockwise", 7: "transversed", 8: "rotated 90° counter-clockwise"}
+ORIENTATIONS = {
+    2: "mirrored",
+    3: "rotated 180°",
+    4: "flipped upside down",
+    5: "transposed",
+    6: "rotated 90° clockwise",
+    7: "transversed",
+    8: "rotated 90° counter-clockwise",
+}
 
 
 def orientation_note(im: Image.Image) -> str | None:
@@ -101,12 +105,15 @@ def orientation_note(im: Image.Image) -> str | None:
     value = im.getexif().get(EXIF_ORIENTATION)
     if value not in ORIENTATIONS:
         return None
-    return (f"EXIF orientation {value}: viewers and exif_transpose show it {ORIENTATIONS[value]}; segaudit "
-            f"reads the pixels as stored (check its mask was drawn on those, not on the turned view)")
+    return (
+        f"EXIF orientation {value}: viewers and exif_transpose show it {ORIENTATIONS[value]}; segaudit "
+        f"reads the pixels as stored (check its mask was drawn on those, not on the turned view)"
+    )
 
 
-def _read_pair(sample: Sample, num_classes: int, ignore_index: int, lut) -> tuple[
-        list[tuple[str, str]], np.ndarray | None, tuple[int, int] | None, str | None]:
+def _read_pair(
+    sample: Sample, num_classes: int, ignore_index: int, lut
+) -> tuple[list[tuple[str, str]], np.ndarray | None, tuple[int, int] | None, str | None]:
     """Decode one pair fully; return (problems, 256-bin histogram of mapped label values,
     the image's (W, H) or None when it does not decode, its EXIF orientation note)."""
     problems, image_size, turned = [], None, None
@@ -127,8 +134,9 @@ def _read_pair(sample: Sample, num_classes: int, ignore_index: int, lut) -> tupl
         return problems, None, image_size, turned
     if mask.ndim != 2:
         hint = "" if palette is None else " (palette present but image is not mode P)"
-        problems.append((str(sample.mask), f"mask has {mask.shape[-1]} channels ({mode}); "
-                                           f"expected one channel of class ids{hint}"))
+        problems.append(
+            (str(sample.mask), f"mask has {mask.shape[-1]} channels ({mode}); expected one channel of class ids{hint}")
+        )
         return problems, None, image_size, turned
     if mask.dtype != np.uint8:
         if mask.max(initial=0) > 255:
@@ -136,14 +144,19 @@ def _read_pair(sample: Sample, num_classes: int, ignore_index: int, lut) -> tupl
             return problems, None, image_size, turned
         mask = mask.astype(np.uint8)
     if image_size is not None and image_size != (mask.shape[1], mask.shape[0]):
-        problems.append((str(sample.mask), f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                                           f"is {image_size[0]}x{image_size[1]}"))
+        problems.append(
+            (
+                str(sample.mask),
+                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image_size[0]}x{image_size[1]}",
+            )
+        )
     mapped = mask if lut is None else lut[mask]
     histogram = np.bincount(mapped.ravel(), minlength=256)
     bad = [int(v) for v in np.flatnonzero(histogram) if v >= num_classes and v != ignore_index]
     if bad:
-        problems.append((str(sample.mask), f"label values {bad[:8]} outside [0, {num_classes}) "
-                                           f"and not ignore ({ignore_index})"))
+        problems.append(
+            (str(sample.mask), f"label values {bad[:8]} outside [0, {num_classes}) and not ignore ({ignore_index})")
+        )
     return problems, histogram, image_size, turned
 
 
@@ -156,27 +169,34 @@ def _examples(stems: dict, suffix: str, kind: str) -> str:
 def _scan_split(dcfg: DictConfig, split: str) -> tuple[list[Sample], list[Problem], list[str]]:
     root, layout = Path(dcfg.root), dcfg.layout[split]
     image_dir, mask_dir = root / layout.images, root / layout.masks
-    problems = [Problem(split, str(folder), "folder not found")
-                for folder in (image_dir, mask_dir) if not folder.is_dir()]
+    problems = [
+        Problem(split, str(folder), "folder not found") for folder in (image_dir, mask_dir) if not folder.is_dir()
+    ]
     if problems:
         return [], problems, []
     images = list_by_stem(image_dir, dcfg.layout.image_suffix)
     masks = list_by_stem(mask_dir, dcfg.layout.mask_suffix)
-    problems += [Problem(split, str(images[s]), f"image without mask (expected {mask_dir / s}"
-                                                f"{dcfg.layout.mask_suffix})")
-                 for s in sorted(set(images) - set(masks))]
-    problems += [Problem(split, str(masks[s]), "mask without image")
-                 for s in sorted(set(masks) - set(images))]
+    problems += [
+        Problem(split, str(images[s]), f"image without mask (expected {mask_dir / s}{dcfg.layout.mask_suffix})")
+        for s in sorted(set(images) - set(masks))
+    ]
+    problems += [Problem(split, str(masks[s]), "mask without image") for s in sorted(set(masks) - set(images))]
     basenames = Counter(Path(s).name for s in images)
-    problems += [Problem(split, str(image_dir), f"stem '{name}' appears {count} times in sub-folders",
-                         error=False) for name, count in sorted(basenames.items()) if count > 1]
+    problems += [
+        Problem(split, str(image_dir), f"stem '{name}' appears {count} times in sub-folders", error=False)
+        for name, count in sorted(basenames.items())
+        if count > 1
+    ]
     samples = [Sample(s, images[s], masks[s]) for s in sorted(set(images) & set(masks))]
     if not samples:
         hint = pairing_hint(set(images), set(masks), dcfg.layout.mask_suffix)
-        found = (_examples(images, dcfg.layout.image_suffix, "images"),
-                 _examples(masks, dcfg.layout.mask_suffix, "masks"))
-        problems.append(Problem(split, str(image_dir), f"empty split: no image/mask pairs among "
-                                                       f"{' and '.join(found)}{hint}"))
+        found = (
+            _examples(images, dcfg.layout.image_suffix, "images"),
+            _examples(masks, dcfg.layout.mask_suffix, "masks"),
+        )
+        problems.append(
+            Problem(split, str(image_dir), f"empty split: no image/mask pairs among {' and '.join(found)}{hint}")
+        )
     return samples, problems, sorted(set(images) ^ set(masks))
 
 
@@ -189,22 +209,47 @@ def _split_facts(summary: SplitSummary, dcfg: DictConfig, ignore_index: int) -> 
         # Other splits (test) are only skipped by the gates that use them.
         needed = summary.split in ("train", "val")
         purpose = {"train": "nothing to learn from", "val": "nothing to score"}.get(summary.split, "")
-        found.append(Problem(summary.split, where, f"every pixel is ignore ({ignore_index})"
-                             + (f": {purpose}" if purpose else "") + " (check dataset.ignore_index "
-                             "and dataset.label_map)", error=needed))
-    if len(summary.sizes) > 1 and summary.split == "train" and dcfg.transform.get("crop") is None \
-            and dcfg.transform.get("resize") is None:
-        found.append(Problem(summary.split, "dataset.transform.crop", f"null, but the training images "
-                             f"come in {summary.sizes_text}: a batch needs one size (crop: auto)"))
+        found.append(
+            Problem(
+                summary.split,
+                where,
+                f"every pixel is ignore ({ignore_index})"
+                + (f": {purpose}" if purpose else "")
+                + " (check dataset.ignore_index "
+                "and dataset.label_map)",
+                error=needed,
+            )
+        )
+    if (
+        len(summary.sizes) > 1
+        and summary.split == "train"
+        and dcfg.transform.get("crop") is None
+        and dcfg.transform.get("resize") is None
+    ):
+        found.append(
+            Problem(
+                summary.split,
+                "dataset.transform.crop",
+                f"null, but the training images come in {summary.sizes_text}: a batch needs one size (crop: auto)",
+            )
+        )
     if len(summary.sizes) > 1:
-        found.append(Problem(summary.split, where, f"images of {summary.sizes_text}: evaluation "
-                             "batches same-sized images together and scores each at its own size",
-                             error=False, level="info"))
+        found.append(
+            Problem(
+                summary.split,
+                where,
+                f"images of {summary.sizes_text}: evaluation "
+                "batches same-sized images together and scores each at its own size",
+                error=False,
+                level="info",
+            )
+        )
     return found
 
 
-def check_dataset(dcfg: DictConfig, splits=("train", "val"), workers: int | None = None,
-                  probe: bool = True) -> CheckReport:
+def check_dataset(
+    dcfg: DictConfig, splits=("train", "val"), workers: int | None = None, probe: bool = True
+) -> CheckReport:
     """Check a prepared dataset config. Never raises for bad files: it reports them."""
     workers = workers or min(8, os.cpu_count() or 1)
     num_classes, ignore_index = int(dcfg.num_classes), int(dcfg.ignore_index)
@@ -239,9 +284,14 @@ def check_dataset(dcfg: DictConfig, splits=("train", "val"), workers: int | None
         problems += _split_facts(summary, dcfg, ignore_index)
     alignment = alignment_probe(dcfg) if probe else None
     if alignment is not None and alignment < ALIGNMENT_MIN:
-        problems.append(Problem("train", "dataset.transform",
-                                f"train-time transforms keep only {alignment:.2f}% of image/mask "
-                                f"pixels aligned (need >= {ALIGNMENT_MIN}%)"))
+        problems.append(
+            Problem(
+                "train",
+                "dataset.transform",
+                f"train-time transforms keep only {alignment:.2f}% of image/mask "
+                f"pixels aligned (need >= {ALIGNMENT_MIN}%)",
+            )
+        )
     return CheckReport(problems, summaries, alignment, bad_stems)
 
 
@@ -266,8 +316,9 @@ def alignment_probe(dcfg: DictConfig, samples: int = 8, seed: int = 0) -> float:
     transform = build_transform(tcfg, train=True, ignore_index=255)
     lowest_scale = min(1.0, float(min(tcfg.scale)))
     margin = math.ceil(1.0 / lowest_scale) + 1  # antialias reach, in source pixels
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32),
-                            torch.arange(width, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
     image = tv_tensors.Image(torch.stack([xs, ys, torch.zeros_like(xs)]))
     torch_state = torch.get_rng_state()
     torch.manual_seed(seed)
@@ -301,30 +352,19 @@ def _probe_size(dcfg: DictConfig) -> tuple[int, int]:
     return 64, 64
 
 
-def run_check(cfg: DictConfig, splits=("train", "val"), probe: bool = True) -> tuple[CheckReport, DictConfig]:
-    """`segaudit data check`: prepare the configured dataset and check it; with both train
-    and val checked and free of errors, compare their label layouts too."""
-    dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
-    known = [k for k in dcfg.layout if k not in ("image_suffix", "mask_suffix")]
-    unknown = [s for s in splits if s not in known]
-    if unknown or not splits:
-        raise DataError(f"--splits {','.join(splits)}: dataset={dcfg.name} has no split "
-                        f"'{unknown[0] if unknown else ''}' (its splits: {', '.join(known)})")
-    report = check_dataset(dcfg, splits=splits, probe=probe)
-    if {"train", "val"} <= set(splits) and not report.errors:
-        report.consistency = split_consistency(dcfg, cfg.gate.split)
-        report.problems += [Problem("val", "train/val labels", f["why"], error=False)
-                            for f in report.consistency["flagged"]]
-    return report, dcfg
-
-
 def preflight(dcfg: DictConfig, skip_bad: bool) -> dict[str, list[str]]:
     """Check a dataset before training. Errors raise one DataError, unless `skip_bad`:
     then the bad pairs are excluded (`dcfg.exclude`) and returned, split -> stems."""
     report = check_dataset(dcfg)
     errors = report.errors
-    fatal = [p for p in errors if p.path.startswith("dataset.transform") or "folder not found" in p.message
-             or "empty split" in p.message or "every pixel is ignore" in p.message]
+    fatal = [
+        p
+        for p in errors
+        if p.path.startswith("dataset.transform")
+        or "folder not found" in p.message
+        or "empty split" in p.message
+        or "every pixel is ignore" in p.message
+    ]
     if errors and (not skip_bad or fatal):
         first = (fatal or errors)[0]
         more = f" (and {len(errors) - 1} more: segaudit data check)" if len(errors) > 1 else ""

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from segaudit.core.errors import DataError
 from segaudit.data.folder import Sample, list_by_stem, short_list
-from segaudit.errors import DataError
 
 ON_DEVICE = ("noise", "blank")
 REPAIRED = ("shuffled", "cross", "generated")  # image paths replaced, labels kept
@@ -37,8 +37,7 @@ def derangement(n: int, seed: int) -> list[int]:
     return perm
 
 
-def condition_samples(samples: list[Sample], condition: DictConfig, dcfg: DictConfig,
-                      split: str) -> list[Sample]:
+def condition_samples(samples: list[Sample], condition: DictConfig, dcfg: DictConfig, split: str) -> list[Sample]:
     """The (image, label) pairs a condition feeds the model; labels are never changed."""
     name = condition.name
     if name not in KNOWN:
@@ -70,8 +69,9 @@ class DeviceImages:
     """Replaces a batch's images on the device for the `noise` and `blank` conditions.
 
     Images arrive normalised with the dataset's mean/std; generated images are drawn in
-    [0, 1] RGB and normalised the same way; evaluation images are rounded to 8-bit levels. Training noise uses the global RNG (restored
-    on resume); evaluation noise uses its own seeded generator so audits repeat.
+    [0, 1] RGB and normalised the same way; evaluation images are rounded to 8-bit levels.
+    Training noise uses the global RNG (restored on resume); evaluation noise uses its own
+    seeded generator so audits repeat.
     """
 
     def __init__(self, condition: DictConfig, mean, std, device: torch.device, seeded: bool):
@@ -99,6 +99,6 @@ class DeviceImages:
             return images
         if self.generator is not None or name == "blank":
             # Evaluation inputs are 8-bit images, like real ones: exactly what the
-            # predictions-only export writes to PNG (`segaudit.predictions`).
+            # predictions-only export writes to PNG (`segaudit.workflows.predictions`).
             raw = (raw * 255).round() / 255
         return ((raw - self.mean) / self.std).to(images.dtype)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from segaudit.errors import DataError, first_line
+from segaudit.core.errors import DataError, first_line
 
 MAX_LISTED = 8
 
@@ -68,7 +68,7 @@ def pairing_hint(image_stems: set[str], mask_stems: set[str], mask_suffix: str) 
         return "; the file names match but the sub-folders differ (images and masks must be nested alike)"
     image, mask = min(image_names), min(mask_names)
     if mask.startswith(image):
-        suffix = mask[len(image):] + mask_suffix
+        suffix = mask[len(image) :] + mask_suffix
         return f"; masks seem to be named <stem>{suffix}: set dataset.layout.mask_suffix={suffix}"
     return ""
 
@@ -78,8 +78,9 @@ def short_list(items: list[str]) -> str:
     return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
 
-def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: str,
-               allow_orphans: bool = False) -> list[Sample]:
+def pair_files(
+    image_dir: Path, mask_dir: Path, image_suffix: str, mask_suffix: str, allow_orphans: bool = False
+) -> list[Sample]:
     """Pair `image_dir/**/<stem><image_suffix>` with `mask_dir/**/<stem><mask_suffix>`.
 
     Raises:
@@ -149,9 +150,15 @@ class FolderDataset(Dataset):
         label_lut: 256-entry table mapping stored label ids to train ids (None: as stored).
     """
 
-    def __init__(self, samples: list[Sample], transform: Callable, cache_in_memory: bool = False,
-                 read_images: bool = True, fit_images: bool = False,
-                 label_lut: np.ndarray | None = None):
+    def __init__(
+        self,
+        samples: list[Sample],
+        transform: Callable,
+        cache_in_memory: bool = False,
+        read_images: bool = True,
+        fit_images: bool = False,
+        label_lut: np.ndarray | None = None,
+    ):
         self.samples = samples
         self.label_lut = label_lut
         self.transform = transform
@@ -163,7 +170,7 @@ class FolderDataset(Dataset):
                 self._cache = list(pool.map(self._decode, range(len(samples))))
 
     @classmethod
-    def from_arrays(cls, pairs: list[tuple[np.ndarray, np.ndarray]], transform: Callable) -> "FolderDataset":
+    def from_arrays(cls, pairs: list[tuple[np.ndarray, np.ndarray]], transform: Callable) -> FolderDataset:
         """A dataset over decoded (image, mask) arrays, e.g. the alignment probe's."""
         dataset = cls([Sample(str(i), Path(), Path()) for i in range(len(pairs))], transform)
         dataset._cache = list(pairs)

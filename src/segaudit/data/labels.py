@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from segaudit.config import safe_instantiate
-from segaudit.datafiles import check_plain
-from segaudit.errors import DataError
+from segaudit.core.config import safe_instantiate
+from segaudit.core.datafiles import check_plain
+from segaudit.core.errors import DataError
 
 
 def cityscapes_label_map() -> dict[int, int]:
@@ -25,8 +25,7 @@ def cityscapes_label_map() -> dict[int, int]:
     """
     from cityscapesscripts.helpers.labels import labels
 
-    return {label.id: (label.trainId if 0 <= label.trainId < 255 else 255)
-            for label in labels if label.id >= 0}
+    return {label.id: (label.trainId if 0 <= label.trainId < 255 else 255) for label in labels if label.id >= 0}
 
 
 def resolve_label_map(value) -> dict[int, int] | None:

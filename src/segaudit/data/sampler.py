@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -17,8 +17,9 @@ class StepBatchSampler(Sampler[list[int]]):
     may straddle epochs, so every batch is full even for tiny datasets.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start_step: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1
+    ):
         if num_samples <= 0:
             raise ValueError("StepBatchSampler needs at least one sample")
         self.num_samples = num_samples
@@ -58,5 +59,4 @@ def size_grouped_batches(sizes: list[tuple[int, int]], batch_size: int) -> list[
     groups: dict[tuple[int, int], list[int]] = {}
     for index, size in enumerate(sizes):
         groups.setdefault(tuple(size), []).append(index)
-    return [indices[i:i + batch_size] for indices in groups.values()
-            for i in range(0, len(indices), batch_size)]
+    return [indices[i : i + batch_size] for indices in groups.values() for i in range(0, len(indices), batch_size)]

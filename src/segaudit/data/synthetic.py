@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from segaudit.errors import DataError
+from segaudit.core.errors import DataError
 
 CLASS_NAMES = ["road", "sidewalk", "building", "vegetation", "sky", "car", "person", "pole"]
 CLASS_COLORS = [
@@ -50,8 +50,7 @@ STYLES = ("colour", "texture")
 # The texture style's grain per class: (period in pixels at 64 px, orientation in degrees;
 # None = isotropic). Periods and angles pair up so that no single cue (frequency alone,
 # orientation alone) separates every class.
-CLASS_GRAIN = [(3.0, None), (6.0, 45.0), (6.0, 0.0), (9.0, None),
-               (12.0, 90.0), (4.0, 90.0), (4.0, 0.0), (3.0, 135.0)]
+CLASS_GRAIN = [(3.0, None), (6.0, 45.0), (6.0, 0.0), (9.0, None), (12.0, 90.0), (4.0, 90.0), (4.0, 0.0), (3.0, 135.0)]
 
 
 def check_style(style: str, content: float) -> dict:
@@ -181,8 +180,9 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
             ch = cw * 0.55
             cx = c + rng.uniform(-0.8, 0.8) * hw
             body = (np.abs(xx - cx) < cw / 2) & (yy > foot - ch) & (yy <= foot)
-            color = rng.choice([[200, 30, 30], [30, 60, 180], [230, 230, 230], [20, 20, 20],
-                                [200, 180, 40], [40, 130, 60]])
+            color = rng.choice(
+                [[200, 30, 30], [30, 60, 180], [230, 230, 230], [20, 20, 20], [200, 180, 40], [40, 130, 60]]
+            )
             _paint(img, mask, body, color + rng.uniform(-20, 20, 3), CAR, rng, 5)
             glass = body & (yy < foot - ch * 0.6) & (np.abs(xx - cx) < cw * 0.35)
             img[glass] = [40, 50, 70]
@@ -229,13 +229,14 @@ def _grain(rng: np.random.Generator, shape: tuple[int, int], period: float, angl
     if angle is not None:
         theta = np.deg2rad(angle)
         along = np.abs(fx * np.cos(theta) + fy * np.sin(theta)) / np.maximum(radius, 1e-9)
-        gain *= along ** 8  # energy near the normal's direction only
+        gain *= along**8  # energy near the normal's direction only
     field = np.fft.ifft2(np.fft.fft2(rng.normal(size=shape)) * gain).real
     return (field / max(field.std(), 1e-9)).astype(np.float32)
 
 
-def render_texture_image(rng: np.random.Generator, mask: np.ndarray, content: float,
-                         distinct: tuple[str, ...] | None = None) -> np.ndarray:
+def render_texture_image(
+    rng: np.random.Generator, mask: np.ndarray, content: float, distinct: tuple[str, ...] | None = None
+) -> np.ndarray:
     """A grey image for `mask` in the texture style.
 
     The image is one brightness (uniform 70..185) and one grain shared by every class;
@@ -272,9 +273,12 @@ def render_styled(spec: SynthSpec, split_id: int, index: int) -> tuple[np.ndarra
     """Scene `index` of a split in `spec`'s style; the mask does not depend on the style."""
     image, mask = render_scene(np.random.default_rng([spec.seed, split_id, index]), spec.size)
     if spec.style == "texture":
-        image = render_texture_image(np.random.default_rng([spec.seed, split_id, index, 1]), mask,
-                                     float(spec.content),
-                                     None if spec.distinct is None else tuple(spec.distinct))
+        image = render_texture_image(
+            np.random.default_rng([spec.seed, split_id, index, 1]),
+            mask,
+            float(spec.content),
+            None if spec.distinct is None else tuple(spec.distinct),
+        )
     return image, mask
 
 
@@ -304,10 +308,16 @@ def write_synthetic(out: Path, spec: SynthSpec) -> Path:
         "class_names": CLASS_NAMES,
         "class_colors": CLASS_COLORS,
         "ignore_index": IGNORE_INDEX,
-        "generator": {"n_train": spec.n_train, "n_val": spec.n_val, "n_test": spec.n_test,
-                      "size": spec.size, "seed": spec.seed, "style": spec.style,
-                      "content": spec.content,
-                      "distinct": None if spec.distinct is None else list(spec.distinct)},
+        "generator": {
+            "n_train": spec.n_train,
+            "n_val": spec.n_val,
+            "n_test": spec.n_test,
+            "size": spec.size,
+            "seed": spec.seed,
+            "style": spec.style,
+            "content": spec.content,
+            "distinct": None if spec.distinct is None else list(spec.distinct),
+        },
     }
     (out / "dataset.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     return out
@@ -342,8 +352,9 @@ CITYSCAPES_LABEL_IDS = np.zeros(256, np.uint8)
 CITYSCAPES_LABEL_IDS[: len(CLASS_NAMES)] = [7, 8, 11, 21, 23, 26, 24, 17]
 
 
-def render_scene_at(seed: int, height: int, width: int, base: int = 64, style: str = "colour",
-                    content: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def render_scene_at(
+    seed: int, height: int, width: int, base: int = 64, style: str = "colour", content: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """One scene at any (height, width): rendered at `base` px, then resized (bilinear
     image, nearest mask), so a 1024x2048 scene costs a resize, not a large render.
     Sensor noise is added at full size, so the files compress and decode like photos
@@ -359,8 +370,14 @@ def render_scene_at(seed: int, height: int, width: int, base: int = 64, style: s
     return image.clip(0, 255).astype(np.uint8), mask
 
 
-def write_cityscapes_layout(root: Path, per_split: dict[str, int], height: int = 1024,
-                            width: int = 2048, seed: int = 0, spec: SynthSpec | None = None) -> Path:
+def write_cityscapes_layout(
+    root: Path,
+    per_split: dict[str, int],
+    height: int = 1024,
+    width: int = 2048,
+    seed: int = 0,
+    spec: SynthSpec | None = None,
+) -> Path:
     """Scenes in Cityscapes' official layout and size, with raw `*_gtFine_labelIds.png`
     (34-id space), for trying the `cityscapes` preset, its tests and benchmarks.
 
@@ -373,8 +390,9 @@ def write_cityscapes_layout(root: Path, per_split: dict[str, int], height: int =
         for i in range(count):
             city = ("aachen", "bremen")[i % 2]
             stem = f"{city}_{i:06d}_000019"
-            image, mask = render_scene_at(zlib.crc32(f"{seed}/{split}/{i}".encode()), height, width,
-                                          style=style, content=content)
+            image, mask = render_scene_at(
+                zlib.crc32(f"{seed}/{split}/{i}".encode()), height, width, style=style, content=content
+            )
             images, masks = root / "leftImg8bit" / split / city, root / "gtFine" / split / city
             images.mkdir(parents=True, exist_ok=True)
             masks.mkdir(parents=True, exist_ok=True)

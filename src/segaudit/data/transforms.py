@@ -21,7 +21,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from segaudit.errors import DataError
+from segaudit.core.errors import DataError
 
 MASK_INTERPOLATION = v2.InterpolationMode.NEAREST_EXACT
 
@@ -70,11 +70,13 @@ def build_transform(tcfg: DictConfig, train: bool, ignore_index: int) -> v2.Comp
     stays integer class ids. Crops pad images with 0 and masks with `ignore_index`,
     so a crop larger than the (rescaled) image is filled with ignore, not stretched.
     Evaluation changes no geometry: labels are scored at their native resolution, and
-    how the model sees a large image is `segaudit.inference`'s business.
+    how the model sees a large image is `segaudit.models.inference`'s business.
     """
     if train and tcfg.get("crop") == "auto":
-        raise DataError("dataset.transform.crop is 'auto' but no training pair was found to size it "
-                        "(segaudit data check lists the files)")
+        raise DataError(
+            "dataset.transform.crop is 'auto' but no training pair was found to size it "
+            "(segaudit data check lists the files)"
+        )
     steps: list[v2.Transform] = []
     if train and tcfg.resize is not None:
         steps.append(JointResize(list(tcfg.resize)))

@@ -1,0 +1,3 @@
+from segaudit.cli.app import main
+
+main()

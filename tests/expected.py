@@ -1,0 +1,36 @@
+"""The exit code a command owes, derived from the record it wrote (not accepted as
+"0 or 1"): 1 when an audit raised a red flag or a validate gate failed, else 0."""
+
+import json
+from pathlib import Path
+
+
+def read(runs_root: Path, run_id: str) -> dict:
+    return json.loads((Path(runs_root) / run_id / "record.json").read_text())
+
+
+def audit_exit(record: dict) -> int:
+    return 1 if record["audit"]["red_flags"] else 0
+
+
+def validate_exit(records: list[dict]) -> int:
+    return 1 if any(g["passed"] is False for r in records for g in r["validate"]["gates"]) else 0
+
+
+def validate_records(runs_root: Path) -> list[dict]:
+    return [
+        r
+        for r in (json.loads(p.read_text()) for p in Path(runs_root).glob("*/record.json"))
+        if r.get("phase") == "validate"
+    ]
+
+
+def suspects_exit(runs_root: Path, max_share: float) -> int:
+    """1 when the training pairs flagged exceed the val pairs flagged by over `max_share` %."""
+    (record,) = [
+        r
+        for r in (json.loads(p.read_text()) for p in Path(runs_root).glob("*/record.json"))
+        if r.get("phase") == "suspects"
+    ]
+    shares = record["suspects"]
+    return 1 if shares["train"]["share"] - shares["val"]["share"] > max_share else 0
