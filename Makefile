@@ -52,8 +52,8 @@ demo-fault: $(STAMP) ## diagnose a copy with 30% of its training pairs swapped o
 		echo "suspects exit code: $$? (1 = more than gate.suspects_max_share of the pairs flagged)"
 
 lint: $(STAMP) ## ruff: lint and format check (configured in pyproject.toml)
-	$(BIN)/ruff check src tests scripts docs
-	$(BIN)/ruff format --check src tests scripts docs
+	$(BIN)/ruff check src tests scripts docs/hooks
+	$(BIN)/ruff format --check src tests scripts docs/hooks
 
 test: lint ## lint, then the test suite without slow end-to-end tests (< 10 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" -q -n auto --dist loadfile --no-loadscope-reorder

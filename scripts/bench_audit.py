@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 from segaudit.core.config import compose, load_group_option
 from segaudit.data import build_dataset, eval_loader, prepare_dataset
-from segaudit.diagnostics.audit import audit
 from segaudit.measure.metrics import ConfusionMatrix
 from segaudit.models.checkpoints import load_for_eval
 from segaudit.models.inference import model_stride
 from segaudit.train.engine import train
+from segaudit.workflows.audit import audit
 
 
 def bare_audit(cfg, run_id: str, device: torch.device) -> None:

@@ -10,11 +10,11 @@ from segaudit.cli import app
 from segaudit.core.config import compose, load_group_option
 from segaudit.data import build_dataset, eval_loader
 from segaudit.data.conditions import DeviceImages
-from segaudit.diagnostics.audit import audit
 from segaudit.measure.evaluation import predict_labels
 from segaudit.models.checkpoints import load_for_eval
 from segaudit.runs.records import CHECKPOINT, load_table
 from segaudit.train.engine import train
+from segaudit.workflows.audit import audit
 
 runner = CliRunner()
 

@@ -142,7 +142,7 @@ def test_report_plots_and_scope(tiny, runs_root, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from segaudit.measure.prior import run_prior
+    from segaudit.workflows.prior import run_prior
 
     run_prior(compose(tiny))
     train(compose(tiny + ["eval_also=[noise,blank]", "run_id=probe", "train.log_every=1"]))

@@ -186,7 +186,7 @@ def test_cross_entropy_ignores_all_ignore_crops():
 @pytest.mark.slow  # two torchrun processes: ~15 s
 def test_ddp_two_cpu_processes_write_one_record(tiny, runs_root):
     """torchrun with 2 processes and gloo: one run directory, metrics reduced over ranks."""
-    from segaudit.diagnostics.audit import audit
+    from segaudit.workflows.audit import audit
 
     done = subprocess.run(
         [

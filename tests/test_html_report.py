@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from expected import audit_exit, read, validate_exit, validate_records
 from segaudit.cli import app
 from segaudit.cli.common import EXIT_CODES
-from segaudit.diagnostics.verdict import OUTCOMES
 from segaudit.report.html import find_chromium, png_data_uri, screenshot, verdict_summary
 from segaudit.report.terminal import evidence_frame
+from segaudit.workflows.outcomes import VERDICT_OUTCOMES as OUTCOMES
 
 runner = CliRunner()
 # Attributes through which a page could fetch or send something.

@@ -16,7 +16,6 @@ from segaudit.data import prepare_dataset
 from segaudit.diagnostics.verdict import (
     HEALTHY,
     INCONCLUSIVE,
-    OUTCOMES,
     PIPELINE_FAULT,
     SPATIAL_SHORTCUT,
     Evidence,
@@ -28,6 +27,7 @@ from segaudit.diagnostics.verdict import (
 )
 from segaudit.runs.records import load_table
 from segaudit.workflows.diagnose import larger_crop, plan_budget
+from segaudit.workflows.outcomes import VERDICT_OUTCOMES as OUTCOMES
 
 DEFAULT = load_group_option("gate", "default")
 SEED = load_group_option("gate", "seed")  # the default gate's values with the seed's on top
@@ -495,8 +495,8 @@ def test_diagnose_healthy_then_pipeline_fault(tmp_path, tmp_path_factory):
 
 @pytest.mark.slow
 def test_noise_trained_model_learns_the_prior(tmp_path, tmp_path_factory):
-    from segaudit.measure.prior import run_prior
     from segaudit.train.engine import train
+    from segaudit.workflows.prior import run_prior
 
     root = _scenes(tmp_path_factory)
     overrides = [

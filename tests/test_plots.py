@@ -13,9 +13,9 @@ from expected import audit_exit, read
 from segaudit.cli import app
 from segaudit.cli.common import EXIT_CODES
 from segaudit.core.config import compose
-from segaudit.diagnostics.verdict import OUTCOMES
 from segaudit.train.engine import train
 from segaudit.train.samples import class_colors, sample_grid
+from segaudit.workflows.outcomes import VERDICT_OUTCOMES as OUTCOMES
 
 runner = CliRunner()
 

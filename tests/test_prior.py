@@ -19,10 +19,10 @@ from segaudit.measure.prior import (
     global_frequencies,
     leave_one_out_log_likelihood,
     leave_one_out_scores,
-    run_prior,
 )
 from segaudit.report.pictures import prior_pictures
 from segaudit.runs.records import load_table
+from segaudit.workflows.prior import run_prior
 
 
 def _folder(root, train_masks, val_masks, num_classes=3):

@@ -16,11 +16,11 @@ from segaudit.core.config import compose, load_group_option
 from segaudit.core.errors import ConfigError, DataError
 from segaudit.data import build_dataset
 from segaudit.data.synthetic import SynthSpec, write_synthetic
-from segaudit.diagnostics.audit import audit
 from segaudit.measure.evaluation import predict_labels
 from segaudit.measure.metrics import ConfusionMatrix
 from segaudit.runs.records import load_table
 from segaudit.train.engine import train
+from segaudit.workflows.audit import audit
 from segaudit.workflows.validate import (
     corrupt_batch,
     cross_dataset_gate,

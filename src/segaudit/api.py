@@ -23,10 +23,10 @@ from segaudit.core.config import compose
 from segaudit.core.devices import resolve_device
 from segaudit.core.errors import SegauditError
 from segaudit.data import prepare_dataset
-from segaudit.diagnostics.audit import audit_trained
 from segaudit.models.checkpoints import adapt_external
 from segaudit.models.sources import ModelCard, card_from_mapping
 from segaudit.runs.records import RunRecord
+from segaudit.workflows.audit import audit_trained
 
 
 class RedFlags(SegauditError):

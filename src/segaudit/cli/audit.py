@@ -60,8 +60,9 @@ def audit_model(
     """Audit one model: a run, a checkpoint or a model trained elsewhere."""
     from segaudit.core.config import compose, override_keys
     from segaudit.core.errors import ConfigError
-    from segaudit.diagnostics.audit import audit, audit_outcome
     from segaudit.report.terminal import audit_panel
+    from segaudit.workflows.audit import audit
+    from segaudit.workflows.outcomes import audit_outcome
 
     with user_errors():
         if "=" in target:  # an override where the model should be
@@ -90,7 +91,7 @@ def audit_inventory(
     from segaudit.core.config import compose
     from segaudit.report.terminal import inventory_table
     from segaudit.workflows.inventory import audit_inventory as run_inventory
-    from segaudit.workflows.inventory import inventory_outcome
+    from segaudit.workflows.outcomes import inventory_outcome
 
     with user_errors():
         cfg = compose([*(overrides or []), f"launcher={launcher}"])
@@ -123,8 +124,8 @@ def audit_score_predictions(
 ) -> None:
     """Score the predictions your own inference made on the exported inputs (no model)."""
     from segaudit.core.config import compose
-    from segaudit.diagnostics.audit import audit_outcome
     from segaudit.report.terminal import audit_panel
+    from segaudit.workflows.outcomes import audit_outcome
     from segaudit.workflows.predictions import score_predictions
 
     with user_errors():

@@ -9,7 +9,6 @@ import typer
 
 from segaudit.cli.common import OVERRIDES_HELP, err, finish, out, user_errors
 from segaudit.core.errors import SegauditError
-from segaudit.core.outcome import Outcome
 
 data_app = typer.Typer(help="Dataset tools.", no_args_is_help=True)
 
@@ -30,13 +29,14 @@ def data_check(
     from segaudit.core.config import compose
     from segaudit.diagnostics.data_check import run_check
     from segaudit.report.terminal import check_panel
+    from segaudit.workflows.outcomes import data_check_outcome
 
     with user_errors():
         report, dcfg = run_check(compose(overrides or []), tuple(s for s in splits.split(",") if s), probe)
         for problem in report.problems:
             err.print(problem.line(), highlight=False, markup=False, soft_wrap=True)
         out.print(check_panel(report, list(dcfg.class_names)))
-    finish(Outcome.BAD_INPUT if report.errors else Outcome.OK)
+    finish(data_check_outcome(report))
 
 
 @data_app.command(

@@ -43,9 +43,9 @@ def diagnose(
 ) -> None:
     """Phase 1: prior, baseline, shuffled-pairing and noise training, pair scoring, verdict, decision gate."""
     from segaudit.core.config import compose, override_keys
-    from segaudit.diagnostics.verdict import OUTCOMES
     from segaudit.report.terminal import verdict_panel
     from segaudit.workflows.diagnose import diagnose as run_diagnose
+    from segaudit.workflows.outcomes import diagnose_outcome
 
     with user_errors():
         staged = [] if "train.iters" in override_keys(overrides or []) else ["train.iters=auto"]
@@ -62,7 +62,7 @@ def diagnose(
         out.print(verdict_panel(record))
         if plots is not None:
             err.print(f"wrote {len(record['plots'])} plot(s) to {plots}")
-    finish(OUTCOMES[record["verdict"]])
+    finish(diagnose_outcome(record))
 
 
 PRIOR_EPILOG = """[bold]Examples[/]\n
@@ -76,8 +76,8 @@ def prior(
 ) -> None:
     """The analytic prior: what a model that never looks at the image can score."""
     from segaudit.core.config import compose
-    from segaudit.measure.prior import run_prior
     from segaudit.report.terminal import prior_panel
+    from segaudit.workflows.prior import run_prior
 
     with user_errors():
         cfg = compose(overrides or [])
@@ -104,8 +104,8 @@ def probe(
 ) -> None:
     """Frozen-backbone probe: how much content the encoder holds beyond a random one."""
     from segaudit.core.config import compose, override_keys
-    from segaudit.diagnostics.probe import run_probe
     from segaudit.report.terminal import backbone_probe_panel
+    from segaudit.workflows.probe import run_probe
 
     with user_errors():
         cfg = compose([*(overrides or []), *source_overrides(factory, trust_model)])
@@ -139,10 +139,10 @@ def suspects(
     import pandas as pd
 
     from segaudit.core.config import compose
-    from segaudit.core.outcome import flagged_if
-    from segaudit.diagnostics.suspects import summary_line, too_many_flagged
-    from segaudit.diagnostics.suspects import suspects as run_suspects
+    from segaudit.diagnostics.suspects import summary_line
     from segaudit.report.terminal import SUSPECT_COLUMNS, check_format, export_frame, format_frame, suspects_rich
+    from segaudit.workflows.outcomes import suspects_outcome
+    from segaudit.workflows.suspects import suspects as run_suspects
 
     with user_errors():
         check_format(fmt)
@@ -160,4 +160,4 @@ def suspects(
         show(suspects_rich(record, pairs, top), lambda: format_frame(frame, fmt), fmt)
         if fmt != "table":
             err.print(summary_line(record["suspects"]), highlight=False)
-    finish(flagged_if(too_many_flagged(record, cfg.gate)))
+    finish(suspects_outcome(record, cfg.gate))

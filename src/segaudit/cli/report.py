@@ -188,10 +188,10 @@ def scope(
     """Scope analysis: mIoU by strategy, model and dataset, and whether it is too uniform."""
     from segaudit.core.config import compose
     from segaudit.core.errors import ConfigError
-    from segaudit.core.outcome import flagged_if
     from segaudit.diagnostics.scope import run_scope
     from segaudit.report.terminal import SCOPE_FORMATS, check_format, filter_table, format_scope, scope_rich
     from segaudit.runs.records import load_table, runs_root
+    from segaudit.workflows.outcomes import scope_outcome
 
     with user_errors():
         check_format(fmt, SCOPE_FORMATS)
@@ -202,4 +202,4 @@ def scope(
         table = filter_table(load_table(runs_root(cfg)), where) if where else None
         result = run_scope(cfg, table_file, table=table, phase=phase)
         show(scope_rich(result), lambda: format_scope(result, fmt), fmt)
-    finish(flagged_if(result["systematic"]))
+    finish(scope_outcome(result))

@@ -42,8 +42,8 @@ def retrain(
 ) -> None:
     """Phase 2A/2B: retrain a sweep of models x datasets x seeds with a loss tier."""
     from segaudit.core.config import compose
+    from segaudit.workflows.outcomes import sweep_outcome
     from segaudit.workflows.retrain import retrain as run_retrain
-    from segaudit.workflows.retrain import sweep_outcome
 
     with user_errors():
         results = run_retrain(compose(overrides or []), list(overrides or []))

@@ -27,8 +27,8 @@ def validate(
     """Phase 3: the validation gates (noise, robustness, generalization, cross-dataset)."""
     from segaudit.core.config import compose, override_keys
     from segaudit.report.terminal import cross_matrix_table, validate_panel
+    from segaudit.workflows.outcomes import validate_outcome
     from segaudit.workflows.validate import validate as run_validate
-    from segaudit.workflows.validate import validate_outcome
 
     with user_errors():
         runs_or_files = [t for t in targets if "=" not in t]

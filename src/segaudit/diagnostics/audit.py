@@ -9,76 +9,82 @@ images and the red flags rest on the information evidence (`segaudit.measure.evi
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from segaudit import runs
 from segaudit.core.config import load_group_option
-from segaudit.core.devices import amp_dtype, device_label, resolve_device
+from segaudit.core.devices import amp_dtype
 from segaudit.core.errors import ConfigError
-from segaudit.core.outcome import Outcome, flagged_if
 from segaudit.data import build_dataset, eval_loader, prepare_dataset
 from segaudit.data.conditions import DeviceImages
-from segaudit.diagnostics.card_probe import probe_card
 from segaudit.measure.evaluation import batch_indices, predict_logits
 from segaudit.measure.evidence import Bootstrap, Estimate, audit_evidence
 from segaudit.measure.information import ImageScores, PerImage
 from segaudit.measure.metrics import AgreementMatrix, ConfusionMatrix
-from segaudit.measure.prior import analytic_prior
-from segaudit.models.checkpoints import TrainedModel, load_for_eval
-from segaudit.models.inference import Inference, build_inference, inference_record
-from segaudit.models.sources import CardAdapter
-from segaudit.runs.trackers import publish
+from segaudit.measure.prior import PriorResult
+from segaudit.models.checkpoints import TrainedModel
+from segaudit.models.inference import Inference
 
 CONDITIONS = ("real", "noise", "blank", "shuffled")
 
 
-def measurement_record(
-    cfg: DictConfig,
-    trained: TrainedModel,
-    phase: str,
-    command: str,
-    by_condition: dict,
-    device: torch.device,
-    run_id: str | None = None,
-    dataset: DictConfig | None = None,
-    **fields,
-) -> tuple[Path, dict]:
-    """A new run directory and a completed record for measurements of a trained model.
+@dataclass
+class AuditFindings:
+    """What an audit's measurements say about a model.
 
-    The record carries the model's identity (model, encoder, loss, seed, dataset and the
-    strategy of the run it came from), the real-input metrics as its `metrics` and every
-    condition's in `metrics_by_condition`; `fields` add the phase's own block.
+    Attributes:
+        miou: mIoU by input condition (real, noise, blank, shuffled).
+        prior_miou: the analytic prior's mIoU; majority_miou: the global majority's.
+        content_gain: real minus prior, in mIoU points.
+        evidence: the information evidence with its intervals (`audit_evidence`).
+        red_flags: one line per flag that fired (empty: the model reads the image).
+        finding: where to look against the mIoU the user's own pipeline reported.
     """
-    saved = trained.saved
-    source_record = runs.read_record(trained.ckpt_path.parent) if trained.source_run else {}
-    run_cfg = cfg.copy()
-    run_cfg.phase = phase
-    run_cfg.dataset = saved.dataset if dataset is None else dataset
-    run_cfg.seed = saved.seed
-    run_cfg.strategy = source_record.get("strategy", saved.strategy)
-    run_cfg.run_id = run_id
-    return runs.open_run(
-        run_cfg,
-        command,
-        encoder=saved.model.encoder,
-        model=(phase == "audit" and cfg.audit.get("model_label")) or saved.choices.model,
-        loss=saved.choices.loss,
-        train_condition=saved.train_condition.name,
-        eval_condition="real",
-        status="completed",
-        step=trained.step,
-        metrics=by_condition["real"],
-        metrics_by_condition=by_condition,
-        history=[{"step": 0, "condition": name, **m} for name, m in by_condition.items()],
-        device=device_label(device),
-        finished_at=runs.now(),
-        **fields,
+
+    miou: dict[str, float]
+    prior_miou: float
+    majority_miou: float
+    content_gain: float
+    evidence: dict
+    red_flags: list[str]
+    finding: str | None
+
+
+def audit_findings(
+    results: dict[str, dict],
+    per_image: dict[str, PerImage],
+    prior: PriorResult,
+    gate: DictConfig,
+    reported_miou: float | None,
+) -> AuditFindings:
+    """The findings of measured conditions: the information evidence with its intervals
+    and the red flags on it (`gate.rule: miou`: the investigation's mIoU rules), and the
+    finding against a reported mIoU."""
+    miou = {name: results[name]["miou"] for name in CONDITIONS}
+    rules = gate.evidence
+    found = audit_evidence(
+        per_image,
+        prior.reference["location"],
+        prior.reference["global"],
+        Bootstrap(len(per_image["real"]), int(rules.draws), float(rules.confidence)),
+    )
+    literal = gate.get("rule", "evidence") == "miou"
+    at_prior = prior.per_pixel["miou"]
+    flags = red_flags(miou, at_prior, gate) if literal else evidence_flags(found, miou, at_prior, gate)
+    return AuditFindings(
+        miou=miou,
+        prior_miou=at_prior,
+        majority_miou=prior.majority["miou"],
+        content_gain=miou["real"] - at_prior,
+        evidence=found,
+        red_flags=flags,
+        finding=reported_finding(
+            miou["real"], at_prior, reported_miou, float(gate.fault_margin), None if literal else _at_prior(found)
+        ),
     )
 
 
@@ -100,29 +106,6 @@ class RealAndShuffled(Dataset):
         return image, other, mask
 
 
-def audit(cfg: DictConfig, target: str, command: str = "", on_given_dataset: bool = False) -> dict:
-    """`segaudit audit`: evaluate a model on real/noise/blank/shuffled inputs.
-
-    `target` is a run id, a segaudit checkpoint or an external model (`segaudit.models.sources`).
-    The val split of the dataset the model was trained on, or with `on_given_dataset`
-    the config's dataset (`dataset=...` overrides), whose class count must be the model's;
-    an external model is always measured on the config's dataset.
-
-    Pictures of an audit are `segaudit.report.pictures.audit_pictures`' business.
-
-    Returns:
-        The audit's run record (`phase=audit`); its `audit` block holds each condition's
-        metrics, the analytic prior's mIoU, the content gain (real - prior), the pixel
-        agreement between predictions on real and on noise input, the red flags, and for
-        an external model that scores near the prior the preprocessing probe's suggestion.
-    """
-    t0 = time.perf_counter()
-    device = resolve_device(str(cfg.device))
-    trained = load_for_eval(cfg, target, device)
-    dcfg = given_dataset(cfg, trained) if on_given_dataset else trained.saved.dataset
-    return audit_trained(cfg, trained, dcfg, device, command, t0)
-
-
 def given_dataset(cfg: DictConfig, trained: TrainedModel) -> DictConfig:
     dcfg = prepare_dataset(cfg.dataset, cfg.paths.cache)
     if int(dcfg.num_classes) != int(trained.saved.dataset.num_classes):
@@ -131,92 +114,6 @@ def given_dataset(cfg: DictConfig, trained: TrainedModel) -> DictConfig:
             f"{trained.saved.dataset.num_classes} (give a dataset.label_map)"
         )
     return dcfg
-
-
-def audit_trained(
-    cfg: DictConfig,
-    trained: TrainedModel,
-    dcfg: DictConfig,
-    device: torch.device,
-    command: str = "",
-    t0: float | None = None,
-) -> dict:
-    """The audit of a model already loaded on `device` (`audit`, and `segaudit.audit_model`)."""
-    t0 = time.perf_counter() if t0 is None else t0
-    infer = build_inference(trained.model, dcfg, cfg.get("inference"))
-    results, per_image = measure_conditions(cfg, trained.model, dcfg, device, infer)
-    return finish_audit(cfg, trained, dcfg, device, results, inference_record(infer), command, t0, per_image)
-
-
-def finish_audit(
-    cfg: DictConfig,
-    trained: TrainedModel,
-    dcfg: DictConfig,
-    device: torch.device,
-    results: dict[str, dict],
-    inference: dict,
-    command: str,
-    t0: float,
-    per_image: dict[str, PerImage],
-) -> dict:
-    """The audit record of measured conditions: prior, content gain, the information
-    evidence with its intervals, red flags, the finding against a reported mIoU, and the
-    card probe for a card-wrapped model near the prior."""
-    prior = analytic_prior(dcfg)
-    miou = {name: results[name]["miou"] for name in CONDITIONS}
-    rules = cfg.gate.evidence
-    found = audit_evidence(
-        per_image,
-        prior.reference["location"],
-        prior.reference["global"],
-        Bootstrap(len(per_image["real"]), int(rules.draws), float(rules.confidence)),
-    )
-    literal = cfg.gate.get("rule", "evidence") == "miou"
-    flags = (
-        red_flags(miou, prior.per_pixel["miou"], cfg.gate)
-        if literal
-        else evidence_flags(found, miou, prior.per_pixel["miou"], cfg.gate)
-    )
-    block = {
-        "source": str(trained.ckpt_path),
-        "source_run": trained.source_run,
-        "miou": miou,
-        "prior_miou": prior.per_pixel["miou"],
-        "majority_miou": prior.majority["miou"],
-        "content_gain": miou["real"] - prior.per_pixel["miou"],
-        "inference": inference,
-        "agreement_real_noise": results["noise"]["agreement"],
-        "metrics": results,
-        "evidence": found,
-        "red_flags": flags,
-        "reported_miou": cfg.audit.reported_miou,
-        "finding": reported_finding(
-            miou["real"],
-            prior.per_pixel["miou"],
-            cfg.audit.reported_miou,
-            float(cfg.gate.fault_margin),
-            None if literal else _at_prior(found),
-        ),
-        "probe": None,
-    }
-    near_prior = miou["real"] - block["prior_miou"] <= float(cfg.audit.probe_below_prior_plus)
-    if isinstance(trained.model, CardAdapter) and cfg.audit.probe and near_prior:
-        block["probe"] = probe_card(cfg, trained.model, dcfg, device, miou["real"])
-    folder, record = measurement_record(
-        cfg,
-        trained,
-        "audit",
-        command,
-        results,
-        device,
-        None if cfg.run_id is None else str(cfg.run_id),
-        dataset=dcfg,
-        audit=block,
-    )
-    record["timings"]["total_s"] = time.perf_counter() - t0
-    runs.write_record(folder, record)
-    publish(cfg, folder, record)
-    return record
 
 
 @torch.inference_mode()
@@ -375,8 +272,3 @@ def reported_finding(
     return (
         f"your pipeline reported {reported:.1f}; it scores {real:.1f} here: the two agree, so the score is the model's"
     )
-
-
-def audit_outcome(record: dict) -> Outcome:
-    """An audit is `FLAGGED` when one of its red flags fired."""
-    return flagged_if(record["audit"]["red_flags"])

@@ -12,7 +12,7 @@ the encoder as a frozen backbone, which the investigation leaves open.
 from __future__ import annotations
 
 import copy
-import time
+from dataclasses import dataclass
 from itertools import cycle
 
 import torch
@@ -20,16 +20,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from segaudit import runs
-from segaudit.core.devices import resolve_device
 from segaudit.core.errors import ConfigError
 from segaudit.data import build_dataset, eval_loader
-from segaudit.diagnostics.audit import given_dataset
 from segaudit.measure.metrics import ConfusionMatrix
 from segaudit.measure.prior import analytic_prior
-from segaudit.models.checkpoints import load_for_eval
 from segaudit.models.inference import DEFAULT_STRIDE, pad_to_multiple
-from segaudit.runs.trackers import publish
 from segaudit.train.engine import seed_everything
 
 
@@ -147,56 +142,27 @@ def check_probe_settings(settings: DictConfig) -> None:
         raise ConfigError(f"backbone_probe.lr={settings.lr!r}: need a positive number")
 
 
-def run_probe(cfg: DictConfig, target: str, command: str = "", on_given_dataset: bool = False) -> dict:
-    """`segaudit probe RUN|SOURCE`: probe the frozen encoder, a random one and the prior;
-    record it (`phase=probe`) and return the record.
+@dataclass
+class BackboneProbe:
+    """Linear heads on a frozen encoder and on a random one of the same architecture.
 
-    `target` is anything `segaudit audit` takes whose modules are reachable (a run id, a
-    segaudit checkpoint, an smp folder, weights with a factory, a torchvision model). The
-    dataset is the one the model was trained on, or with `on_given_dataset` (and always
-    for an external model) the config's.
+    Attributes:
+        encoder: the head on the model's own encoder: metrics on val (`miou`, ...).
+        random: the same head on a randomly initialised copy of the encoder.
+        prior_miou: the analytic prior's mIoU on the same val split.
     """
-    t0 = time.perf_counter()
-    settings = cfg.backbone_probe
-    check_probe_settings(settings)
-    if cfg.run_id is not None:
-        runs.check_new_run_id(runs.runs_root(cfg), str(cfg.run_id))
-    device = resolve_device(str(cfg.device))
-    trained = load_for_eval(cfg, target, device)
-    encoder = find_encoder(trained.model)
-    dcfg = given_dataset(cfg, trained) if on_given_dataset else trained.saved.dataset
-    seed = int(cfg.seed)
-    real = probe_encoder(encoder, dcfg, settings, device, seed)
-    random = probe_encoder(random_copy(encoder, seed), dcfg, settings, device, seed)
-    prior = analytic_prior(dcfg).per_pixel["miou"]
-    block = {
-        "source": str(trained.ckpt_path),
-        "source_run": trained.source_run,
-        "encoder_miou": real["miou"],
-        "random_miou": random["miou"],
-        "prior_miou": prior,
-        "content_over_random": real["miou"] - random["miou"],
-        "iters": int(settings.iters),
-        "features": str(settings.features),
-        "random_metrics": random,
-    }
-    run_cfg = cfg.copy()
-    run_cfg.phase, run_cfg.dataset = "probe", dcfg
-    run_cfg.strategy = trained.saved.get("strategy", "external")
-    folder, record = runs.open_run(
-        run_cfg,
-        command,
-        model=trained.saved.choices.model,
-        encoder=trained.saved.model.encoder,
-        train_condition=trained.saved.train_condition.name,
-        eval_condition="real",
-        status="completed",
-        metrics=real,
-        metrics_by_condition={"real": real},
-        finished_at=runs.now(),
-        probe=block,
+
+    encoder: dict
+    random: dict
+    prior_miou: float
+
+
+def probe_backbone(
+    encoder: nn.Module, dcfg: DictConfig, settings: DictConfig, device: torch.device, seed: int
+) -> BackboneProbe:
+    """How much the encoder's features hold beyond a random encoder's and the prior."""
+    return BackboneProbe(
+        encoder=probe_encoder(encoder, dcfg, settings, device, seed),
+        random=probe_encoder(random_copy(encoder, seed), dcfg, settings, device, seed),
+        prior_miou=analytic_prior(dcfg).per_pixel["miou"],
     )
-    record["timings"]["total_s"] = time.perf_counter() - t0
-    runs.write_record(folder, record)
-    publish(cfg, folder, record)
-    return record

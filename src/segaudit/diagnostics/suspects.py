@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +32,10 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from segaudit import runs
-from segaudit.core.config import check_targets, load_group_option, load_yaml
+from segaudit.core.config import load_group_option
 from segaudit.core.devices import amp_dtype, resolve_device
 from segaudit.core.errors import ConfigError
-from segaudit.data import build_dataset, eval_loader, list_samples, prepare_dataset
-from segaudit.data.check import preflight
+from segaudit.data import build_dataset, eval_loader, list_samples
 from segaudit.data.sampler import size_grouped_batches
 from segaudit.measure.evaluation import evaluate, predict_labels
 from segaudit.measure.evidence import Bootstrap, misaligned_share, reads_content
@@ -44,7 +43,6 @@ from segaudit.measure.information import PER_IMAGE_FILE, ImageScores, PerImage, 
 from segaudit.measure.prior import PRIOR_FILE, analytic_prior, leave_one_out_scores, prior_map
 from segaudit.models.checkpoints import load_for_eval
 from segaudit.models.inference import build_inference
-from segaudit.runs.trackers import publish
 from segaudit.train.engine import check_train_settings, train
 
 SUSPECTS_FILE = "suspects.json"
@@ -262,50 +260,6 @@ def summary_line(summary: dict) -> str:
     return line
 
 
-def find_suspects(cfg: DictConfig, command: str = "") -> dict:
-    """`segaudit suspects`: cross-fit, score and flag every pair; record it (`phase=suspects`).
-
-    The pair scores are kept beside the record in `suspects.json`; the record holds the
-    summary. A bad setting or a data error is refused before anything is written.
-    """
-    t0 = time.perf_counter()
-    cfg = cfg.copy()
-    check_suspects_settings(cfg)
-    if cfg.run_id is not None:
-        runs.check_new_run_id(runs.runs_root(cfg), str(cfg.run_id))
-    cfg.dataset = prepare_dataset(cfg.dataset, cfg.paths.cache)
-    if cfg.data_check.before_train:
-        preflight(cfg.dataset, skip_bad=bool(cfg.data_check.skip_bad))
-    run_id, cfg.run_id = cfg.run_id, None
-    scores, fold_runs = cross_fit(cfg, command)
-    summary = summarize_pairs(scores)
-    rcfg = cfg.copy()
-    rcfg.phase, rcfg.strategy, rcfg.run_id = "suspects", "suspects", run_id
-    folder, record = runs.open_run(
-        rcfg,
-        command,
-        model=cfg.choices.model,
-        encoder=cfg.model.encoder,
-        status="completed",
-        finished_at=runs.now(),
-        steps=fold_runs,
-        suspects={
-            **summary,
-            "folds": int(cfg.suspects.folds),
-            "flag_below": float(cfg.suspects.flag_below),
-            "iters": fold_iters(cfg),
-            "file": SUSPECTS_FILE,
-        },
-    )
-    pairs = [asdict(s) for s in sorted(scores, key=lambda s: (not s.flagged, s.score))]
-    text = json.dumps(runs.json_safe(pairs), indent=0, allow_nan=False)
-    runs.atomic_write(folder / SUSPECTS_FILE, lambda fh: fh.write(text))
-    record["timings"]["total_s"] = time.perf_counter() - t0
-    runs.write_record(folder, record)
-    publish(cfg, folder, record)
-    return record
-
-
 def read_pairs(root: Path, run_id: str) -> list[dict]:
     """The pair scores of a suspects run (flagged first, lowest score first)."""
     path = root / runs.check_run_id(run_id) / SUSPECTS_FILE
@@ -318,37 +272,6 @@ def read_pairs(root: Path, run_id: str) -> list[dict]:
     if not isinstance(pairs, list) or not all(isinstance(p, dict) and "stem" in p for p in pairs):
         raise ConfigError(f"{path}: not a list of pair scores")
     return pairs
-
-
-def diagnose_config(cfg: DictConfig, diagnose_id: str) -> DictConfig:
-    """The config a diagnose ran with (its dataset, model, training), to cross-fit it later."""
-    root = runs.runs_root(cfg)
-    runs.read_gate_record(root, diagnose_id)
-    path = root / diagnose_id / runs.CONFIG
-    saved = load_yaml(path)
-    check_targets(saved, str(path))  # a run folder is a file anyone could edit
-    out = cfg.copy()
-    for key in ("dataset", "model", "loss", "optim", "train", "seed", "choices", "inference"):
-        if key in saved:
-            out[key] = saved[key]
-    out.run_id, out.diagnose_id = None, diagnose_id
-    return out
-
-
-def suspects(cfg: DictConfig, diagnose_id: str | None = None, command: str = "") -> tuple[dict, list[dict]]:
-    """`segaudit suspects`: the suspects record and its pair scores.
-
-    With `diagnose_id`, the diagnose's own pair scoring when it ran one, else a new
-    cross-fit with the dataset, model and training that diagnose used.
-    """
-    root = runs.runs_root(cfg)
-    if diagnose_id is not None:
-        done = runs.read_gate_record(root, diagnose_id).get("steps", {}).get("suspects")
-        if done:
-            return runs.read_record(root / runs.check_run_id(done)), read_pairs(root, done)
-        cfg = diagnose_config(cfg, diagnose_id)
-    record = find_suspects(cfg, command)
-    return record, read_pairs(root, record["run_id"])
 
 
 def too_many_flagged(record: dict, gate: DictConfig) -> bool:

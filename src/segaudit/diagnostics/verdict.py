@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from segaudit.core.outcome import Outcome
 from segaudit.measure.evidence import Comparison, Estimate, Information
 
 HEALTHY, PIPELINE_FAULT, SPATIAL_SHORTCUT, INCONCLUSIVE = (
@@ -48,12 +47,6 @@ HEALTHY, PIPELINE_FAULT, SPATIAL_SHORTCUT, INCONCLUSIVE = (
     "SPATIAL_SHORTCUT",
     "INCONCLUSIVE",
 )
-OUTCOMES = {
-    HEALTHY: Outcome.OK,
-    PIPELINE_FAULT: Outcome.FLAGGED,
-    SPATIAL_SHORTCUT: Outcome.FLAGGED,
-    INCONCLUSIVE: Outcome.INCONCLUSIVE,
-}
 DECISIVE = (HEALTHY, PIPELINE_FAULT, SPATIAL_SHORTCUT)
 
 NEXT_CHECKS = [

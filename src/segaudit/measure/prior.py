@@ -31,14 +31,12 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from segaudit import runs
 from segaudit.core.errors import DataError
-from segaudit.data import list_samples, prepare_dataset
+from segaudit.data import list_samples
 from segaudit.data.folder import read_mask
 from segaudit.data.labels import label_lut
-from segaudit.measure.information import PER_IMAGE_FILE, PerImage, label_scores, save_per_image, stack_rows
+from segaudit.measure.information import PerImage, label_scores, stack_rows
 from segaudit.measure.metrics import confusion_matrix, summarize
-from segaudit.runs.trackers import publish
 
 PRIOR_FILE = "prior.pt"
 PSEUDO_COUNTS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # leave-one-out picks one
@@ -409,47 +407,3 @@ def analytic_prior(dcfg: DictConfig, workers: int | None = None) -> PriorResult:
         reference=reference,
         val_stems=[s.stem for s in val_samples],
     )
-
-
-def run_prior(cfg: DictConfig, command: str = "") -> dict:
-    """`segaudit prior`: compute the prior, record it as a run (`phase=prior`), return the record.
-
-    The class counts are saved beside the record (`prior.pt`); `segaudit.report.pictures`
-    draws them."""
-    cfg = cfg.copy()
-    cfg.phase = "prior"
-    cfg.dataset = prepare_dataset(cfg.dataset, cfg.paths.cache)
-    result = analytic_prior(cfg.dataset)  # data errors surface before a run directory exists
-    folder, record = runs.open_run(
-        cfg,
-        command,
-        model="analytic_prior",
-        strategy="analytic_prior",
-        train_condition="labels",
-        eval_condition="labels",
-        status="completed",
-        metrics=result.per_pixel,
-        history=[{"step": 0, "condition": "labels", **result.per_pixel}],
-        prior={
-            "size": list(result.size),
-            "n_train": result.n_train,
-            "n_val": result.n_val,
-            "majority_class": result.majority_class,
-            "majority_class_name": cfg.dataset.class_names[result.majority_class],
-            "majority": result.majority,
-            "per_pixel": result.per_pixel,
-            "reported": "per-pixel argmax at evaluation resolution, no augmentation",
-            "labels_per_s": result.n_train / max(result.seconds, 1e-9),
-            "pseudo_count": result.pseudo_count,
-            "nll_bits": {name: ref.bits_per_pixel for name, ref in result.reference.items()},
-        },
-        finished_at=runs.now(),
-    )
-    record["timings"]["total_s"] = result.seconds
-    torch.save({"counts": result.counts, "class_names": list(cfg.dataset.class_names)}, folder / PRIOR_FILE)
-    save_per_image(
-        folder / PER_IMAGE_FILE, {f"0/{name}": ref for name, ref in result.reference.items()}, result.val_stems
-    )
-    runs.write_record(folder, record)
-    publish(cfg, folder, record)
-    return record

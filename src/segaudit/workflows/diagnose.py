@@ -28,16 +28,17 @@ from segaudit.core.errors import ConfigError
 from segaudit.data import build_dataset, list_samples, prepare_dataset
 from segaudit.data.check import preflight
 from segaudit.diagnostics.classes import class_rows, content_line
-from segaudit.diagnostics.suspects import check_suspects_settings, find_suspects, summary_line, training_pairs_test
+from segaudit.diagnostics.suspects import check_suspects_settings, summary_line, training_pairs_test
 from segaudit.diagnostics.verdict import DECISIVE, NEXT_CHECKS, PIPELINE_FAULT, Evidence, decide, next_steps, verdict
 from segaudit.measure.consistency import consistency_lines, split_consistency
 from segaudit.measure.evidence import Bootstrap, Estimate, diagnose_evidence
 from segaudit.measure.information import PER_IMAGE_FILE, PerImage, load_per_image
-from segaudit.measure.prior import run_prior
 from segaudit.models.losses import IMPLEMENTED_TIERS
 from segaudit.report.pictures import diagnose_plots
-from segaudit.runs.trackers import publish
 from segaudit.train.engine import check_train_settings, check_whole, end_paused_run, train
+from segaudit.workflows.prior import run_prior
+from segaudit.workflows.recording import record_finished
+from segaudit.workflows.suspects import find_suspects
 
 
 @dataclass
@@ -434,8 +435,6 @@ def diagnose(cfg: DictConfig, command: str = "", plots: Path | None = None) -> d
             ),
         },
     )
-    runs.write_record(folder, record)
     if plots is not None:
-        diagnose_plots(cfg, record, prior, Path(plots))
-    publish(cfg, folder, record)
-    return record
+        diagnose_plots(cfg, record, prior, Path(plots))  # lists the pictures in the record
+    return record_finished(cfg, folder, record)

@@ -30,7 +30,6 @@ from omegaconf import DictConfig
 from segaudit import runs
 from segaudit.core.datafiles import check_plain, check_regular_file
 from segaudit.core.errors import ConfigError
-from segaudit.core.outcome import Outcome, flagged_if
 from segaudit.models.sources import ModelCard
 from segaudit.workflows.retrain import SweepRun, launch
 
@@ -186,8 +185,3 @@ def _completed_record(folder: Path) -> dict | None:
     except ConfigError:
         return None
     return record if record.get("status") == "completed" else None
-
-
-def inventory_outcome(results: list[dict]) -> Outcome:
-    """An inventory is `FLAGGED` when a row failed or a model's audit raised a red flag."""
-    return flagged_if(any(r["status"] == "failed" or r.get("red_flags") for r in results))

@@ -27,10 +27,11 @@ from segaudit.core.config import load_group_option
 from segaudit.core.errors import ConfigError, DataError, first_line
 from segaudit.data import build_dataset, eval_loader, prepare_dataset
 from segaudit.data.conditions import DeviceImages
-from segaudit.diagnostics.audit import CONDITIONS, RealAndShuffled, finish_audit
+from segaudit.diagnostics.audit import CONDITIONS, RealAndShuffled
 from segaudit.measure.information import label_scores, stack_rows
 from segaudit.measure.metrics import AgreementMatrix, ConfusionMatrix
 from segaudit.models.checkpoints import TrainedModel, external_identity
+from segaudit.workflows.audit import finish_audit
 
 MANIFEST = "manifest.json"
 

@@ -25,9 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from segaudit import runs
 from segaudit.core.config import compose, config_groups
 from segaudit.core.errors import ConfigError, SegauditError, TrainingFailed
-from segaudit.core.outcome import Outcome, flagged_if
-from segaudit.diagnostics.audit import audit
 from segaudit.train.engine import check_train_settings, train
+from segaudit.workflows.audit import audit
 
 TIER_LOSS = {0: "ce", 1: "tier1", 2: "tier2", 3: "tier3"}
 GATE_TIER = {"2A": 1, "2B": 2}
@@ -303,8 +302,3 @@ def _whole(value, key: str) -> int:
         return int(float(value))
     except (TypeError, ValueError):
         raise ConfigError(f"{key}={value}: expected a whole number") from None
-
-
-def sweep_outcome(results: list[dict]) -> Outcome:
-    """A sweep is `FLAGGED` when one of its runs failed."""
-    return flagged_if(any(r["status"] == "failed" for r in results))

@@ -24,19 +24,17 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segaudit import runs
 from segaudit.core.config import load_group_option
 from segaudit.core.devices import amp_dtype, resolve_device
 from segaudit.core.errors import ConfigError, DataError
-from segaudit.core.outcome import Outcome, flagged_if
 from segaudit.data import build_dataset, eval_loader, prepare_dataset
 from segaudit.data.conditions import DeviceImages
-from segaudit.diagnostics.audit import measurement_record
 from segaudit.measure.evaluation import evaluate, predict_labels
 from segaudit.measure.metrics import AgreementMatrix, ConfusionMatrix
 from segaudit.models.checkpoints import TrainedModel, load_for_eval
 from segaudit.models.inference import Inference, build_inference, inference_record
-from segaudit.runs.trackers import publish
+from segaudit.workflows.audit import measurement_record
+from segaudit.workflows.recording import record_finished
 
 GAUSSIAN = "gaussian"
 
@@ -443,12 +441,4 @@ def _write_record(
     folder, record = measurement_record(
         cfg, item, "validate", command, by_condition, device, run_id, gates=passed_of_run, validate=block
     )
-    record["timings"]["total_s"] = seconds
-    runs.write_record(folder, record)
-    publish(cfg, folder, record)
-    return record
-
-
-def validate_outcome(result: dict) -> Outcome:
-    """Validation is `FLAGGED` when a gate failed (a skipped gate fails nothing)."""
-    return flagged_if(not result["passed"])
+    return record_finished(cfg, folder, record, seconds)
