@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segaudit.data.synthetic import SynthSpec, write_synthetic
+from segaudit.data.synthetic import SynthSpec, write_cityscapes_layout, write_synthetic
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core: one thread each, not two each competing.
@@ -18,12 +18,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # workers in collection order (--dist loadfile --no-loadscope-reorder), so that the
 # workers end together instead of one finishing a long module alone.
 SLOWEST_FIRST = (
-    "test_verdicts_hard.py",
+    "test_diagnose_scenes.py",
     "test_forensics.py",
-    "test_html_report.py",
+    "test_html.py",
     "test_sources.py",
     "test_real_sizes.py",
-    "test_phases.py",
+    "test_diagnose.py",
 )
 
 
@@ -58,3 +58,10 @@ def tiny(synth_root, runs_root, tmp_path) -> list[str]:
         f"paths.runs={runs_root}",
         f"paths.cache={tmp_path / 'cache'}",
     ]
+
+
+# --------------------------------------------------------------------------- Cityscapes size
+@pytest.fixture(scope="module")
+def cityscapes_root(tmp_path_factory):
+    """The official layout at the real 1024x2048, 34 raw label ids."""
+    return write_cityscapes_layout(tmp_path_factory.mktemp("cityscapes"), {"train": 3, "val": 2})

@@ -3,6 +3,7 @@ mixed sizes, sizes off the model's stride, and JPEG inputs."""
 
 from __future__ import annotations
 
+import shutil
 import zlib
 from pathlib import Path
 
@@ -58,3 +59,29 @@ def with_dataset_yaml(data: Path, root: Path, content: bytes) -> Path:
         (root / name).symlink_to(data / name)
     (root / "dataset.yaml").write_bytes(content)
     return root
+
+
+def permute_masks(root: Path, out: Path, share: float, seed: int = 0) -> Path:
+    """A copy of `root` with `share` of its training masks moved one along a cycle among
+    their images (share 1: every pair broken), on disk, as a renaming bug would."""
+    shutil.copytree(root, out)
+    masks = sorted((out / "masks" / "train").glob("*.png"))
+    picked = [masks[i] for i in np.random.default_rng(seed).permutation(len(masks))[: round(share * len(masks))]]
+    data = [p.read_bytes() for p in picked]
+    for path, content in zip(picked, data[1:] + data[:1]):
+        path.write_bytes(content)
+    return out
+
+
+def copy_with_train_images(root: Path, out: Path, make) -> Path:
+    """A copy of `root` whose training images are replaced by `make(index, shape)`."""
+    shutil.copytree(root, out)
+    for index, path in enumerate(sorted((out / "images" / "train").glob("*.png"))):
+        shape = np.array(Image.open(path)).shape
+        Image.fromarray(make(index, shape)).save(path)
+    return out
+
+
+def data_overrides(tiny: list[str]) -> list[str]:
+    """The dataset and batch overrides of the `tiny` fixture (what a sweep passes on to each run)."""
+    return [o for o in tiny if o.startswith(("dataset.", "train.batch", "train.eval_batch"))]

@@ -1,8 +1,7 @@
-"""Pictures that need a model or a saved run: load, predict, then draw with `plots`.
-
-`plots` draws arrays and records and imports nothing of segaudit; `audit` and `prior`
-measure and draw nothing. This module sits above all three, so none of them imports
-another in a circle: the commands (and `diagnose`) call it after measuring.
+"""Pictures that need a model or a saved run: load, predict, then draw with
+`report.figures` (which draws arrays and records and imports nothing of segaudit).
+Measurements draw nothing; the commands and the diagnose workflow call this after
+measuring.
 """
 
 from __future__ import annotations

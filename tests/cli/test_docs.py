@@ -12,7 +12,7 @@ import typer
 from segaudit.cli import app
 from segaudit.cli.reference import command_reference
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
 
 

@@ -158,9 +158,9 @@ def test_report_plots_and_scope(tiny, runs_root, tmp_path):
 
 
 def test_report_diagnose_and_scope_paste_formats(trained, tmp_path):
-    from test_report_width import _verdict_record
+    from records import verdict_record
 
-    record = _verdict_record()
+    record = verdict_record()
     (trained / "gate-1").mkdir()
     (trained / "gate-1" / "record.json").write_text(json.dumps({**record, "phase": "gate"}))
     md = _run("report", "diagnose", "gate-1", "--format", "md", f"paths.runs={trained}")

@@ -37,7 +37,7 @@ def test_config_composes_instantiates_and_trains_one_step(group, option, tiny, s
             ]
         elif option in ("folder", "outside15k"):
             overrides.append(f"dataset.root={synth_root}")
-        else:  # official layouts: tests/test_presets.py builds a fixture for each
+        else:  # official layouts: tests/data/test_presets.py builds a fixture for each
             from test_presets import PRESETS
 
             root = synth_root.parent / f"layout_{option}"

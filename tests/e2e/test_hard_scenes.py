@@ -12,14 +12,13 @@ Known truth, at CPU sizes (64 px, DeepLabV3+/ResNet-18, the default data and tra
   until the curve is flat, is a SPATIAL_SHORTCUT.
 
 All of it trains for minutes, so every test here is `slow` (make test-full); the fast
-suite checks the same rules on numbers (tests/test_phases.py) and one short end-to-end
-run of INCONCLUSIVE against PIPELINE_FAULT (test_short_budget_tells_a_broken_pipeline_apart).
+suite checks the same rules on numbers (tests/workflows/test_diagnose.py) and one short
+end-to-end run (tests/workflows/test_diagnose_scenes.py).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from scenes import copy_with_train_images, permute_masks
 from segaudit.cli import app
 from segaudit.data.synthetic import SynthSpec, write_synthetic
 from segaudit.diagnostics.verdict import HEALTHY, INCONCLUSIVE, PIPELINE_FAULT, SPATIAL_SHORTCUT
@@ -66,88 +66,6 @@ def _diagnose(root: Path, runs: Path, *extra: str) -> tuple[int, dict]:
     return result.exit_code, json.loads((runs / "d" / "record.json").read_text())
 
 
-def _permute_masks(root: Path, out: Path, share: float, seed: int = 0) -> Path:
-    """A copy of `root` with `share` of its training masks moved one along a cycle among
-    their images (share 1: every pair broken), on disk, as a renaming bug would."""
-    shutil.copytree(root, out)
-    masks = sorted((out / "masks" / "train").glob("*.png"))
-    picked = [masks[i] for i in np.random.default_rng(seed).permutation(len(masks))[: round(share * len(masks))]]
-    data = [p.read_bytes() for p in picked]
-    for path, content in zip(picked, data[1:] + data[:1]):
-        path.write_bytes(content)
-    return out
-
-
-def _copy_with_train_images(root: Path, out: Path, make) -> Path:
-    """A copy of `root` whose training images are replaced by `make(index, shape)`."""
-    shutil.copytree(root, out)
-    for index, path in enumerate(sorted((out / "images" / "train").glob("*.png"))):
-        shape = np.array(Image.open(path)).shape
-        Image.fromarray(make(index, shape)).save(path)
-    return out
-
-
-@pytest.fixture(scope="module")
-def small_scenes(tmp_path_factory) -> dict[str, Path]:
-    """64 + 128 colour scenes of 32 px, clean and with every training mask moved one image
-    along; and 256 + 128 with 30% of them moved (fewer passes over each training pair, so
-    the model memorises fewer of the broken ones)."""
-    base = tmp_path_factory.mktemp("small")
-    clean = write_synthetic(base / "clean", SynthSpec(n_train=64, n_val=128, size=32))
-    more = write_synthetic(base / "more", SynthSpec(n_train=256, n_val=128, size=32))
-    return {
-        "clean": clean,
-        "broken": _permute_masks(clean, base / "broken", share=1.0),
-        "partial": _permute_masks(more, base / "partial", share=0.3),
-    }
-
-
-@pytest.mark.parametrize("case,expected", [("broken", PIPELINE_FAULT), ("clean", HEALTHY), ("partial", PIPELINE_FAULT)])
-def test_short_budget_tells_a_broken_pipeline_apart(small_scenes, tmp_path, case, expected):
-    """The fast end-to-end check on 32 px colour scenes, 120 steps. With every training
-    mask moved one image along, trained in stages of 60 and 120 steps: at 60 the control
-    is still learning where classes sit, so a clean model could still pull away from it
-    (INCONCLUSIVE, not a fault); at 120 it is done, and the broken pipeline is a
-    PIPELINE_FAULT while the clean one is HEALTHY. With 30% of the masks moved, the model
-    reads content from the rest, but explains its own training pairs less than val
-    pairs: a PIPELINE_FAULT without the pair scoring."""
-    budget = (
-        ["train.iters=auto", "diagnose.first_iters=60", "diagnose.max_iters=120"]
-        if case == "broken"
-        else ["train.iters=120"]
-    )
-    result = runner.invoke(
-        app,
-        [
-            "diagnose",
-            "dataset=folder",
-            f"dataset.root={small_scenes[case]}",
-            "dataset.cache_in_memory=true",
-            "dataset.transform.crop=[32,32]",
-            "dataset.transform.scale=[0.75,1.25]",
-            "train.progress=false",
-            f"paths.runs={tmp_path}",
-            "run_id=d",
-            "--no-noise-train",
-            "--no-suspects",
-            "diagnose.tier1=false",
-            *budget,
-        ],
-    )
-    record = json.loads((tmp_path / "d" / "record.json").read_text())
-    assert record["verdict"] == expected, record["reasons"]
-    assert result.exit_code == {HEALTHY: 0, PIPELINE_FAULT: 1}[expected]
-    if case == "broken":
-        stages = record["evidence"]["budget"]["stages"]
-        assert [s["step"] for s in stages] == [60, 120] and stages[0]["verdict"] == INCONCLUSIVE, stages
-        assert "the control is still learning" in stages[0]["reason"]
-    if case == "partial":  # measured: about 28% [20%, 36%]
-        assert "of the training pairs look misaligned" in record["reasons"][0]
-        assert 0.1 < record["evidence"]["misaligned"]["share"]["value"] < 0.4
-    elif case == "clean":  # measured: -6% [-10%, -2%]
-        assert record["evidence"]["misaligned"]["share"]["low"] < 0.1
-
-
 @pytest.mark.slow
 def test_clean_hard_pipeline_short_budget_is_inconclusive_with_a_next_step(hard, tmp_path):
     code, record = _diagnose(hard, tmp_path / "runs", f"train.iters={SHORT}", "--no-suspects")
@@ -176,14 +94,14 @@ def test_clean_hard_pipeline_adaptive_budget_becomes_healthy(hard, tmp_path):
 def test_broken_pipelines_are_faults_at_the_short_budget(hard, tmp_path, fault):
     broken = tmp_path / "broken"
     if fault == "shuffled":
-        _permute_masks(hard, broken, share=1.0)
+        permute_masks(hard, broken, share=1.0)
     elif fault == "noise":
         rng = np.random.default_rng(0)
-        _copy_with_train_images(hard, broken, lambda i, shape: rng.integers(0, 256, shape, dtype=np.uint8))
+        copy_with_train_images(hard, broken, lambda i, shape: rng.integers(0, 256, shape, dtype=np.uint8))
     else:
         other = write_synthetic(tmp_path / "other", SynthSpec(n_train=400, n_val=1, seed=7, **HARD))
         others = sorted((other / "images" / "train").glob("*.png"))
-        _copy_with_train_images(hard, broken, lambda i, shape: np.array(Image.open(others[i])))
+        copy_with_train_images(hard, broken, lambda i, shape: np.array(Image.open(others[i])))
     code, record = _diagnose(broken, tmp_path / "runs", f"train.iters={SHORT}", "--no-suspects")
     assert record["verdict"] == PIPELINE_FAULT and code == 1, record["reasons"]
     assert "no aligned content reaches the model" in record["reasons"][0]
@@ -197,7 +115,7 @@ def test_partial_fault_on_hard_scenes_is_caught(hard, tmp_path):
     PIPELINE_FAULT without the cross-fitted pair scoring, whose half-data fold models read
     too little of these scenes to tell pairs apart. The estimate errs low (measured: about
     14% [5%, 23%] for the true 30%)."""
-    broken = _permute_masks(hard, tmp_path / "partial", share=0.3)
+    broken = permute_masks(hard, tmp_path / "partial", share=0.3)
     code, record = _diagnose(broken, tmp_path / "runs", "train.iters=1600", "--no-suspects")
     assert record["verdict"] == PIPELINE_FAULT and code == 1, record["reasons"]
     assert "of the training pairs look misaligned" in record["reasons"][0]

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from records import verdict_record
 from segaudit.diagnostics.scope import compare_table, scope
 from segaudit.report.terminal import (
     compare_rich,
@@ -103,38 +104,12 @@ def _validate_record() -> dict:
     }
 
 
-def _verdict_record() -> dict:
-    return {
-        "schema": 1,
-        "run_id": "261124-022122-diagnose-8d95",
-        "phase": "gate",
-        "status": "completed",
-        "verdict": "SPATIAL_SHORTCUT",
-        "reasons": ["noise-trained model 38.1 > 0.7 x real-trained 40.2"],
-        "evidence": {
-            "prior": 31.9,
-            "majority": 12.0,
-            "real": 40.2,
-            "real_on_noise": 33.0,
-            "shuffled": 30.1,
-            "noise_trained": 38.1,
-            "tier1": 34.0,
-            "notes": [],
-        },
-        "steps": {
-            k: f"261124-0221{i:02d}-diagnose-{k[:4]}"
-            for i, k in enumerate(["prior", "baseline", "shuffled", "noise", "tier1"])
-        },
-        "gate": {"preset": "seed", "decision": "2A", "why": "tier-1 mIoU 34.0 in [30, 35]", "next_checks": []},
-    }
-
-
 @pytest.mark.parametrize("name", ["validate", "verdict", "compare", "scope", "matrix"])
 def test_views_fit_100_columns_without_cutting_cells(name):
     table = _stress_table()
     renderable = {
         "validate": lambda: validate_panel(_validate_record()),
-        "verdict": lambda: verdict_panel(_verdict_record()),
+        "verdict": lambda: verdict_panel(verdict_record()),
         "compare": lambda: compare_rich(
             compare_table(table, "strategy", "tier2-frozen-encoder"), "strategy", "tier2-frozen-encoder"
         ),

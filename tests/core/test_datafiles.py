@@ -121,7 +121,7 @@ def test_dataset_yaml_interpolation_is_refused_not_resolved(synth_root, tmp_path
 
 @pytest.mark.parametrize(
     "text,message",
-    [  # found by tests/test_fuzz_files.py
+    [  # found by tests/core/test_fuzz_files.py
         ("class_names: true\n", "expected a list of names, got True"),
         ("num_classes: 8\nignore_index: true\n", "ignore_index: True is not a label id"),
         ('num_classes: 8\nclass_colors: {"a\\nb": "${oc.env:HOME}"}\n', "class_colors.'a\\nb': '${...}'"),

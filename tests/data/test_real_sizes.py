@@ -4,8 +4,6 @@ that used to end in tracebacks or silent surprises."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,24 +13,21 @@ from torch import nn
 from torchvision.transforms.v2 import functional as F
 from typer.testing import CliRunner
 
-from expected import audit_exit, read, suspects_exit
+from expected import audit_exit, read
 from scenes import write_folder
 from segaudit.cli import app
-from segaudit.core.config import compose, load_group_option
+from segaudit.core.config import compose
 from segaudit.core.errors import ConfigError
 from segaudit.data import build_dataset, eval_loader, prepare_dataset
 from segaudit.data import check as check_module
 from segaudit.data import transforms as transforms_module
 from segaudit.data.check import alignment_probe, check_dataset
 from segaudit.data.sampler import size_grouped_batches
-from segaudit.data.synthetic import write_cityscapes_layout
 from segaudit.measure.evaluation import evaluate, predict_labels
 from segaudit.measure.metrics import ConfusionMatrix
 from segaudit.measure.prior import analytic_prior
 from segaudit.models.build import build_model
-from segaudit.models.checkpoints import load_for_eval
 from segaudit.models.inference import Inference, inference_settings, model_stride, pad_to_multiple, window_origins
-from segaudit.runs.records import load_table
 
 runner = CliRunner()
 PROBE_SIZES = [(48, 48), (72, 72), (128, 128), (96, 160), (512, 1024)]
@@ -374,13 +369,6 @@ def test_mixed_sizes_are_information_not_errors(tmp_path):
     assert not check_dataset(_dataset_cfg(mixed_train)).errors  # crop: auto
 
 
-# --------------------------------------------------------------------------- Cityscapes size
-@pytest.fixture(scope="module")
-def cityscapes_root(tmp_path_factory):
-    """The official layout at the real 1024x2048, 34 raw label ids."""
-    return write_cityscapes_layout(tmp_path_factory.mktemp("cityscapes"), {"train": 3, "val": 2})
-
-
 def test_cityscapes_at_full_size_checks_and_priors(cityscapes_root):
     dcfg = prepare_dataset(compose(["dataset=cityscapes", f"dataset.root={cityscapes_root}"]).dataset, "/")
     assert list(dcfg.transform.crop) == [512, 512]  # auto: min(H, 512) x min(W, 512)
@@ -406,59 +394,6 @@ def test_data_synth_writes_a_cityscapes_layout_the_preset_reads(tmp_path):
     assert refused.exit_code == 2 and "--layout voc" in refused.stderr
 
 
-@pytest.mark.slow
-def test_cityscapes_end_to_end_at_1024x2048_whole_and_slide(cityscapes_root, tmp_path):
-    """data check -> prior -> train (crops of 512x1024) -> audit with whole and slide."""
-    runs = tmp_path / "runs"
-    common = ["dataset=cityscapes", f"dataset.root={cityscapes_root}", f"paths.runs={runs}"]
-    check = subprocess.run(
-        [sys.executable, "-m", "segaudit.cli", "data", "check", *common], capture_output=True, text=True
-    )
-    assert check.returncode == 0 and "2048x1024" in check.stdout, check.stderr
-    assert runner.invoke(app, ["prior", *common, "run_id=prior"]).exit_code == 0
-    trained = runner.invoke(
-        app,
-        [
-            "train",
-            *common,
-            "dataset.transform.crop=[512,1024]",
-            "train.iters=2",
-            "train.batch_size=2",
-            "train.eval_batch_size=1",
-            "train.progress=false",
-            "run_id=cs",
-        ],
-    )
-    assert trained.exit_code == 0, trained.output
-    record = json.loads((runs / "cs" / "record.json").read_text())
-    prior = json.loads((runs / "prior" / "record.json").read_text())
-    for mode, extra in (("whole", []), ("slide", ["inference.mode=slide"])):
-        result = runner.invoke(
-            app,
-            ["audit", "model", "cs", f"paths.runs={runs}", "train.eval_batch_size=1", f"run_id=audit-{mode}", *extra],
-        )
-        assert result.exit_code == audit_exit(read(runs, f"audit-{mode}")), result.output
-        audit = read(runs, f"audit-{mode}")["audit"]
-        assert audit["inference"]["mode"] == mode
-        assert audit["prior_miou"] == pytest.approx(prior["metrics"]["miou"])
-        if mode == "whole":  # the training run's own evaluation, repeated exactly
-            assert audit["miou"]["real"] == pytest.approx(record["metrics"]["miou"])
-        else:  # the same sliding windows run by hand over the same checkpoint and labels
-            assert audit["inference"]["crop"] == [512, 1024] and audit["inference"]["stride"] == [341, 683]
-            model = load_for_eval(compose([f"paths.runs={runs}"]), "cs", torch.device("cpu"))
-            dcfg = model.saved.dataset
-            windows = Inference("slide", multiple=16, crop=(512, 1024), stride=(341, 683))
-            by_hand = evaluate(
-                model.model,
-                eval_loader(build_dataset(dcfg, "val", train=False), 1),
-                19,
-                255,
-                torch.device("cpu"),
-                infer=windows,
-            )
-            assert audit["miou"]["real"] == pytest.approx(by_hand["miou"], nan_ok=True)
-
-
 def test_pair_matching_thumbnails_stay_small_at_cityscapes_size():
     from segaudit.diagnostics.suspects import PairScore, best_matches, thumb_size
 
@@ -473,76 +408,3 @@ def test_pair_matching_thumbnails_stay_small_at_cityscapes_size():
     best_matches(scores, preds, masks, 255, margin=10.0)
     assert [s.best_match for s in scores] == ["city/1", "city/0", None]
     assert scores[0].best_fit == pytest.approx(100.0)
-
-
-@pytest.mark.slow
-def test_suspects_and_class_table_on_cityscapes_at_1024x2048(cityscapes_root, tmp_path):
-    """Cross-fitting at full size: 3 train + 2 val pairs scored at 1024x2048 (about a minute)."""
-    runs = tmp_path / "runs"
-    common = [
-        "dataset=cityscapes",
-        f"dataset.root={cityscapes_root}",
-        f"paths.runs={runs}",
-        "train.progress=false",
-        "dataset.transform.crop=[256,512]",
-        "train.batch_size=2",
-    ]
-    result = runner.invoke(app, ["suspects", *common, "train.iters=2", "--format", "json"])
-    assert result.exit_code == suspects_exit(runs, load_group_option("gate", "default").suspects_max_share), (
-        result.output
-    )
-    pairs = json.loads(result.stdout)
-    assert sorted(p["split"] for p in pairs) == ["train"] * 3 + ["val"] * 2
-    assert all("/" in p["stem"] and 0 <= p["own_fit"] <= 100 for p in pairs)  # city/stem
-    fold = next(r for r in load_table(runs).itertuples() if r.strategy == "crossfit-1of2")
-    classes = runner.invoke(app, ["report", "classes", fold.run_id, "--format", "json", *common])
-    assert classes.exit_code == 0, classes.output
-    rows = json.loads(classes.stdout)
-    assert len(rows) == 19 and sum(r["train_share"] for r in rows) == pytest.approx(100.0)
-
-
-@pytest.mark.slow
-def test_html_report_and_tensorboard_at_1024x2048(cityscapes_root, tmp_path):
-    """A Cityscapes-size run logged to TensorBoard (its sample grid drawn at 1024x2048),
-    audited, and put on one page with its audit row."""
-    from bs4 import BeautifulSoup
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    runs = tmp_path / "runs"
-    common = [
-        "dataset=cityscapes",
-        f"dataset.root={cityscapes_root}",
-        f"paths.runs={runs}",
-        "train.progress=false",
-        "train.eval_batch_size=1",
-    ]
-    trained = runner.invoke(
-        app,
-        [
-            "train",
-            *common,
-            "dataset.transform.crop=[512,1024]",
-            "train.iters=2",
-            "train.batch_size=2",
-            "train.log_every=1",
-            "logger=tensorboard",
-            "run_id=cs",
-        ],
-    )
-    assert trained.exit_code == 0, trained.output
-    record = json.loads((runs / "cs" / "record.json").read_text())
-    events = EventAccumulator(str(runs / "cs" / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
-    events.Reload()
-    assert [e.value for e in events.Scalars("real/miou")] == pytest.approx([record["metrics"]["miou"]], abs=1e-4)
-    assert events.Images("samples")[0].width > 200
-    audited = runner.invoke(app, ["audit", "model", "cs", *common, "run_id=audit-cs"])
-    assert audited.exit_code == audit_exit(read(runs, "audit-cs")), audited.output
-    page = tmp_path / "report.html"
-    result = runner.invoke(app, ["report", "html", str(page), f"paths.runs={runs}"])
-    assert result.exit_code == 0, result.output
-    assert page.stat().st_size < 3_000_000
-    soup = BeautifulSoup(page.read_text(), "html.parser")
-    assert {r.find("td").get_text(strip=True) for r in soup.select("#runs tbody tr")} == {"cs", "audit-cs"}
-    audit = json.loads((runs / "audit-cs" / "record.json").read_text())["audit"]
-    cells = [td.get_text(strip=True) for td in soup.select_one('tr[data-audit="audit-cs"]').find_all("td")]
-    assert cells[2] == f"{audit['miou']['real']:.2f}" and cells[-2] == f"{audit['content_gain']:+.2f}"
