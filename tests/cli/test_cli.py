@@ -193,6 +193,7 @@ def _subcommands(group: str) -> set[str]:
         ("audit", ["--export-inputs=in/", "x=1"], ["export-inputs", "in/", "x=1"]),
         ("audit", ["--predictions", "p/"], ["score-predictions", "p/"]),
         ("audit", ["model", "RUN"], ["model", "RUN"]),
+        ("audit", [], []),  # the group's help
         ("report", ["--diagnose", "D", "--html", "r.html"], ["html", "r.html", "--diagnose", "D"]),
         ("report", ["--classes", "R", "--plots", "out"], ["classes", "R", "--plots", "out"]),
         ("report", ["--scope", "--format", "json"], ["scope", "--format", "json"]),

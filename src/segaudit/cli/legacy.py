@@ -80,7 +80,9 @@ def route(group: str, args: list[str], commands: set[str]) -> list[str]:
             _note(group, args, new)
             return new
     command, old = DEFAULTS[group]
-    if old and args:
+    if old and not args:
+        return args  # `segaudit audit` alone: the group's help
+    if old:
         _note(group, args, [command, *args])
     return [command, *args]
 
