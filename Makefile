@@ -65,7 +65,7 @@ docs: $(STAMP) ## build the manual (docs/) into site/ with MkDocs, strict: a war
 	$(BIN)/mkdocs build --strict --site-dir site
 
 report-check: $(STAMP) ## render an HTML report in headless Chromium (Debian's chromium) and check the screenshot
-	$(BIN)/python -m pytest -q -rs -m slow tests/report/test_html.py
+	$(BIN)/python -m pytest -q -rs -m slow tests/e2e/test_html_in_chromium.py
 
 bench: $(STAMP) ## unified loop vs a bare PyTorch loop (per-iteration time ratio)
 	$(BIN)/python scripts/bench_loop.py

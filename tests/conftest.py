@@ -10,6 +10,8 @@ import torch
 
 from segaudit.data.synthetic import SynthSpec, write_cityscapes_layout, write_synthetic
 
+pytest_plugins = ["trained"]  # shared trained fixtures: tests/trained.py
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core: one thread each, not two each competing.
     torch.set_num_threads(1)

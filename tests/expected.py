@@ -4,6 +4,9 @@
 import json
 from pathlib import Path
 
+from segaudit.cli.common import EXIT_CODES
+from segaudit.workflows.outcomes import VERDICT_OUTCOMES as OUTCOMES
+
 
 def read(runs_root: Path, run_id: str) -> dict:
     return json.loads((Path(runs_root) / run_id / "record.json").read_text())
@@ -34,3 +37,17 @@ def suspects_exit(runs_root: Path, max_share: float) -> int:
     ]
     shares = record["suspects"]
     return 1 if shares["train"]["share"] - shares["val"]["share"] > max_share else 0
+
+
+def exit_code_follows_the_verdict(result, runs_root):
+    """2-iteration models may get any verdict; the exit code must be the verdict's."""
+    gate = next(
+        r for r in map(lambda p: json.loads(p.read_text()), runs_root.glob("*/record.json")) if r.get("verdict")
+    )
+    assert result.exit_code == EXIT_CODES[OUTCOMES[gate["verdict"]]], result.output
+    return gate
+
+
+def audit_records(runs: Path) -> list[dict]:
+    records = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
+    return [r for r in records if r["phase"] == "audit"]

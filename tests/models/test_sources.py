@@ -10,92 +10,21 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch.export import Dim
+from trained import audit_source, same_miou
 from typer.testing import CliRunner
 
 from expected import audit_exit, read
 from segaudit.cli import app
 from segaudit.core.config import compose
-from segaudit.models.checkpoints import load_checkpoint, load_trained_model
-from segaudit.train.engine import train
 
 runner = CliRunner()
-
-FACTORY = """
-import segmentation_models_pytorch as smp
-import torch
-from torch import nn
-
-
-def build():
-    return smp.Unet("resnet18", encoder_weights=None, classes=8)
-
-
-class Bgr255(nn.Module):
-    '''Takes BGR images in 0..255, as an OpenCV-based pipeline feeds them.'''
-
-    def __init__(self):
-        super().__init__()
-        self.net = build()
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-
-    def forward(self, x):
-        return self.net((x.flip(1) / 255 - self.mean) / self.std)
-
-
-def build_bgr255():
-    return Bgr255()
-"""
-
-
-@pytest.fixture(scope="module")
-def native(tmp_path_factory, synth_root):
-    """A tiny trained U-Net (60 iterations: well over the prior, no red flag), its native
-    audit, and the overrides that reach its data."""
-    base = tmp_path_factory.mktemp("sources")
-    runs_root = base / "runs"
-    tiny = [
-        "dataset=folder",
-        f"dataset.root={synth_root}",
-        "dataset.transform.crop=[32,32]",
-        "dataset.cache_in_memory=true",
-        "train.iters=60",
-        "train.batch_size=4",
-        "train.eval_batch_size=8",
-        "train.progress=false",
-        f"paths.runs={runs_root}",
-        f"paths.cache={base / 'cache'}",
-    ]
-    train(compose(tiny + ["model=unet", "run_id=native"]))
-    done = runner.invoke(app, ["audit", "model", "native", *tiny, "run_id=native-audit"])
-    assert done.exit_code == 0, done.output
-    record = json.loads((runs_root / "native-audit" / "record.json").read_text())
-    assert record["audit"]["red_flags"] == [] and record["audit"]["probe"] is None
-    ckpt = load_checkpoint(runs_root / "native" / "checkpoint.pt")
-    model, _ = load_trained_model(ckpt, runs_root / "native" / "checkpoint.pt")
-    (base / "pkg").mkdir()
-    (base / "pkg" / "segaudit_test_factory.py").write_text(textwrap.dedent(FACTORY))
-    return {"tiny": tiny, "runs": runs_root, "base": base, "model": model.eval(), "miou": record["audit"]["miou"]}
-
-
-def _audit(native, source, *extra, monkeypatch=None):
-    run_id = f"audit-{abs(hash((str(source), extra)))}"
-    done = runner.invoke(app, ["audit", "model", str(source), *native["tiny"], f"run_id={run_id}", *extra])
-    record = read(native["runs"], run_id)
-    assert done.exit_code == audit_exit(record), done.output  # exit 1: a red flag
-    return record
-
-
-def _same(measured: dict, expected: dict, tol: float) -> None:
-    for condition, value in expected.items():
-        assert measured[condition] == pytest.approx(value, abs=tol), condition
 
 
 def test_smp_save_pretrained_folder_audits_like_the_original(native):
     folder = native["base"] / "smp-dir"
     native["model"].save_pretrained(folder)  # what a plain smp script writes
-    record = _audit(native, folder, "--plots", str(native["base"] / "plots"))
-    _same(record["audit"]["miou"], native["miou"], 0.01)
+    record = audit_source(native, folder, "--plots", str(native["base"] / "plots"))
+    same_miou(record["audit"]["miou"], native["miou"], 0.01)
     assert record["model"] == "external-smp" and record["phase"] == "audit"
     assert (native["base"] / "plots" / f"samples_{record['run_id']}.png").is_file()
     listed = runner.invoke(app, ["report", f"paths.runs={native['runs']}", "--format", "json"])
@@ -106,11 +35,11 @@ def test_factory_with_prefixed_safetensors_weights(native, monkeypatch):
     monkeypatch.syspath_prepend(str(native["base"] / "pkg"))
     weights = native["base"] / "ddp-weights.safetensors"
     save_file({f"module.{k}": v.contiguous() for k, v in native["model"].state_dict().items()}, weights)
-    record = _audit(native, weights, "--factory", "segaudit_test_factory:build")
-    _same(record["audit"]["miou"], native["miou"], 0.01)
+    record = audit_source(native, weights, "--factory", "segaudit_test_factory:build")
+    same_miou(record["audit"]["miou"], native["miou"], 0.01)
 
 
-def test_torchscript_and_pt2_need_trust_then_audit_the_same(native):
+def test_torchscript_and_pt2_need_trust_then_audit_thesame_miou(native):
     example = torch.zeros(2, 3, 32, 32)
     scripted = native["base"] / "model.ts"
     torch.jit.save(torch.jit.trace(native["model"], example), scripted)
@@ -121,8 +50,8 @@ def test_torchscript_and_pt2_need_trust_then_audit_the_same(native):
     for path in (scripted, program):
         refused = runner.invoke(app, ["audit", "model", str(path), *native["tiny"]])
         assert refused.exit_code == 2 and "--trust-model" in refused.stderr, refused.output
-        record = _audit(native, path, "--trust-model")
-        _same(record["audit"]["miou"], native["miou"], 0.01)
+        record = audit_source(native, path, "--trust-model")
+        same_miou(record["audit"]["miou"], native["miou"], 0.01)
 
 
 def test_a_bgr_255_model_needs_its_card(native, monkeypatch):
@@ -133,7 +62,7 @@ def test_a_bgr_255_model_needs_its_card(native, monkeypatch):
     wrapped.net.load_state_dict(native["model"].state_dict())
     weights = native["base"] / "bgr.safetensors"
     save_file({k: v.contiguous() for k, v in wrapped.state_dict().items()}, weights)
-    no_card = _audit(native, weights, "--factory", "segaudit_test_factory:build_bgr255")
+    no_card = audit_source(native, weights, "--factory", "segaudit_test_factory:build_bgr255")
     # The default card feeds it RGB in 0..1: it scores near the prior, and the probe names
     # the fix (the numbers stay those of the card as given).
     block = no_card["audit"]
@@ -144,9 +73,9 @@ def test_a_bgr_255_model_needs_its_card(native, monkeypatch):
     (native["base"] / "bgr.safetensors.card.yaml").write_text(
         "channels: bgr\ninput_range: 255\nmean: [0, 0, 0]\nstd: [1, 1, 1]\n"
     )
-    with_card = _audit(native, weights, "--factory", "segaudit_test_factory:build_bgr255", "seed=1")
-    _same(with_card["audit"]["miou"], native["miou"], 0.01)
-    overrides = _audit(
+    with_card = audit_source(native, weights, "--factory", "segaudit_test_factory:build_bgr255", "seed=1")
+    same_miou(with_card["audit"]["miou"], native["miou"], 0.01)
+    overrides = audit_source(
         native,
         native["base"] / "bgr.safetensors",
         "--factory",
@@ -211,32 +140,6 @@ def smp_five_weights(base: Path) -> Path:
     return path
 
 
-@pytest.mark.slow  # onnx export + runtime: ~18 s
-def test_onnx_audits_like_the_original_and_its_metadata_fills_the_card(native):
-    import onnx
-
-    path = native["base"] / "model.onnx"
-    batch, height, width = Dim("batch", min=1, max=64), Dim("h", min=32, max=2048), Dim("w", min=32, max=2048)
-    torch.onnx.export(
-        native["model"],
-        (torch.zeros(2, 3, 32, 32),),
-        str(path),
-        dynamo=True,
-        dynamic_shapes=({0: batch, 2: height, 3: width},),
-    )
-    record = _audit(native, path)
-    _same(record["audit"]["miou"], native["miou"], 0.1)
-    assert record["model"] == "external-onnx"
-    # The same graph stamped "expects BGR": the metadata is read, and a card override wins.
-    stamped = onnx.load(str(path))
-    onnx.helper.set_model_props(stamped, {"channels": '"bgr"'})
-    onnx.save(stamped, str(native["base"] / "bgr-meta.onnx"))
-    misread = _audit(native, native["base"] / "bgr-meta.onnx")
-    assert misread["audit"]["miou"]["real"] != pytest.approx(native["miou"]["real"], abs=0.5)
-    fixed = _audit(native, native["base"] / "bgr-meta.onnx", "card.channels=rgb")
-    _same(fixed["audit"]["miou"], native["miou"], 0.1)
-
-
 TORCHVISION_FACTORY = """
 from torchvision.models.segmentation import deeplabv3_resnet50
 
@@ -260,7 +163,7 @@ def test_a_torchvision_model_through_its_out_dict(native, monkeypatch, synth_roo
     model = segaudit_test_tv.build().eval()
     weights = native["base"] / "tv.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
-    record = _audit(native, weights, "--factory", "segaudit_test_tv:build")
+    record = audit_source(native, weights, "--factory", "segaudit_test_tv:build")
     # By hand: the same model on each normalised val image, its `out` argmax, sklearn's counts.
     dcfg = prepare_dataset(compose(native["tiny"]).dataset, native["base"] / "cache")
     counts = np.zeros((8, 8), dtype=np.int64)
@@ -272,45 +175,6 @@ def test_a_torchvision_model_through_its_out_dict(native, monkeypatch, synth_roo
     tp, union = np.diag(counts), counts.sum(0) + counts.sum(1) - np.diag(counts)
     by_hand = 100 * np.mean(tp[union > 0] / union[union > 0])
     assert record["audit"]["miou"]["real"] == pytest.approx(by_hand, abs=0.01)
-
-
-@pytest.mark.slow
-def test_an_smp_folder_audits_cityscapes_at_1024x2048_like_its_factory_copy(tmp_path, monkeypatch):
-    """A user's own smp model on Cityscapes-sized data: the folder and the same weights
-    through a factory give the same audit at full size (whole-image inference)."""
-    import segmentation_models_pytorch as smp
-
-    from segaudit.data.synthetic import write_cityscapes_layout
-
-    root = write_cityscapes_layout(tmp_path / "cs", {"train": 2, "val": 2})
-    torch.manual_seed(0)
-    model = smp.Unet("resnet18", encoder_weights=None, classes=19).eval()
-    model.save_pretrained(tmp_path / "folder")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "segaudit_test_cs19.py").write_text(
-        "import segmentation_models_pytorch as smp\n"
-        "def build():\n    return smp.Unet('resnet18', encoder_weights=None, classes=19)\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
-    common = [
-        "dataset=cityscapes",
-        f"dataset.root={root}",
-        "train.eval_batch_size=1",
-        "audit.probe=false",
-        f"paths.runs={tmp_path / 'runs'}",
-        f"paths.cache={tmp_path / 'cache'}",
-    ]
-    audits = {}
-    for name, args in (
-        ("folder", [str(tmp_path / "folder")]),
-        ("factory", [str(tmp_path / "w.safetensors"), "--factory", "segaudit_test_cs19:build"]),
-    ):
-        done = runner.invoke(app, ["audit", "model", *args, *common, f"run_id={name}"])
-        audits[name] = read(tmp_path / "runs", name)
-        assert done.exit_code == audit_exit(audits[name]), done.output  # an untrained model: red flags
-    assert audits["folder"]["audit"]["inference"]["mode"] == "whole"
-    _same(audits["factory"]["audit"]["miou"], audits["folder"]["audit"]["miou"], 0.01)
 
 
 # --------------------------------------------------------------------------- verdict, API
@@ -342,7 +206,7 @@ def test_cli_reported_miou_lands_in_the_record_and_the_panel(native):
     folder = native["base"] / "smp-reported"
     native["model"].save_pretrained(folder)
     reported = native["miou"]["real"] - 15
-    record = _audit(native, folder, "--reported-miou", f"{reported}")
+    record = audit_source(native, folder, "--reported-miou", f"{reported}")
     assert record["audit"]["reported_miou"] == pytest.approx(reported)
     assert "look at evaluation" in record["audit"]["finding"]
 
@@ -357,7 +221,7 @@ def test_python_api_audits_a_model_in_memory_like_the_cli(native):
     overrides = [a for a in dataset_args if not a.startswith("dataset.root=")]
     record = segaudit.audit_model(model, dataset="folder", root=root, runs=runs, overrides=overrides, name="my-unet")
     assert model.training  # put back the way it was
-    _same(record["audit"]["miou"], native["miou"], 0.01)
+    same_miou(record["audit"]["miou"], native["miou"], 0.01)
     assert record["encoder"] == "my-unet" and record["audit"]["red_flags"] == []
     assert segaudit.check_model(model.eval(), dataset="folder", root=root, runs=runs, overrides=overrides) == []
     # A plain function works too; an untrained model raises its red flags.
@@ -386,8 +250,8 @@ def test_class_map_reorders_a_models_channels(native):
         head.bias.copy_(model.segmentation_head[0].bias[order])
     clone.save_pretrained(permuted)
     (permuted / "card.yaml").write_text(f"class_map: {order}\n")
-    record = _audit(native, permuted)
-    _same(record["audit"]["miou"], native["miou"], 0.01)
+    record = audit_source(native, permuted)
+    same_miou(record["audit"]["miou"], native["miou"], 0.01)
     # Cityscapes label ids: 34 model channels onto the 19 train ids, each exactly once.
     channels = channel_for_class("cityscapes_label_ids")
     labels = class_map_list("cityscapes_label_ids")
@@ -423,7 +287,7 @@ for condition in manifest["conditions"]:
 """
 
 
-def test_predictions_only_scores_like_the_in_process_audit(native):
+def test_predictions_only_scores_like_the_in_processaudit_source(native):
     """segaudit writes the inputs, a separate script (no segaudit import) predicts, segaudit
     scores the PNGs: the numbers are the in-process audit's."""
     import subprocess
@@ -447,7 +311,7 @@ def test_predictions_only_scores_like_the_in_process_audit(native):
         check=True,
     )
     record = _audit_predictions(native, base / "preds")
-    _same(record["audit"]["miou"], native["miou"], 0.01)
+    same_miou(record["audit"]["miou"], native["miou"], 0.01)
     assert record["model"] == "external-predictions" and record["audit"]["red_flags"] == []
     # A missing prediction is a one-line error naming the file; a non-empty export folder too.
     next((base / "preds" / "blank").glob("*.png")).unlink()
@@ -500,7 +364,7 @@ def test_a_hugging_face_segformer_folder_and_its_preprocessor_card(native):
             }
         )
     )
-    record = _audit(native, folder)
+    record = audit_source(native, folder)
     assert record["model"] == "external-hf"
     card = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "input_range": 1, "output": "logits"}
     dataset_args = [a for a in native["tiny"] if a.startswith(("dataset.", "train.eval"))]
@@ -513,10 +377,10 @@ def test_a_hugging_face_segformer_folder_and_its_preprocessor_card(native):
         runs=native["base"] / "hf-api",
         overrides=[a for a in dataset_args if not a.startswith("dataset.root=")],
     )
-    _same(record["audit"]["miou"], by_api["audit"]["miou"], 0.01)
+    same_miou(record["audit"]["miou"], by_api["audit"]["miou"], 0.01)
     # Without the preprocessor config the dataset's ImageNet statistics apply: other numbers.
     (folder / "preprocessor_config.json").unlink()
-    imagenet = _audit(native, folder, "seed=3")
+    imagenet = audit_source(native, folder, "seed=3")
     assert imagenet["audit"]["miou"] != pytest.approx(record["audit"]["miou"], abs=1e-6)
 
 
@@ -536,8 +400,8 @@ def test_a_factory_named_by_a_card_file_needs_trust(native, monkeypatch):
     (native["base"] / "carded.safetensors.card.yaml").write_text("factory: segaudit_test_factory:build\n")
     refused = runner.invoke(app, ["audit", "model", str(weights), *native["tiny"]])
     assert refused.exit_code == 2 and "names a factory" in refused.stderr and "--trust-model" in refused.stderr
-    record = _audit(native, weights, "--trust-model")
-    _same(record["audit"]["miou"], native["miou"], 0.01)
+    record = audit_source(native, weights, "--trust-model")
+    same_miou(record["audit"]["miou"], native["miou"], 0.01)
 
 
 def test_a_model_fixed_to_one_input_size_gets_its_card_input_size(native):
@@ -561,7 +425,7 @@ def test_a_model_fixed_to_one_input_size_gets_its_card_input_size(native):
     resized = segaudit.audit_model(fixed_64, card={"input_size": [64, 64]}, **common)
     assert resized["audit"]["miou"]["real"] > resized["audit"]["prior_miou"] + 5  # it still reads the image
     same = segaudit.audit_model(native["model"], card={"input_size": [32, 32]}, **common)
-    _same(same["audit"]["miou"], native["miou"], 0.01)  # the data's own size: nothing changes
+    same_miou(same["audit"]["miou"], native["miou"], 0.01)  # the data's own size: nothing changes
 
 
 def test_predictions_only_at_cityscapes_size_and_layout(tmp_path):
