@@ -19,10 +19,11 @@ import re
 import secrets
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Iterator, Required, TypedDict
+from typing import Any, Required, TypedDict
 
 import pandas as pd
 
@@ -38,9 +39,30 @@ LOCK = ".lock"
 
 # Columns of the run table, in display order; `history` holds per-evaluation metrics.
 COLUMNS = [
-    "run_id", "phase", "diagnose_id", "dataset", "model", "encoder", "loss",
-    "train_condition", "eval_condition", "strategy", "seed", "status", "step", "iters",
-    "miou", "macc", "aacc", "noise_miou", "gates", "ips", "device", "started_at", "duration_s", "history",
+    "run_id",
+    "phase",
+    "diagnose_id",
+    "dataset",
+    "model",
+    "encoder",
+    "loss",
+    "train_condition",
+    "eval_condition",
+    "strategy",
+    "seed",
+    "status",
+    "step",
+    "iters",
+    "miou",
+    "macc",
+    "aacc",
+    "noise_miou",
+    "gates",
+    "ips",
+    "device",
+    "started_at",
+    "duration_s",
+    "history",
 ]
 
 # Phases whose records measure a model or the labels rather than train one: left out of
@@ -225,15 +247,36 @@ class RunRecord(TypedDict, total=False):
 
 # Types a readable record's fields must have (None allowed where the schema allows it).
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "run_id": (str,), "phase": (str,), "status": (str,), "command": (str,),
-    "diagnose_id": (str, type(None)), "strategy": (str, type(None)), "seed": (int, type(None)),
-    "dataset": (str, type(None)), "model": (str, type(None)), "encoder": (str, type(None)),
-    "loss": (str, type(None)), "train_condition": (str, type(None)),
-    "eval_condition": (str, type(None)), "step": (int,), "iters": (int,),
-    "metrics": (dict, type(None)), "metrics_by_condition": (dict,), "history": (list,),
-    "train_log": (list,), "timings": (dict,), "throughput_ips": (int, float, type(None)),
-    "started_at": (str,), "gates": (str, type(None)), "audit": (dict,), "validate": (dict,),
-    "prior": (dict,), "evidence": (dict,), "steps": (dict,), "gate": (dict,), "verdict": (str,),
+    "run_id": (str,),
+    "phase": (str,),
+    "status": (str,),
+    "command": (str,),
+    "diagnose_id": (str, type(None)),
+    "strategy": (str, type(None)),
+    "seed": (int, type(None)),
+    "dataset": (str, type(None)),
+    "model": (str, type(None)),
+    "encoder": (str, type(None)),
+    "loss": (str, type(None)),
+    "train_condition": (str, type(None)),
+    "eval_condition": (str, type(None)),
+    "step": (int,),
+    "iters": (int,),
+    "metrics": (dict, type(None)),
+    "metrics_by_condition": (dict,),
+    "history": (list,),
+    "train_log": (list,),
+    "timings": (dict,),
+    "throughput_ips": (int, float, type(None)),
+    "started_at": (str,),
+    "gates": (str, type(None)),
+    "audit": (dict,),
+    "validate": (dict,),
+    "prior": (dict,),
+    "evidence": (dict,),
+    "steps": (dict,),
+    "gate": (dict,),
+    "verdict": (str,),
 }
 _REQUIRED = ("run_id", "phase", "status")
 
@@ -255,8 +298,7 @@ def check_record(value: Any) -> RunRecord:
     if missing:
         raise RecordError(f"missing {', '.join(missing)}")
     for key, types in _FIELD_TYPES.items():
-        if key in value and (not isinstance(value[key], types) or isinstance(value[key], bool)
-                             and bool not in types):
+        if key in value and (not isinstance(value[key], types) or isinstance(value[key], bool) and bool not in types):
             raise RecordError(f"{key} is {type(value[key]).__name__}")
     miou = (value.get("metrics") or {}).get("miou")
     if miou is not None and (not isinstance(miou, (int, float)) or isinstance(miou, bool)):
@@ -267,8 +309,7 @@ def check_record(value: Any) -> RunRecord:
 def package_versions() -> dict[str, str | None]:
     """Python and the packages whose versions decide a run's numbers."""
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("segaudit", "torch", "torchvision", "segmentation-models-pytorch", "hydra-core",
-                "numpy"):
+    for pkg in ("segaudit", "torch", "torchvision", "segmentation-models-pytorch", "hydra-core", "numpy"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -285,16 +326,36 @@ def new_record(cfg, run_id: str, command: str, **fields) -> RunRecord:
     """A fresh `running` record for `cfg`; `fields` fill or override the run-specific keys
     (model, encoder, loss, tiers, conditions, iters, a phase's block, ...)."""
     record: RunRecord = {
-        "schema": SCHEMA, "run_id": run_id, "command": command, "phase": cfg.phase,
-        "diagnose_id": cfg.diagnose_id, "strategy": cfg.strategy, "seed": cfg.seed,
-        "dataset": cfg.dataset.name, "dataset_root": cfg.dataset.root,
+        "schema": SCHEMA,
+        "run_id": run_id,
+        "command": command,
+        "phase": cfg.phase,
+        "diagnose_id": cfg.diagnose_id,
+        "strategy": cfg.strategy,
+        "seed": cfg.seed,
+        "dataset": cfg.dataset.name,
+        "dataset_root": cfg.dataset.root,
         "class_names": list(cfg.dataset.class_names),
-        "model": None, "encoder": None, "loss": None, "tiers": [],
-        "train_condition": None, "eval_condition": None,
-        "status": "running", "error": None, "step": 0, "iters": 0,
-        "metrics": None, "metrics_by_condition": {}, "history": [], "train_log": [],
-        "timings": {"train_s": 0.0, "eval_s": 0.0, "total_s": 0.0}, "throughput_ips": None,
-        "started_at": now(), "finished_at": None, "versions": package_versions(), "device": None,
+        "model": None,
+        "encoder": None,
+        "loss": None,
+        "tiers": [],
+        "train_condition": None,
+        "eval_condition": None,
+        "status": "running",
+        "error": None,
+        "step": 0,
+        "iters": 0,
+        "metrics": None,
+        "metrics_by_condition": {},
+        "history": [],
+        "train_log": [],
+        "timings": {"train_s": 0.0, "eval_s": 0.0, "total_s": 0.0},
+        "throughput_ips": None,
+        "started_at": now(),
+        "finished_at": None,
+        "versions": package_versions(),
+        "device": None,
     }
     record.update(fields)  # type: ignore[typeddict-item]
     return record
@@ -368,8 +429,9 @@ def check_run_id(run_id: str) -> str:
     """`run_id` if it is one safe folder name (letters, digits, `._+-`, not starting with a
     dot or dash, at most 128 characters); otherwise a `ConfigError`."""
     if not _SAFE_ID.fullmatch(run_id):
-        raise ConfigError(f"run_id={run_id!r}: use one folder name of letters, digits and ._+- "
-                          f"(no slashes, not starting with . or -)")
+        raise ConfigError(
+            f"run_id={run_id!r}: use one folder name of letters, digits and ._+- (no slashes, not starting with . or -)"
+        )
     return run_id
 
 
@@ -382,8 +444,10 @@ def check_new_run_id(root: Path, run_id: str) -> str:
 
 
 def _taken(root: Path, run_id: str) -> ConfigError:
-    return ConfigError(f"run_id={run_id}: a run with that id exists under {root} "
-                       f"(choose another id, or resume={run_id} to continue it)")
+    return ConfigError(
+        f"run_id={run_id}: a run with that id exists under {root} "
+        f"(choose another id, or resume={run_id} to continue it)"
+    )
 
 
 def new_run_dir(root: Path, phase: str, run_id: str | None = None) -> Path:
@@ -404,9 +468,7 @@ def new_run_dir(root: Path, phase: str, run_id: str | None = None) -> Path:
     except OSError as err:
         raise ConfigError(f"paths.runs={root}: cannot create it ({err.strerror})") from None
     for _ in range(100):
-        name = run_id or (
-            f"{dt.datetime.now(dt.timezone.utc):%y%m%d-%H%M%S}-{phase}-{secrets.token_hex(2)}"
-        )
+        name = run_id or (f"{dt.datetime.now(dt.timezone.utc):%y%m%d-%H%M%S}-{phase}-{secrets.token_hex(2)}")
         try:
             (root / name).mkdir()
             return root / name
@@ -430,8 +492,9 @@ def run_lock(folder: Path) -> Iterator[None]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise ConfigError(f"run {Path(folder).name} is being trained by another process right now; "
-                          f"wait for it, or stop it first") from None
+        raise ConfigError(
+            f"run {Path(folder).name} is being trained by another process right now; wait for it, or stop it first"
+        ) from None
     try:
         yield
     finally:

@@ -65,9 +65,13 @@ class Tracker:
             action()
         except Exception as err:  # a tracker never fails the run: one line, then silence
             self.broken = True
-            console.print(f"[yellow]warning:[/] logger={self.name} stopped logging this run "
-                          f"({type(err).__name__}: {escape(first_line(err))}); the run goes on and its "
-                          f"record has every number", soft_wrap=True, highlight=False)
+            console.print(
+                f"[yellow]warning:[/] logger={self.name} stopped logging this run "
+                f"({type(err).__name__}: {escape(first_line(err))}); the run goes on and its "
+                f"record has every number",
+                soft_wrap=True,
+                highlight=False,
+            )
 
     def open(self, run_dir: Path, record: RunRecord, cfg: DictConfig) -> None:
         """Start (or, for a resumed run, continue) the tracker's run; entries already in
@@ -78,7 +82,7 @@ class Tracker:
     def sync(self, record: RunRecord) -> None:
         """Log the record's `train_log` and `history` entries that are new since the last call."""
         train_log, history = record.get("train_log", []), record.get("history", [])
-        fresh = [*train_scalars(train_log[self._train_seen:]), *eval_scalars(history[self._eval_seen:])]
+        fresh = [*train_scalars(train_log[self._train_seen :]), *eval_scalars(history[self._eval_seen :])]
         self._train_seen, self._eval_seen = len(train_log), len(history)
         for step, values in fresh:
             self._guard(lambda step=step, values=values: self._scalars(step, values))
@@ -113,27 +117,43 @@ class Tracker:
 def train_scalars(entries: list[dict]) -> Iterator[tuple[int, dict[str, float]]]:
     """`train/loss`, `train/lr`, `train/ips` and `train/<loss term>` per `train_log` entry."""
     for entry in entries:
-        yield int(entry["step"]), {f"train/{key}": float(value) for key, value in entry.items()
-                                   if key != "step" and isinstance(value, int | float)}
+        yield (
+            int(entry["step"]),
+            {
+                f"train/{key}": float(value)
+                for key, value in entry.items()
+                if key != "step" and isinstance(value, int | float)
+            },
+        )
 
 
 def eval_scalars(entries: list[dict]) -> Iterator[tuple[int, dict[str, float]]]:
     """`<condition>/miou`, `/macc`, `/aacc`, `/nll_bits` per `history` entry (the evaluation's input)."""
     for entry in entries:
-        yield int(entry["step"]), {f"{entry['condition']}/{key}": float(entry[key])
-                                   for key in _METRICS if entry.get(key) is not None}
+        yield (
+            int(entry["step"]),
+            {f"{entry['condition']}/{key}": float(entry[key]) for key in _METRICS if entry.get(key) is not None},
+        )
 
 
 def summary_scalars(record: RunRecord) -> dict[str, float]:
     """The numbers a run without training steps ends with: `final/miou` (and macc, aacc),
     each input condition's mIoU, a diagnose's evidence, an audit's content gain."""
-    values = {f"final/{key}": float(value) for key, value in (record.get("metrics") or {}).items()
-              if key in _METRICS and value is not None}
-    values |= {f"final/{condition}/miou": float(metrics["miou"])
-               for condition, metrics in (record.get("metrics_by_condition") or {}).items()
-               if metrics and metrics.get("miou") is not None}
-    values |= {f"evidence/{key}": float(value) for key, value in (record.get("evidence") or {}).items()
-               if isinstance(value, int | float) and not isinstance(value, bool)}
+    values = {
+        f"final/{key}": float(value)
+        for key, value in (record.get("metrics") or {}).items()
+        if key in _METRICS and value is not None
+    }
+    values |= {
+        f"final/{condition}/miou": float(metrics["miou"])
+        for condition, metrics in (record.get("metrics_by_condition") or {}).items()
+        if metrics and metrics.get("miou") is not None
+    }
+    values |= {
+        f"evidence/{key}": float(value)
+        for key, value in (record.get("evidence") or {}).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
     evidence = record.get("evidence") or {}
     for key, name in (("information", "content_bits"), ("versus_shuffled", "over_control_bits")):
         block = (evidence.get(key) or {}).get("content" if key == "information" else "bits")
@@ -150,9 +170,14 @@ def summary_scalars(record: RunRecord) -> dict[str, float]:
 
 def run_tags(record: RunRecord) -> dict[str, str]:
     """What a tracker's run is found by: segaudit's run id, phase, strategy, verdict."""
-    tags = {"segaudit.run_id": record["run_id"], "segaudit.phase": record["phase"],
-            "segaudit.strategy": record.get("strategy"), "segaudit.diagnostics.verdict": record.get("verdict"),
-            "segaudit.diagnose_id": record.get("diagnose_id"), "segaudit.status": record.get("status")}
+    tags = {
+        "segaudit.run_id": record["run_id"],
+        "segaudit.phase": record["phase"],
+        "segaudit.strategy": record.get("strategy"),
+        "segaudit.diagnostics.verdict": record.get("verdict"),
+        "segaudit.diagnose_id": record.get("diagnose_id"),
+        "segaudit.status": record.get("status"),
+    }
     return {key: str(value) for key, value in tags.items() if value is not None}
 
 
@@ -181,8 +206,14 @@ class TensorBoardTracker(Tracker):
 
     name = "tensorboard"
 
-    def __init__(self, subdir: str = "tensorboard", images: bool = True, name: str = "tensorboard",
-                 requires: str | None = None, extra: str | None = None) -> None:
+    def __init__(
+        self,
+        subdir: str = "tensorboard",
+        images: bool = True,
+        name: str = "tensorboard",
+        requires: str | None = None,
+        extra: str | None = None,
+    ) -> None:
         super().__init__()
         if Path(subdir).name != subdir or subdir in ("", ".", ".."):
             raise ConfigError(f"logger.subdir={subdir!r}: expected one folder name inside the run directory")
@@ -222,9 +253,17 @@ class MLflowTracker(Tracker):
 
     name = "mlflow"
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = "segaudit", artifacts: bool = True,
-                 http_timeout: int = 10, http_retries: int = 0, name: str = "mlflow",
-                 requires: str | None = None, extra: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str = "segaudit",
+        artifacts: bool = True,
+        http_timeout: int = 10,
+        http_retries: int = 0,
+        name: str = "mlflow",
+        requires: str | None = None,
+        extra: str | None = None,
+    ) -> None:
         super().__init__()
         self.tracking_uri, self.experiment, self.artifacts = tracking_uri, str(experiment), bool(artifacts)
         self.http_timeout, self.http_retries = int(http_timeout), int(http_retries)
@@ -246,12 +285,19 @@ class MLflowTracker(Tracker):
         uri, artifact_root = self._uri(cfg)
         self.client = client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(self.experiment)
-        experiment_id = (experiment.experiment_id if experiment is not None
-                         else client.create_experiment(self.experiment, artifact_location=artifact_root))
-        found = client.search_runs([experiment_id], max_results=1,
-                                   filter_string=f"tags.`segaudit.run_id` = '{record['run_id']}'")
-        self.run_id = (found[0].info.run_id if found else
-                       client.create_run(experiment_id, run_name=record["run_id"], tags=run_tags(record)).info.run_id)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else client.create_experiment(self.experiment, artifact_location=artifact_root)
+        )
+        found = client.search_runs(
+            [experiment_id], max_results=1, filter_string=f"tags.`segaudit.run_id` = '{record['run_id']}'"
+        )
+        self.run_id = (
+            found[0].info.run_id
+            if found
+            else client.create_run(experiment_id, run_name=record["run_id"], tags=run_tags(record)).info.run_id
+        )
         if not found:
             self._params(run_dir)
 
@@ -263,7 +309,7 @@ class MLflowTracker(Tracker):
             return
         params = [Param(key, value[:6000]) for key, value in flat_params(load_yaml(saved)).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=params[start:start + 100])
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
 
     def _scalars(self, step: int, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -304,8 +350,9 @@ def build_tracker(cfg: DictConfig) -> Tracker:
         return safe_instantiate(node, "logger", _convert_="all")
     except InstantiationException as err:  # Hydra wraps the tracker's own one-line error
         cause = err.__cause__ or err
-        raise (cause if isinstance(cause, ConfigError) else
-               ConfigError(f"logger={node.get('name')}: {first_line(cause)}")) from None
+        raise (
+            cause if isinstance(cause, ConfigError) else ConfigError(f"logger={node.get('name')}: {first_line(cause)}")
+        ) from None
 
 
 def publish(cfg: DictConfig, run_dir: Path, record: RunRecord) -> None:
