@@ -57,3 +57,5 @@ def test_mkdocs_builds_strict(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "site" / "reference" / "commands" / "index.html").is_file()
+    home = (tmp_path / "site" / "index.html").read_text()  # the README, its links made site-relative
+    assert "Does your segmentation model read the image?" in home and 'href="reference/commands/"' in home
