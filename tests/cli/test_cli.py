@@ -242,3 +242,8 @@ def test_an_old_spelling_still_works_with_a_one_line_note(tmp_path):
     note, *rest = old.stderr.strip().splitlines()
     assert note.startswith("note: `segaudit report --diagnose nope") and "`segaudit report diagnose nope" in note
     assert old.exit_code == new.exit_code == 2 and rest == new.stderr.strip().splitlines()
+
+
+def test_list_overrides_in_help_survive_rich_markup():
+    shown = _run("retrain", "--help").output
+    assert "retrain.models=[unet,pspnet]" in shown and "retrain.datasets=[cityscapes]" in shown

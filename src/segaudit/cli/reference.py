@@ -27,7 +27,7 @@ def command_reference() -> str:
 
 def _examples_as_code(text: str) -> str:
     """The epilogs' example lines (`  segaudit ...`, rich markup) as fenced shell blocks."""
-    lines = re.sub(r"\[/?(bold|dim)?\]", "", text).split("\n")
+    lines = re.sub(r"\[/?(bold|dim)?\]", "", text).replace("\\[", "[").split("\n")
     out: list[str] = []
     in_block = False
     for i, line in enumerate(lines):

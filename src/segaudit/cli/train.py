@@ -37,7 +37,7 @@ TRAIN_EPILOG = """[bold]Examples[/]\n
 
 def retrain(
     overrides: list[str] | None = typer.Argument(
-        None, help="retrain.* keys and Hydra overrides for every run, e.g. retrain.tier=2 retrain.models=[unet,pspnet]"
+        None, help="retrain.* keys and Hydra overrides for each run, e.g. retrain.tier=2 retrain.models=\\[unet,pspnet]"
     ),
 ) -> None:
     """Phase 2A/2B: retrain a sweep of models x datasets x seeds with a loss tier."""
@@ -58,9 +58,10 @@ def retrain(
     finish(sweep_outcome(results))
 
 
+# `\\[` keeps rich markup from reading a list override as a style tag.
 RETRAIN_EPILOG = """[bold]Examples[/]\n
-  segaudit retrain retrain.tier=2 retrain.models=[unet,pspnet] retrain.seeds=[0,1] retrain.jobs=2 train.iters=30\n
-  segaudit retrain retrain.from_gate=DIAGNOSE_ID retrain.datasets=[cityscapes] dataset.root=/data/cs\n
+  segaudit retrain retrain.tier=2 retrain.models=\\[unet,pspnet] retrain.seeds=\\[0,1] retrain.jobs=2 train.iters=30\n
+  segaudit retrain retrain.from_gate=DIAGNOSE_ID retrain.datasets=\\[cityscapes] dataset.root=/data/cs\n
   segaudit retrain retrain.tier=1 retrain.init_from=runs/RUN/checkpoint.pt retrain.freeze_encoder=true\n
   segaudit retrain retrain.tier=2 launcher=slurm launcher.partition=gpu launcher.timeout_min=600\n\n
 The same command again skips completed runs and resumes interrupted ones. Every key is under
