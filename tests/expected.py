@@ -29,11 +29,15 @@ def validate_records(runs_root: Path) -> list[dict]:
 
 
 def suspects_exit(runs_root: Path, max_share: float) -> int:
-    """1 when the training pairs flagged exceed the val pairs flagged by over `max_share` %."""
+    """1 when the training pairs flagged exceed the val pairs flagged by over `max_share` %.
+
+    The cross-fitting fold runs carry `phase=suspects` too; the summary record alone holds
+    the `suspects` block.
+    """
     (record,) = [
         r
         for r in (json.loads(p.read_text()) for p in Path(runs_root).glob("*/record.json"))
-        if r.get("phase") == "suspects"
+        if r.get("phase") == "suspects" and "suspects" in r
     ]
     shares = record["suspects"]
     return 1 if shares["train"]["share"] - shares["val"]["share"] > max_share else 0
