@@ -15,7 +15,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,hf,tensorboard,mlflow]'
+	$(BIN)/python -m pip install -q -e '.[dev,hf,tensorboard,mlflow,lightning]'
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install segaudit with its test extras

@@ -10,7 +10,20 @@ import segaudit
 PACKAGE = Path(segaudit.__file__).parent
 
 # Lowest first. A module may import its own layer and the layers before it.
-LAYERS = ["core", "runs", "data", "models", "measure", "train", "diagnostics", "report", "workflows", "api", "cli"]
+LAYERS = [
+    "core",
+    "runs",
+    "data",
+    "models",
+    "measure",
+    "train",
+    "diagnostics",
+    "report",
+    "workflows",
+    "integrations",
+    "api",
+    "cli",
+]
 
 
 def _modules() -> dict[str, Path]:

@@ -131,26 +131,44 @@ def measure_conditions(
     )
     loader = eval_loader(triples, int(cfg.train.eval_batch_size))
     predict = partial(predict_logits, model, device=device, dtype=dtype, infer=infer)
-    mean, std = dcfg.transform.mean, dcfg.transform.std
-    noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
-    blank = DeviceImages(load_group_option("condition", "blank"), mean, std, device, seeded=True)
+    batches = (
+        (indices, images.to(device), others.to(device), target.to(device))
+        for indices, (images, others, target) in zip(batch_indices(loader), loader)
+    )
+    inputs = ConditionInputs(dcfg.transform.mean, dcfg.transform.std, device)
+    return measure_batches(predict, batches, inputs, num_classes, ignore_index, len(triples))
+
+
+class ConditionInputs:
+    """The audit's seeded noise and blank inputs for batches of normalised images."""
+
+    def __init__(self, mean, std, device: torch.device):
+        self.noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
+        self.blank = DeviceImages(load_group_option("condition", "blank"), mean, std, device, seeded=True)
+
+
+def measure_batches(
+    predict, batches, inputs: ConditionInputs, num_classes: int, ignore_index: int, n_images: int
+) -> tuple[dict[str, dict], dict[str, PerImage]]:
+    """Every audit condition's metrics and per-image scores over `batches` of (dataset
+    positions, real images, another image for each, labels), all on one device;
+    `predict(images, size=...)` gives logits at the labels' size."""
     metrics = {
         "real": ConfusionMatrix(num_classes, ignore_index),
         "noise": AgreementMatrix(num_classes, ignore_index),  # noise vs real predictions
         "blank": ConfusionMatrix(num_classes, ignore_index),
         "shuffled": ConfusionMatrix(num_classes, ignore_index),
     }
-    scores = {name: ImageScores(num_classes, ignore_index, len(triples)) for name in metrics}
+    scores = {name: ImageScores(num_classes, ignore_index, n_images) for name in metrics}
     real_labels = None
-    for indices, (images, others, target) in zip(batch_indices(loader), loader):
-        images, others, target = images.to(device), others.to(device), target.to(device)
-        for name, inputs in (
+    for indices, images, others, target in batches:
+        for name, batch in (
             ("real", images),
-            ("noise", noise(images)),
-            ("blank", blank(images)),
+            ("noise", inputs.noise(images)),
+            ("blank", inputs.blank(images)),
             ("shuffled", others),
         ):
-            logits = predict(inputs, size=target.shape[-2:])
+            logits = predict(batch, size=target.shape[-2:])
             labels = logits.argmax(1)
             if name == "real":
                 real_labels = labels

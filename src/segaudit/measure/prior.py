@@ -285,25 +285,34 @@ class _Reference:
 def _score_chunk(paths, ref: _Reference, label_lut):
     """Confusion matrices of the prior map and the majority class over some val labels,
     and each label's per-image rows (`segaudit.measure.information`) for both as probabilities."""
-    k, ignore = ref.num_classes, ref.ignore_index
-    cm_prior = torch.zeros(k, k, dtype=torch.int64)
+    cm_prior = torch.zeros(ref.num_classes, ref.num_classes, dtype=torch.int64)
     cm_major = torch.zeros_like(cm_prior)
     rows = []
     for path in paths:
-        target = _load(path, None, label_lut)
-        ys, xs = grid_index(target.shape, ref.predicted.shape)  # each label at its own size
-        pred = ref.predicted[np.ix_(ys, xs)]
-        cm_prior += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target.astype(np.int64)), k, ignore)
-        major = np.full_like(pred, ref.majority_class)
-        cm_major += confusion_matrix(torch.from_numpy(major), torch.from_numpy(target.astype(np.int64)), k, ignore)
-        valid = target != ignore
-        labels, (py, px) = target[valid].astype(np.int64), np.nonzero(valid)
-        location = label_scores(None, pred, target, k, ignore)
-        location["nll"] = float(-ref.location[labels, ys[py], xs[px]].astype(np.float64).sum())
-        glob = label_scores(None, major, target, k, ignore)
-        glob["nll"] = float(-ref.glob[labels].astype(np.float64).sum())
-        rows.append((location, glob))
+        a, b, row = _score_target(_load(path, None, label_lut), ref)
+        cm_prior += a
+        cm_major += b
+        rows.append(row)
     return cm_prior, cm_major, rows
+
+
+def _score_target(target: np.ndarray, ref: _Reference) -> tuple[torch.Tensor, torch.Tensor, tuple[dict, dict]]:
+    """One val label map (at its own size) under the prior map and the majority class:
+    their confusion matrices and per-image rows as probabilities."""
+    k, ignore = ref.num_classes, ref.ignore_index
+    ys, xs = grid_index(target.shape, ref.predicted.shape)
+    pred = ref.predicted[np.ix_(ys, xs)]
+    labels_all = torch.from_numpy(target.astype(np.int64))
+    cm_prior = confusion_matrix(torch.from_numpy(pred), labels_all, k, ignore)
+    major = np.full_like(pred, ref.majority_class)
+    cm_major = confusion_matrix(torch.from_numpy(major), labels_all, k, ignore)
+    valid = target != ignore
+    labels, (py, px) = target[valid].astype(np.int64), np.nonzero(valid)
+    location = label_scores(None, pred, target, k, ignore)
+    location["nll"] = float(-ref.location[labels, ys[py], xs[px]].astype(np.float64).sum())
+    glob = label_scores(None, major, target, k, ignore)
+    glob["nll"] = float(-ref.glob[labels].astype(np.float64).sum())
+    return cm_prior, cm_major, (location, glob)
 
 
 def _reference(counts: torch.Tensor, pseudo_count: float, ignore_index: int) -> _Reference:
@@ -406,4 +415,53 @@ def analytic_prior(dcfg: DictConfig, workers: int | None = None) -> PriorResult:
         pseudo_count=pseudo_count,
         reference=reference,
         val_stems=[s.stem for s in val_samples],
+    )
+
+
+def count_masks(masks, size: tuple[int, int], num_classes: int, ignore_index: int) -> torch.Tensor:
+    """Per-pixel class counts (K x H x W int64) of label maps held in memory, each resized
+    to `size` by nearest neighbour as `count_labels` resizes files.
+
+    Raises:
+        DataError: a label value outside the classes (other than `ignore_index`).
+    """
+    counts = torch.zeros(num_classes * size[0] * size[1], dtype=torch.int64)
+    pixels = torch.arange(size[0] * size[1])
+    for i, mask in enumerate(masks):
+        mask = _resized(np.asarray(mask).astype(np.int32), size).astype(np.int64).reshape(-1)
+        _check_values(mask, Path(f"training mask {i}"), num_classes, ignore_index)
+        keep = mask != ignore_index
+        if (mask[keep] < 0).any():
+            raise DataError(f"training mask {i}: negative label values; give ignore_index for them")
+        counts += torch.bincount(torch.from_numpy(mask[keep]) * pixels.numel() + pixels[keep], minlength=counts.numel())
+    return counts.view(num_classes, *size)
+
+
+def prior_of_masks(counts: torch.Tensor, val_masks: list[np.ndarray], ignore_index: int) -> PriorResult:
+    """The analytic prior of training label `counts` (`count_masks`, `count_labels`), scored
+    on label maps held in memory: what `analytic_prior` gives for a dataset on disk, for a
+    training loop's own data (`segaudit.integrations`)."""
+    t0 = time.perf_counter()
+    glob = global_frequencies(counts)
+    pseudo_count = choose_pseudo_count(counts, glob)
+    ref = _reference(counts, pseudo_count, ignore_index)
+    cm_prior = torch.zeros(ref.num_classes, ref.num_classes, dtype=torch.int64)
+    cm_major = torch.zeros_like(cm_prior)
+    rows = []
+    for target in val_masks:
+        a, b, row = _score_target(np.asarray(target), ref)
+        cm_prior += a
+        cm_major += b
+        rows.append(row)
+    return PriorResult(
+        counts=counts,
+        per_pixel=summarize(cm_prior),
+        majority=summarize(cm_major),
+        majority_class=ref.majority_class,
+        size=tuple(counts.shape[1:]),
+        n_train=-1,
+        n_val=len(val_masks),
+        seconds=time.perf_counter() - t0,
+        pseudo_count=pseudo_count,
+        reference={"location": stack_rows([r[0] for r in rows]), "global": stack_rows([r[1] for r in rows])},
     )

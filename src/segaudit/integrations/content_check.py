@@ -1,0 +1,309 @@
+"""The audit on a training loop's own data, with no framework: a fixed validation subset
+under real, noise, blank and shuffled input against the analytic prior of the training
+labels, the information evidence with its intervals, and the red flags.
+
+    monitor = ContentMonitor.from_batches(val_loader, train_masks, num_classes=19)
+    for step in range(iters):
+        ...
+        if step % 500 == 0:
+            result = monitor.check(model, step, on_flag="stop")   # warn | stop | raise
+            if result.stop:
+                break
+    monitor.write_record(result, runs="runs", strategy="my-run")
+
+The numbers are the ones `segaudit audit` gives for the same model on the same images,
+because both go through `diagnostics.audit.measure_batches` and `audit_findings`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segaudit import runs as run_store
+from segaudit.core.config import compose, load_group_option
+from segaudit.core.devices import device_label
+from segaudit.core.errors import ConfigError, SegauditError
+from segaudit.data.conditions import derangement
+from segaudit.diagnostics.audit import AuditFindings, ConditionInputs, audit_findings, measure_batches
+from segaudit.measure.evidence import Estimate
+from segaudit.measure.prior import PriorResult, count_masks, prior_of_masks
+from segaudit.models.sources import select_output
+from segaudit.workflows.recording import record_finished
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ON_FLAG = ("warn", "stop", "raise")
+_PAIR_KEYS = (("image", "mask"), ("images", "masks"), ("pixel_values", "labels"))
+
+
+class ContentRedFlags(SegauditError):
+    """A content check during training found red flags (`on_flag="raise"`)."""
+
+    exit_code = 1
+
+    def __init__(self, flags: list[str], step: int):
+        super().__init__(f"step {step}: " + "; ".join(flags))
+        self.flags, self.step = flags, step
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, masks) of a batch: a tuple or list (first two items), or a mapping with
+    `image`/`mask`, `images`/`masks` or `pixel_values`/`labels`.
+
+    Raises:
+        ConfigError: a batch of another shape (give `batch_to_pair`).
+    """
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    if hasattr(batch, "keys"):
+        for image_key, mask_key in _PAIR_KEYS:
+            if image_key in batch and mask_key in batch:
+                return batch[image_key], batch[mask_key]
+        raise ConfigError(f"a batch with keys {sorted(batch.keys())}: give batch_to_pair to pick images and masks")
+    raise ConfigError(f"a batch of type {type(batch).__name__}: give batch_to_pair to pick images and masks")
+
+
+def masks_of(batches: Iterable, batch_to_pair=split_batch, limit: int | None = None) -> Iterator[np.ndarray]:
+    """Every label map of `batches` as an H x W array, at most `limit` of them."""
+    seen = 0
+    for batch in batches:
+        for mask in batch_to_pair(batch)[1]:
+            if limit is not None and seen >= limit:
+                return
+            seen += 1
+            yield mask.detach().cpu().numpy()
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits in what a model returns (a tensor, `out`/`logits` key or attribute, a tuple)."""
+    if not isinstance(output, torch.Tensor) and hasattr(output, "logits") and not hasattr(output, "keys"):
+        return output.logits
+    return select_output(output, None)
+
+
+@dataclass
+class ContentCheckResult:
+    """One check of a model during training.
+
+    Attributes:
+        step: the training step it was measured at.
+        findings: the audit's findings (mIoU by input, prior, evidence, red flags).
+        results: each condition's metrics (`ConfusionMatrix.compute`).
+        seconds: how long the check took.
+        stop: whether the check asked the training to stop (`on_flag="stop"`).
+    """
+
+    step: int
+    findings: AuditFindings
+    results: dict[str, dict]
+    seconds: float
+    stop: bool = False
+    flags: list[str] = field(default_factory=list)
+
+    def scalars(self, prefix: str = "segaudit/") -> dict[str, float]:
+        """The values a training logger plots: mIoU by input, the prior's, the content
+        information with its interval (bits/pixel), the noise-retained share, the flags."""
+        found = self.findings
+        out = {f"{prefix}miou_{name}": float(value) for name, value in found.miou.items()}
+        out[f"{prefix}miou_prior"] = float(found.prior_miou)
+        if found.evidence.get("bits"):
+            content = Estimate.from_dict(found.evidence["information"]["content"])
+            out.update(
+                {
+                    f"{prefix}content_bits": content.value,
+                    f"{prefix}content_bits_low": content.low,
+                    f"{prefix}content_bits_high": content.high,
+                    f"{prefix}noise_retained": Estimate.from_dict(found.evidence["noise_retained"]).value,
+                }
+            )
+        out[f"{prefix}red_flags"] = float(len(found.red_flags))
+        return out
+
+
+class ContentMonitor:
+    """The audit of one model on a fixed validation subset held on the device.
+
+    Args:
+        images: N x 3 x H x W normalised images, as the model takes them.
+        masks: N x H x W class ids (`ignore_index` where unlabelled).
+        prior: the analytic prior of the training labels, scored on `masks`
+            (`prior_of_masks`).
+        num_classes: the model's output channels.
+        ignore_index: the unlabelled value in `masks`.
+        mean, std: the normalisation of `images`, so noise and blank inputs match it.
+        gate: a `conf/gate` option: the evidence rules and their intervals.
+        batch_size: images per forward pass.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        prior: PriorResult,
+        num_classes: int,
+        ignore_index: int = 255,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        gate: str = "default",
+        batch_size: int = 8,
+    ):
+        if len(images) < 2:
+            raise ConfigError("the content check needs at least 2 validation images (the shuffled input)")
+        self.images, self.masks, self.prior = images, masks.long(), prior
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        self.mean, self.std = list(mean), list(std)
+        self.gate = load_group_option("gate", gate)
+        self.batch_size = int(batch_size)
+        self.others = derangement(len(images), int(load_group_option("condition", "shuffled").seed))
+        self.last: ContentCheckResult | None = None
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def from_batches(
+        cls,
+        val_batches: Iterable,
+        train_masks: Iterable,
+        num_classes: int,
+        subset: int = 32,
+        ignore_index: int = 255,
+        batch_to_pair=split_batch,
+        **settings,
+    ) -> ContentMonitor:
+        """A monitor on the first `subset` validation images of `val_batches`, with the prior
+        counted from `train_masks` (H x W label maps, arrays or tensors) at the subset's size.
+
+        `settings` are the other `ContentMonitor` arguments (mean, std, gate, batch_size).
+        """
+        images, masks = [], []
+        for batch in val_batches:
+            pair = batch_to_pair(batch)
+            images += list(pair[0][: subset - len(images)])
+            masks += list(pair[1][: subset - len(masks)])
+            if len(images) >= subset:
+                break
+        if not images:
+            raise ConfigError("the validation data gave no images for the content check")
+        images_t = torch.stack([i.detach().cpu() for i in images])
+        masks_t = torch.stack([m.detach().cpu() for m in masks]).long()
+        counts = count_masks(train_masks, tuple(masks_t.shape[-2:]), int(num_classes), int(ignore_index))
+        if counts.sum() == 0:
+            raise ConfigError("the training masks hold no labelled pixel: the prior needs them")
+        prior = prior_of_masks(counts, list(masks_t.numpy()), int(ignore_index))
+        return cls(images_t, masks_t, prior, num_classes, ignore_index, **settings)
+
+    def _batches(self, device: torch.device):
+        for start in range(0, len(self.images), self.batch_size):
+            index = torch.arange(start, min(start + self.batch_size, len(self.images)))
+            others = torch.tensor([self.others[i] for i in index.tolist()])
+            yield (
+                index,
+                self.images[index].to(device),
+                self.images[others].to(device),
+                self.masks[index].to(device),
+            )
+
+    @torch.inference_mode()
+    def measure(self, model: nn.Module, step: int = 0) -> ContentCheckResult:
+        """`model` (in eval mode for the check, put back after) under every input condition."""
+        t0 = time.perf_counter()
+        weights = next(iter(model.parameters()), None)
+        device = weights.device if weights is not None else torch.device("cpu")
+        self.device = device
+        was_training = model.training
+        model.eval()
+        try:
+            results, per_image = measure_batches(
+                partial(_predict, model),
+                self._batches(device),
+                ConditionInputs(self.mean, self.std, device),
+                self.num_classes,
+                self.ignore_index,
+                len(self.images),
+            )
+        finally:
+            model.train(was_training)
+        found = audit_findings(results, per_image, self.prior, self.gate, None)
+        self.last = ContentCheckResult(step, found, results, time.perf_counter() - t0, flags=list(found.red_flags))
+        return self.last
+
+    def check(self, model: nn.Module, step: int = 0, on_flag: str = "warn") -> ContentCheckResult:
+        """`measure`, then act on red flags: warn (a `UserWarning`), stop (`result.stop`),
+        or raise `ContentRedFlags`."""
+        if on_flag not in ON_FLAG:
+            raise ConfigError(f"on_flag='{on_flag}': use one of {', '.join(ON_FLAG)}")
+        result = self.measure(model, step)
+        if result.flags:
+            if on_flag == "raise":
+                raise ContentRedFlags(result.flags, step)
+            warnings.warn(f"segaudit content check, step {step}: " + "; ".join(result.flags), stacklevel=2)
+            result.stop = on_flag == "stop"
+        return result
+
+    def write_record(
+        self,
+        result: ContentCheckResult,
+        runs: str = "runs",
+        strategy: str = "training",
+        model_name: str = "training-model",
+        dataset_name: str = "training-data",
+        class_names: Sequence[str] | None = None,
+        command: str = "segaudit content check",
+    ) -> run_store.RunRecord:
+        """One `phase=audit` record of `result` under the runs folder `runs`, so the run
+        lands in `segaudit report` and `segaudit scope` beside `segaudit audit`'s records."""
+        cfg = compose([f"paths.runs={runs}"])
+        cfg.phase, cfg.strategy, cfg.run_id = "audit", str(strategy), None
+        names = list(class_names) if class_names else [f"class {k}" for k in range(self.num_classes)]
+        cfg.dataset.name, cfg.dataset.root, cfg.dataset.class_names = str(dataset_name), None, names
+        found = result.findings
+        by_condition = result.results
+        block = {
+            "source": str(model_name),
+            "source_run": None,
+            "miou": found.miou,
+            "prior_miou": found.prior_miou,
+            "majority_miou": found.majority_miou,
+            "content_gain": found.content_gain,
+            "inference": {"mode": "whole", "subset": len(self.images)},
+            "agreement_real_noise": by_condition["noise"]["agreement"],
+            "metrics": by_condition,
+            "evidence": found.evidence,
+            "red_flags": found.red_flags,
+            "reported_miou": None,
+            "finding": found.finding,
+            "probe": None,
+        }
+        folder, record = run_store.open_run(
+            cfg,
+            command,
+            model=str(model_name),
+            encoder=str(model_name),
+            eval_condition="real",
+            status="completed",
+            step=int(result.step),
+            metrics=by_condition["real"],
+            metrics_by_condition=by_condition,
+            history=[{"step": int(result.step), "condition": n, **m} for n, m in by_condition.items()],
+            device=device_label(self.device),
+            finished_at=run_store.now(),
+            audit=block,
+        )
+        return record_finished(cfg, folder, record, result.seconds)
+
+
+def _predict(model: nn.Module, images: torch.Tensor, size) -> torch.Tensor:
+    """Logits at the labels' size, upsampled as the audit does (SegFormer's 1/4 output)."""
+    logits = logits_of(model(images))
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits.float(), size=tuple(size), mode="bilinear")
+    return logits

@@ -1,0 +1,139 @@
+"""The content check as a Lightning callback (`pip install segaudit[lightning]`).
+
+    trainer = L.Trainer(callbacks=[ContentCheck(num_classes=19, on_flag="stop")])
+
+At every validation end (or every `every_n_val`-th), the model is measured on the first
+`subset` images of the validation loader under real, noise, blank and shuffled input
+against the analytic prior of the training labels; the values go to the trainer's own
+loggers (`segaudit/content_bits` with its interval, `segaudit/miou_*`, `segaudit/red_flags`).
+At fit end one `phase=audit` record is written under `runs`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+
+try:
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities import rank_zero_warn
+except ImportError:  # pragma: no cover - depends on the environment
+    raise ImportError("segaudit.integrations.lightning needs Lightning: pip install 'segaudit[lightning]'") from None
+
+from segaudit.core.errors import ConfigError
+from segaudit.integrations.content_check import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ON_FLAG,
+    ContentCheckResult,
+    ContentMonitor,
+    ContentRedFlags,
+    masks_of,
+    split_batch,
+)
+
+
+class ContentCheck(pl.Callback):
+    """Does the model read the image? Checked at Lightning's validation ends.
+
+    Args:
+        num_classes: the model's output channels.
+        subset: validation images checked (the first ones the val loader gives).
+        every_n_val: check at every n-th validation end (sanity checks skipped).
+        on_flag: `warn` (a warning), `stop` (the trainer stops after this validation) or
+            `raise` (`ContentRedFlags`).
+        train_masks: the training label maps the prior is counted from; default: every
+            mask of the datamodule's `train_dataloader()` (augmented crops make that prior
+            weaker than the one of the unaugmented labels: give them when you can).
+        ignore_index, mean, std, gate, batch_size: as `ContentMonitor`'s.
+        runs: the runs folder the fit-end record goes to (None: no record).
+        strategy, model_name, dataset_name, class_names: what the record calls the run.
+        batch_to_pair: a function from a batch to (images, masks), for batches that are
+            not (images, masks) tuples or `image`/`mask` mappings.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        subset: int = 32,
+        every_n_val: int = 1,
+        on_flag: str = "warn",
+        train_masks: Iterable | None = None,
+        ignore_index: int = 255,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        gate: str = "default",
+        batch_size: int = 8,
+        runs: str | None = "runs",
+        strategy: str = "lightning",
+        model_name: str | None = None,
+        dataset_name: str = "lightning-data",
+        class_names: Sequence[str] | None = None,
+        batch_to_pair=split_batch,
+    ):
+        if on_flag not in ON_FLAG:
+            raise ConfigError(f"ContentCheck(on_flag='{on_flag}'): use one of {', '.join(ON_FLAG)}")
+        if every_n_val < 1 or subset < 2:
+            raise ConfigError("ContentCheck: every_n_val must be >= 1 and subset >= 2")
+        self.num_classes, self.subset, self.every_n_val, self.on_flag = num_classes, subset, every_n_val, on_flag
+        self.train_masks, self.ignore_index, self.batch_to_pair = train_masks, ignore_index, batch_to_pair
+        self.settings = {"mean": mean, "std": std, "gate": gate, "batch_size": batch_size}
+        self.record = {"strategy": strategy, "dataset_name": dataset_name, "class_names": class_names}
+        self.runs, self.model_name = runs, model_name
+        self.monitor: ContentMonitor | None = None
+        self.results: list[ContentCheckResult] = []
+        self._validations = 0
+
+    def _build_monitor(self, trainer: pl.Trainer) -> ContentMonitor:
+        val = trainer.val_dataloaders
+        val = val[0] if isinstance(val, (list, tuple)) else val
+        if val is None:
+            raise ConfigError("ContentCheck: the trainer has no validation dataloader")
+        masks = self.train_masks
+        if masks is None:
+            if trainer.datamodule is None:
+                raise ConfigError("ContentCheck: give train_masks, or fit with a datamodule")
+            masks = masks_of(trainer.datamodule.train_dataloader(), self.batch_to_pair)
+        return ContentMonitor.from_batches(
+            val,
+            masks,
+            self.num_classes,
+            self.subset,
+            self.ignore_index,
+            batch_to_pair=self.batch_to_pair,
+            **self.settings,
+        )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._validations += 1
+        if self._validations % self.every_n_val:
+            return
+        if self.monitor is None:
+            self.monitor = self._build_monitor(trainer)
+        step = int(trainer.global_step)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the flags are reported below, through Lightning
+            result = self.monitor.check(pl_module, step, "warn" if self.on_flag == "raise" else self.on_flag)
+        self.results.append(result)
+        for logger in trainer.loggers:
+            logger.log_metrics(result.scalars(), step=step)
+        if result.flags:
+            if self.on_flag == "raise":
+                raise ContentRedFlags(result.flags, step)
+            rank_zero_warn(f"segaudit content check, step {step}: " + "; ".join(result.flags))
+            if self.on_flag == "stop":
+                trainer.should_stop = True
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.runs is None or self.monitor is None or not self.results or trainer.global_rank != 0:
+            return
+        name = self.model_name or type(pl_module).__name__
+        self.monitor.write_record(
+            self.results[-1],
+            runs=self.runs,
+            model_name=name,
+            command=f"lightning ContentCheck ({name})",
+            **self.record,
+        )

@@ -1,0 +1,147 @@
+"""The content check as a Hugging Face `Trainer` callback (`pip install segaudit[hf]`).
+
+    trainer = Trainer(model, args, train_dataset=train, eval_dataset=val,
+                      callbacks=[ContentCheckCallback(on_flag="stop")])
+
+At every evaluation (or every `every_n_eval`-th) the model is measured on the first
+`subset` images of the eval dataloader (`pixel_values`, `labels`): SegFormer's logits at
+1/4 resolution are upsampled to the labels as the audit does. The classes are
+`model.config.id2label`, the ignore value `semantic_loss_ignore_index`. The values go into
+the evaluation's metrics (`eval_segaudit/...`, so `trainer.evaluate()` returns them and
+`metric_for_best_model` may name them) and `trainer.state.log_history`. At the end of
+training one `phase=audit` record is written under `runs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+try:
+    from transformers import TrainerCallback
+except ImportError:  # pragma: no cover - depends on the environment
+    raise ImportError("segaudit.integrations.transformers needs transformers: pip install 'segaudit[hf]'") from None
+
+import torch
+
+from segaudit.core.errors import ConfigError
+from segaudit.integrations.content_check import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ON_FLAG,
+    ContentCheckResult,
+    ContentMonitor,
+    ContentRedFlags,
+    masks_of,
+)
+
+
+def reduce_labels(masks, ignore_index: int = 255):
+    """`do_reduce_labels`: class 0 (background) becomes `ignore_index`, every other id
+    moves down by one, as the image processors do to ADE20k-style labels."""
+    masks = masks.clone()
+    background = masks == 0
+    masks[(masks != ignore_index) & ~background] -= 1
+    masks[background] = ignore_index
+    return masks
+
+
+class ContentCheckCallback(TrainerCallback):
+    """Does the model read the image? Checked at the `Trainer`'s evaluations.
+
+    Args:
+        subset: eval images checked (the first ones the eval dataloader gives).
+        every_n_eval: check at every n-th evaluation.
+        on_flag: `warn`, `stop` (`control.should_training_stop`) or `raise` (`ContentRedFlags`).
+        train_masks: the training label maps the prior is counted from; default: every
+            `labels` of the training dataloader (already the model's ids, as its loss sees them).
+        do_reduce_labels: `train_masks` are raw annotation maps that the image processor
+            reduces (`reduce_labels`: 0 is background, ignored); the dataloaders' labels are
+            taken as the model's loss takes them.
+        mean, std: the normalisation of `pixel_values` (the image processor's).
+        gate, batch_size, runs, strategy, model_name, dataset_name: as Lightning's `ContentCheck`.
+    """
+
+    def __init__(
+        self,
+        subset: int = 32,
+        every_n_eval: int = 1,
+        on_flag: str = "warn",
+        train_masks: Iterable | None = None,
+        do_reduce_labels: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        gate: str = "default",
+        batch_size: int = 8,
+        runs: str | None = "runs",
+        strategy: str = "hf-trainer",
+        model_name: str | None = None,
+        dataset_name: str = "hf-data",
+    ):
+        if on_flag not in ON_FLAG:
+            raise ConfigError(f"ContentCheckCallback(on_flag='{on_flag}'): use one of {', '.join(ON_FLAG)}")
+        if every_n_eval < 1 or subset < 2:
+            raise ConfigError("ContentCheckCallback: every_n_eval must be >= 1 and subset >= 2")
+        self.subset, self.every_n_eval, self.on_flag = subset, every_n_eval, on_flag
+        self.train_masks, self.do_reduce_labels = train_masks, do_reduce_labels
+        self.settings = {"mean": mean, "std": std, "gate": gate, "batch_size": batch_size}
+        self.runs, self.strategy, self.model_name, self.dataset_name = runs, strategy, model_name, dataset_name
+        self.monitor: ContentMonitor | None = None
+        self.results: list[ContentCheckResult] = []
+        self._evaluations = 0
+        self._ignore_index = 255
+
+    def _build_monitor(self, model, eval_dataloader, train_dataloader) -> ContentMonitor:
+        config = model.config
+        self._ignore_index = int(getattr(config, "semantic_loss_ignore_index", 255))
+        if eval_dataloader is None:
+            raise ConfigError("ContentCheckCallback: the Trainer has no eval dataset")
+        masks = self.train_masks
+        if masks is not None and self.do_reduce_labels:
+            masks = (reduce_labels(torch.as_tensor(m), self._ignore_index) for m in masks)
+        if masks is None:
+            if train_dataloader is None:
+                raise ConfigError("ContentCheckCallback: give train_masks (the Trainer has no train dataloader)")
+            masks = masks_of(train_dataloader)
+        return ContentMonitor.from_batches(
+            eval_dataloader,
+            masks,
+            len(config.id2label),
+            self.subset,
+            self._ignore_index,
+            **self.settings,
+        )
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        self._evaluations += 1
+        if self._evaluations % self.every_n_eval:
+            return control
+        if self.monitor is None:
+            self.monitor = self._build_monitor(model, kwargs.get("eval_dataloader"), kwargs.get("train_dataloader"))
+        step = int(state.global_step)
+        result = self.monitor.check(model, step, "warn" if self.on_flag == "raise" else self.on_flag)
+        self.results.append(result)
+        values = result.scalars(prefix="eval_segaudit/")
+        if metrics is not None:
+            metrics.update(values)
+        state.log_history.append({**values, "step": step})
+        if result.flags and self.on_flag == "raise":
+            raise ContentRedFlags(result.flags, step)
+        if result.stop:
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.runs is None or self.monitor is None or not self.results or not state.is_world_process_zero:
+            return control
+        name = self.model_name or type(model).__name__
+        names = [model.config.id2label[k] for k in sorted(model.config.id2label)]
+        self.monitor.write_record(
+            self.results[-1],
+            runs=self.runs,
+            strategy=self.strategy,
+            model_name=name,
+            dataset_name=self.dataset_name,
+            class_names=names,
+            command=f"transformers ContentCheckCallback ({name})",
+        )
+        return control

@@ -1,0 +1,95 @@
+"""The framework-free content check: its prior from masks in memory is the analytic prior
+of the same masks on disk, its measurements are `segaudit audit`'s, and bad batches or
+settings are refused in one line."""
+
+import numpy as np
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+
+import segaudit
+from segaudit.core.config import compose
+from segaudit.core.errors import ConfigError, DataError
+from segaudit.data import build_dataset, prepare_dataset
+from segaudit.integrations.content_check import ContentMonitor, ContentRedFlags, split_batch
+from segaudit.measure.prior import analytic_prior, count_masks, prior_of_masks
+
+TRAIN = [[[0, 1], [2, 1]], [[0, 1], [0, 255]], [[0, 255], [2, 255]]]
+VAL = [[[0, 1], [2, 2]]]
+
+
+def test_counts_and_prior_of_masks_by_hand():
+    counts = count_masks([np.array(m) for m in TRAIN], (2, 2), 3, 255)
+    assert counts[:, 0, 0].tolist() == [3, 0, 0] and counts[:, 1, 0].tolist() == [1, 0, 2]
+    prior = prior_of_masks(counts, [np.array(v) for v in VAL], 255)
+    assert prior.per_pixel["iou"] == pytest.approx([100.0, 50.0, 50.0])  # as test_hand_computed_prior
+    assert prior.majority_class == 0
+    big = count_masks([np.kron(np.array(m), np.ones((2, 2), int)) for m in TRAIN], (2, 2), 3, 255)
+    assert torch.equal(big, counts)  # each map resized to the counting grid by nearest
+
+
+def test_bad_masks_are_refused():
+    with pytest.raises(DataError, match="training mask 0.*outside"):
+        count_masks([np.array([[0, 7]])], (1, 2), 3, 255)
+    with pytest.raises(DataError, match="negative"):
+        count_masks([np.array([[0, -100]])], (1, 2), 3, 255)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    settings = [f"paths.cache={cache}", "dataset.generate.n_train=48", "dataset.generate.n_val=16"]
+    return settings, prepare_dataset(compose(settings).dataset, cache)
+
+
+def test_the_monitor_measures_what_the_audit_measures(scenes, tmp_path):
+    settings, dcfg = scenes
+    val, train = build_dataset(dcfg, "val", train=False), build_dataset(dcfg, "train", train=False)
+    torch.manual_seed(0)
+    model = smp.Unet("resnet18", encoder_weights=None, classes=8, encoder_depth=3, decoder_channels=(32, 16, 8))
+    batches = [{"image": val[i][0][None], "mask": val[i][1][None]} for i in range(len(val))]  # mapping batches
+    monitor = ContentMonitor.from_batches(
+        batches,
+        (train[i][1] for i in range(len(train))),
+        8,
+        subset=16,
+        batch_size=4,
+        mean=dcfg.transform.mean,
+        std=dcfg.transform.std,
+    )
+    found = monitor.measure(model).findings
+    record = segaudit.audit_model(model, runs=tmp_path, overrides=[*settings, "train.eval_batch_size=4"])
+    assert found.miou == pytest.approx(record["audit"]["miou"])
+    assert found.prior_miou == pytest.approx(analytic_prior(dcfg).per_pixel["miou"])
+    ours, theirs = found.evidence["information"]["content"], record["audit"]["evidence"]["information"]["content"]
+    assert ours == pytest.approx(theirs, abs=1e-6)
+    assert found.red_flags == record["audit"]["red_flags"] and found.red_flags  # an untrained model is flagged
+    with pytest.raises(ContentRedFlags, match="step 3: "):
+        monitor.check(model, step=3, on_flag="raise")
+    with pytest.warns(UserWarning, match="segaudit content check, step 4"):
+        assert monitor.check(model, step=4, on_flag="stop").stop
+    assert model.training  # put back in the mode it was in
+
+
+def test_bad_batches_and_settings_get_one_line():
+    with pytest.raises(ConfigError, match=r"keys \['x', 'y'\]: give batch_to_pair"):
+        split_batch({"x": 1, "y": 2})
+    with pytest.raises(ConfigError, match="batch of type int"):
+        split_batch(3)
+    images, masks = torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long)
+    with pytest.raises(ConfigError, match="at least 2 validation images"):
+        ContentMonitor.from_batches([(images, masks)], [masks[0]], 2)
+    monitor = ContentMonitor.from_batches([(images.repeat(2, 1, 1, 1), masks.repeat(2, 1, 1))], [masks[0]], 2)
+    with pytest.raises(ConfigError, match="on_flag='loud'"):
+        monitor.check(torch.nn.Conv2d(3, 2, 1), on_flag="loud")
+
+
+def test_without_lightning_the_import_names_the_extra(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lightning", None)
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    monkeypatch.delitem(sys.modules, "segaudit.integrations.lightning", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'segaudit\[lightning\]'"):
+        importlib.import_module("segaudit.integrations.lightning")

@@ -1,0 +1,134 @@
+"""`ContentCheck` inside a real Lightning fit on the colour scenes (known truth): a clean
+pipeline raises no flag; one whose training masks sit on other images is flagged at a
+validation and stopped; the logged values are `segaudit audit`'s on the saved model."""
+
+import json
+
+import pandas as pd
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from typer.testing import CliRunner
+
+from segaudit.cli import app
+from segaudit.core.config import compose, load_group_option
+from segaudit.data import build_dataset, prepare_dataset
+
+L = pytest.importorskip("lightning")
+from segaudit.integrations.lightning import ContentCheck  # noqa: E402
+
+runner = CliRunner()
+SCENES = ["dataset.generate.n_train=96", "dataset.generate.n_val=32", "dataset.generate.n_test=4"]
+
+
+class Segmenter(L.LightningModule):
+    def __init__(self, num_classes: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = smp.Unet(
+            "resnet18", encoder_weights=None, classes=num_classes, encoder_depth=3, decoder_channels=(32, 16, 8)
+        )
+
+    def forward(self, images):
+        return self.net(images)
+
+    def training_step(self, batch, index):
+        images, masks = batch
+        loss = F.cross_entropy(self(images), masks, ignore_index=255)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, index):
+        images, masks = batch
+        self.log("val_loss", F.cross_entropy(self(images), masks, ignore_index=255))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+class Scenes(L.LightningDataModule):
+    """The scenes as a user's datamodule would serve them; `misaligned`: every training
+    mask paired with another scene's image (a broken pipeline)."""
+
+    def __init__(self, dcfg, misaligned: bool = False):
+        super().__init__()
+        self.dcfg, self.misaligned = dcfg, misaligned
+
+    def train_dataloader(self):
+        condition = load_group_option("condition", "shuffled" if self.misaligned else "real")
+        train = build_dataset(self.dcfg, "train", train=True, condition=condition)
+        return DataLoader(train, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+    def val_dataloader(self):
+        return DataLoader(build_dataset(self.dcfg, "val", train=False), batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    settings = [f"paths.cache={cache}", *SCENES]
+    return settings, prepare_dataset(compose(settings).dataset, cache)
+
+
+def _fit(dcfg, tmp_path, misaligned: bool, **check):
+    callback = ContentCheck(num_classes=8, runs=str(tmp_path / "runs"), **check)
+    trainer = L.Trainer(
+        max_epochs=9,  # 12 batches an epoch: validations at steps 36, 72 and 108
+        check_val_every_n_epoch=3,
+        log_every_n_steps=4,
+        callbacks=[callback],
+        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="csv"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    module = Segmenter(8)
+    L.seed_everything(0)
+    trainer.fit(module, datamodule=Scenes(dcfg, misaligned))
+    return trainer, module, callback
+
+
+def test_a_clean_fit_has_no_flag_and_its_logger_shows_the_evidence(scenes, tmp_path):
+    settings, dcfg = scenes
+    unaugmented = build_dataset(dcfg, "train", train=False)
+    masks = [unaugmented[i][1] for i in range(len(unaugmented))]
+    trainer, module, callback = _fit(dcfg, tmp_path, False, on_flag="stop", train_masks=masks, strategy="clean")
+    assert trainer.global_step == 108 and len(callback.results) == 3
+    last = callback.results[-1]
+    assert last.flags == [] and last.scalars()["segaudit/content_bits_low"] > 0
+
+    logged = pd.read_csv(next((tmp_path / "csv").rglob("metrics.csv")))
+    assert {"segaudit/content_bits", "segaudit/content_bits_low", "segaudit/miou_noise", "train_loss"} <= set(logged)
+    at_end = logged.dropna(subset=["segaudit/content_bits"]).iloc[-1]
+    assert at_end["segaudit/content_bits"] == pytest.approx(last.scalars()["segaudit/content_bits"])
+
+    # the same model, saved and audited by the command line on the same 32 val images
+    module.net.save_pretrained(str(tmp_path / "model"))
+    audited = runner.invoke(
+        app, ["audit", "model", str(tmp_path / "model"), f"paths.runs={tmp_path / 'audit'}", *settings]
+    )
+    assert audited.exit_code == 0, audited.output
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "audit").glob("*/record.json")]
+    for name, value in record["audit"]["miou"].items():
+        assert last.findings.miou[name] == pytest.approx(value, abs=0.01)
+    content = record["audit"]["evidence"]["information"]["content"]
+    assert last.scalars()["segaudit/content_bits"] == pytest.approx(content["value"], abs=1e-4)
+
+    table = runner.invoke(app, ["report", "table", f"paths.runs={tmp_path / 'runs'}", "--format", "json"])
+    assert table.exit_code == 0, table.output
+    (row,) = json.loads(table.stdout)
+    assert row["phase"] == "audit" and row["strategy"] == "clean"
+
+
+def test_masks_on_other_images_raise_the_flag_and_stop_the_fit(scenes, tmp_path):
+    _, dcfg = scenes
+    with pytest.warns(UserWarning, match="segaudit content check"):
+        trainer, _, callback = _fit(dcfg, tmp_path, True, on_flag="stop")
+    flagged = [i for i, r in enumerate(callback.results) if r.flags]
+    assert flagged and flagged[0] <= 1  # by the second validation
+    assert trainer.global_step < 108 and len(callback.results) == flagged[0] + 1
+    assert any("no more than the analytic prior" in f for f in callback.results[-1].flags)

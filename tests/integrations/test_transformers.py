@@ -1,0 +1,139 @@
+"""`ContentCheckCallback` inside a Hugging Face `Trainer` fine-tune of a tiny random-config
+SegFormer (no download) on the colour scenes: clean data raise no flag and the values are
+`segaudit audit`'s on the saved folder; masks on other images are flagged and stopped."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+from typer.testing import CliRunner
+
+from segaudit.cli import app
+from segaudit.core.config import compose, load_group_option
+from segaudit.data import build_dataset, prepare_dataset
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+from segaudit.integrations.transformers import ContentCheckCallback, reduce_labels  # noqa: E402
+
+runner = CliRunner()
+SCENES = ["dataset.generate.n_train=96", "dataset.generate.n_val=32", "dataset.generate.n_test=4"]
+NAMES = ["road", "sidewalk", "building", "vegetation", "sky", "car", "person", "pole"]
+
+
+class AsHF(Dataset):
+    """A segaudit split served the way HF scripts do: `pixel_values` and `labels`."""
+
+    def __init__(self, split: Dataset):
+        self.split = split
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, index):
+        image, mask = self.split[index]
+        return {"pixel_values": image, "labels": mask}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    settings = [f"paths.cache={cache}", *SCENES]
+    return settings, prepare_dataset(compose(settings).dataset, cache)
+
+
+def _segformer():
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(0)
+    config = SegformerConfig(
+        num_labels=8,
+        id2label=dict(enumerate(NAMES)),
+        label2id={n: i for i, n in enumerate(NAMES)},
+        num_encoder_blocks=4,
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[16, 32, 48, 64],
+        num_attention_heads=[1, 1, 1, 1],
+        sr_ratios=[8, 4, 2, 1],
+        decoder_hidden_size=64,
+    )
+    return SegformerForSemanticSegmentation(config)
+
+
+def _fine_tune(dcfg, tmp_path, misaligned: bool, **check):
+    from transformers import Trainer, TrainingArguments
+
+    condition = load_group_option("condition", "shuffled" if misaligned else "real")
+    callback = ContentCheckCallback(runs=str(tmp_path / "runs"), **check)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=120,
+        eval_strategy="steps",
+        eval_steps=40,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        learning_rate=3e-3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=_segformer(),
+        args=args,
+        train_dataset=AsHF(build_dataset(dcfg, "train", train=True, condition=condition)),
+        eval_dataset=AsHF(build_dataset(dcfg, "val", train=False)),
+        callbacks=[callback],
+    )
+    trainer.train()
+    return trainer, callback
+
+
+def test_reduce_labels_as_the_image_processors_do():
+    raw = torch.tensor([[0, 1, 2], [255, 3, 0]])
+    assert reduce_labels(raw).tolist() == [[255, 0, 1], [255, 2, 255]]
+
+
+def test_a_clean_fine_tune_has_no_flag_and_matches_the_audit(scenes, tmp_path):
+    settings, dcfg = scenes
+    unaugmented = build_dataset(dcfg, "train", train=False)
+    # raw annotation maps (0 = background, ids + 1), reduced by the callback
+    raw = [np.where(m.numpy() == 255, 0, m.numpy() + 1) for m in (unaugmented[i][1] for i in range(len(unaugmented)))]
+    trainer, callback = _fine_tune(dcfg, tmp_path, False, on_flag="stop", train_masks=raw, do_reduce_labels=True)
+    assert trainer.state.global_step == 120 and len(callback.results) == 3
+    last = callback.results[-1]
+    assert last.flags == [], last.flags
+    logged = [h for h in trainer.state.log_history if "eval_segaudit/content_bits" in h]
+    assert len(logged) == 3 and logged[-1]["eval_segaudit/content_bits"] == pytest.approx(
+        last.scalars()["segaudit/content_bits"]
+    )
+
+    trainer.model.save_pretrained(tmp_path / "segformer")
+    audited = runner.invoke(
+        app, ["audit", "model", str(tmp_path / "segformer"), f"paths.runs={tmp_path / 'audit'}", *settings]
+    )
+    assert audited.exit_code == 0, audited.output
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "audit").glob("*/record.json")]
+    for name, value in record["audit"]["miou"].items():
+        assert last.findings.miou[name] == pytest.approx(value, abs=0.01)
+    content = record["audit"]["evidence"]["information"]["content"]
+    assert last.scalars()["segaudit/content_bits"] == pytest.approx(content["value"], abs=1e-4)
+
+    table = runner.invoke(app, ["report", "table", f"paths.runs={tmp_path / 'runs'}", "--format", "json"])
+    (row,) = json.loads(table.stdout)
+    assert row["phase"] == "audit" and row["strategy"] == "hf-trainer"
+
+
+def test_masks_on_other_images_are_flagged_and_stopped(scenes, tmp_path):
+    _, dcfg = scenes
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer, callback = _fine_tune(dcfg, tmp_path, True, on_flag="stop")
+    flagged = [i for i, r in enumerate(callback.results) if r.flags]
+    assert flagged and flagged[0] <= 1
+    assert trainer.state.global_step < 120 and len(callback.results) == flagged[0] + 1
+    assert any("segaudit content check" in str(w.message) for w in seen)
