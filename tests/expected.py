@@ -55,3 +55,26 @@ def exit_code_follows_the_verdict(result, runs_root):
 def audit_records(runs: Path) -> list[dict]:
     records = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
     return [r for r in records if r["phase"] == "audit"]
+
+
+def assert_check_matches_audit(result, model_folder: Path, settings: list[str], runs_root: Path, strategy: str):
+    """A training-time content check (`segaudit.integrations`) measured what `segaudit audit
+    model` measures on the saved model and the same val images, and its fit-end record
+    lands in `segaudit report table`."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from segaudit.cli import app
+
+    runner, audits = CliRunner(), model_folder.parent / "audit"
+    audited = runner.invoke(app, ["audit", "model", str(model_folder), f"paths.runs={audits}", *settings])
+    (record,) = [json.loads(p.read_text()) for p in audits.glob("*/record.json")]
+    assert audited.exit_code == audit_exit(record), audited.output
+    for name, value in record["audit"]["miou"].items():
+        assert result.findings.miou[name] == pytest.approx(value, abs=0.01)
+    content = record["audit"]["evidence"]["information"]["content"]
+    assert result.scalars()["segaudit/content_bits"] == pytest.approx(content["value"], abs=1e-4)
+    table = runner.invoke(app, ["report", "table", f"paths.runs={runs_root}", "--format", "json"])
+    assert table.exit_code == 0, table.output
+    (row,) = json.loads(table.stdout)
+    assert row["phase"] == "audit" and row["strategy"] == strategy

@@ -2,24 +2,20 @@
 pipeline raises no flag; one whose training masks sit on other images is flagged at a
 validation and stopped; the logged values are `segaudit audit`'s on the saved model."""
 
-import json
-
 import pandas as pd
 import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from typer.testing import CliRunner
 
-from segaudit.cli import app
+from expected import assert_check_matches_audit
 from segaudit.core.config import compose, load_group_option
 from segaudit.data import build_dataset, prepare_dataset
 
 L = pytest.importorskip("lightning")
 from segaudit.integrations.lightning import ContentCheck  # noqa: E402
 
-runner = CliRunner()
 SCENES = ["dataset.generate.n_train=96", "dataset.generate.n_val=32", "dataset.generate.n_test=4"]
 
 
@@ -108,20 +104,7 @@ def test_a_clean_fit_has_no_flag_and_its_logger_shows_the_evidence(scenes, tmp_p
 
     # the same model, saved and audited by the command line on the same 32 val images
     module.net.save_pretrained(str(tmp_path / "model"))
-    audited = runner.invoke(
-        app, ["audit", "model", str(tmp_path / "model"), f"paths.runs={tmp_path / 'audit'}", *settings]
-    )
-    assert audited.exit_code == 0, audited.output
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "audit").glob("*/record.json")]
-    for name, value in record["audit"]["miou"].items():
-        assert last.findings.miou[name] == pytest.approx(value, abs=0.01)
-    content = record["audit"]["evidence"]["information"]["content"]
-    assert last.scalars()["segaudit/content_bits"] == pytest.approx(content["value"], abs=1e-4)
-
-    table = runner.invoke(app, ["report", "table", f"paths.runs={tmp_path / 'runs'}", "--format", "json"])
-    assert table.exit_code == 0, table.output
-    (row,) = json.loads(table.stdout)
-    assert row["phase"] == "audit" and row["strategy"] == "clean"
+    assert_check_matches_audit(last, tmp_path / "model", settings, tmp_path / "runs", "clean")
 
 
 def test_masks_on_other_images_raise_the_flag_and_stop_the_fit(scenes, tmp_path):

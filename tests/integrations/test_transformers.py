@@ -2,16 +2,14 @@
 SegFormer (no download) on the colour scenes: clean data raise no flag and the values are
 `segaudit audit`'s on the saved folder; masks on other images are flagged and stopped."""
 
-import json
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
-from typer.testing import CliRunner
 
-from segaudit.cli import app
+from expected import assert_check_matches_audit
 from segaudit.core.config import compose, load_group_option
 from segaudit.data import build_dataset, prepare_dataset
 
@@ -19,7 +17,6 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 from segaudit.integrations.transformers import ContentCheckCallback, reduce_labels  # noqa: E402
 
-runner = CliRunner()
 SCENES = ["dataset.generate.n_train=96", "dataset.generate.n_val=32", "dataset.generate.n_test=4"]
 NAMES = ["road", "sidewalk", "building", "vegetation", "sky", "car", "person", "pole"]
 
@@ -113,19 +110,7 @@ def test_a_clean_fine_tune_has_no_flag_and_matches_the_audit(scenes, tmp_path):
     )
 
     trainer.model.save_pretrained(tmp_path / "segformer")
-    audited = runner.invoke(
-        app, ["audit", "model", str(tmp_path / "segformer"), f"paths.runs={tmp_path / 'audit'}", *settings]
-    )
-    assert audited.exit_code == 0, audited.output
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "audit").glob("*/record.json")]
-    for name, value in record["audit"]["miou"].items():
-        assert last.findings.miou[name] == pytest.approx(value, abs=0.01)
-    content = record["audit"]["evidence"]["information"]["content"]
-    assert last.scalars()["segaudit/content_bits"] == pytest.approx(content["value"], abs=1e-4)
-
-    table = runner.invoke(app, ["report", "table", f"paths.runs={tmp_path / 'runs'}", "--format", "json"])
-    (row,) = json.loads(table.stdout)
-    assert row["phase"] == "audit" and row["strategy"] == "hf-trainer"
+    assert_check_matches_audit(last, tmp_path / "segformer", settings, tmp_path / "runs", "hf-trainer")
 
 
 def test_masks_on_other_images_are_flagged_and_stopped(scenes, tmp_path):
