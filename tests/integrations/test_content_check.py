@@ -84,12 +84,13 @@ def test_bad_batches_and_settings_get_one_line():
         monitor.check(torch.nn.Conv2d(3, 2, 1), on_flag="loud")
 
 
-def test_without_lightning_the_import_names_the_extra(monkeypatch):
+@pytest.mark.parametrize(("module", "extra"), [("lightning", "lightning"), ("transformers", "hf")])
+def test_without_the_extra_the_import_names_it(monkeypatch, module, extra):
     import importlib
     import sys
 
-    monkeypatch.setitem(sys.modules, "lightning", None)
-    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
-    monkeypatch.delitem(sys.modules, "segaudit.integrations.lightning", raising=False)
-    with pytest.raises(ImportError, match=r"pip install 'segaudit\[lightning\]'"):
-        importlib.import_module("segaudit.integrations.lightning")
+    monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
+    monkeypatch.setitem(sys.modules, f"{module}.pytorch", None)
+    monkeypatch.delitem(sys.modules, f"segaudit.integrations.{module}", raising=False)
+    with pytest.raises(ImportError, match=rf"pip install 'segaudit\[{extra}\]'"):
+        importlib.import_module(f"segaudit.integrations.{module}")

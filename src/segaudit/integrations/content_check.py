@@ -101,6 +101,7 @@ class ContentCheckResult:
         results: each condition's metrics (`ConfusionMatrix.compute`).
         seconds: how long the check took.
         stop: whether the check asked the training to stop (`on_flag="stop"`).
+        flags: the red flags that fired (`findings.red_flags`).
     """
 
     step: int

@@ -36,6 +36,9 @@ from segaudit.integrations.content_check import (
 class ContentCheck(pl.Callback):
     """Does the model read the image? Checked at Lightning's validation ends.
 
+    The LightningModule's `forward` takes normalised images and returns logits (a tensor,
+    or a mapping or object with `out`/`logits`).
+
     Args:
         num_classes: the model's output channels.
         subset: validation images checked (the first ones the val loader gives).
@@ -123,8 +126,9 @@ class ContentCheck(pl.Callback):
             if self.on_flag == "raise":
                 raise ContentRedFlags(result.flags, step)
             rank_zero_warn(f"segaudit content check, step {step}: " + "; ".join(result.flags))
-            if self.on_flag == "stop":
-                trainer.should_stop = True
+        # every rank checks its own shard of the val loader: stop them all together, or none
+        if trainer.strategy.reduce_boolean_decision(bool(result.stop), all=False):
+            trainer.should_stop = True
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.runs is None or self.monitor is None or not self.results or trainer.global_rank != 0:
