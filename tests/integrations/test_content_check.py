@@ -11,7 +11,7 @@ import segaudit
 from segaudit.core.config import compose
 from segaudit.core.errors import ConfigError, DataError
 from segaudit.data import build_dataset, prepare_dataset
-from segaudit.integrations.content_check import ContentMonitor, ContentRedFlags, split_batch
+from segaudit.integrations.content_check import ContentMonitor, ContentRedFlags, check_settings, split_batch
 from segaudit.measure.prior import analytic_prior, count_masks, prior_of_masks
 
 TRAIN = [[[0, 1], [2, 1]], [[0, 1], [0, 255]], [[0, 255], [2, 255]]]
@@ -82,6 +82,11 @@ def test_bad_batches_and_settings_get_one_line():
     monitor = ContentMonitor.from_batches([(images.repeat(2, 1, 1, 1), masks.repeat(2, 1, 1))], [masks[0]], 2)
     with pytest.raises(ConfigError, match="on_flag='loud'"):
         monitor.check(torch.nn.Conv2d(3, 2, 1), on_flag="loud")
+    mixed = [(images, masks), (torch.zeros(1, 3, 8, 4), torch.zeros(1, 8, 4, dtype=torch.long))]
+    with pytest.raises(ConfigError, match=r"one size, got \[\(4, 4\), \(8, 4\)\]"):
+        ContentMonitor.from_batches(mixed, [masks[0]], 2)
+    with pytest.raises(ConfigError, match="ContentCheck: checking every 0 evaluations"):
+        check_settings("ContentCheck", "warn", 0, 32)
 
 
 @pytest.mark.parametrize(("module", "extra"), [("lightning", "lightning"), ("transformers", "hf")])

@@ -140,11 +140,15 @@ def measure_conditions(
 
 
 class ConditionInputs:
-    """The audit's seeded noise and blank inputs for batches of normalised images."""
+    """The audit's seeded noise and blank inputs for batches of normalised images, the
+    noise generator seeded afresh (`noise`, `blank`: their configs, composed once by a
+    caller that measures again and again)."""
 
-    def __init__(self, mean, std, device: torch.device):
-        self.noise = DeviceImages(load_group_option("condition", "noise"), mean, std, device, seeded=True)
-        self.blank = DeviceImages(load_group_option("condition", "blank"), mean, std, device, seeded=True)
+    def __init__(self, mean, std, device: torch.device, noise: DictConfig | None = None, blank=None):
+        noise = noise if noise is not None else load_group_option("condition", "noise")
+        blank = blank if blank is not None else load_group_option("condition", "blank")
+        self.noise = DeviceImages(noise, mean, std, device, seeded=True)
+        self.blank = DeviceImages(blank, mean, std, device, seeded=True)
 
 
 def measure_batches(

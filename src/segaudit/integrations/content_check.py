@@ -56,6 +56,14 @@ class ContentRedFlags(SegauditError):
         self.flags, self.step = flags, step
 
 
+def check_settings(owner: str, on_flag: str, every: int, subset: int) -> None:
+    """Refuse a callback's settings in one line before any training starts."""
+    if on_flag not in ON_FLAG:
+        raise ConfigError(f"{owner}(on_flag='{on_flag}'): use one of {', '.join(ON_FLAG)}")
+    if every < 1 or subset < 2:
+        raise ConfigError(f"{owner}: checking every {every} evaluations on {subset} images; use >= 1 and >= 2")
+
+
 def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, masks) of a batch: a tuple or list (first two items), or a mapping with
     `image`/`mask`, `images`/`masks` or `pixel_values`/`labels`.
@@ -166,6 +174,7 @@ class ContentMonitor:
         self.gate = load_group_option("gate", gate)
         self.batch_size = int(batch_size)
         self.others = derangement(len(images), int(load_group_option("condition", "shuffled").seed))
+        self.conditions = {name: load_group_option("condition", name) for name in ("noise", "blank")}
         self.last: ContentCheckResult | None = None
         self.device = torch.device("cpu")
 
@@ -194,6 +203,12 @@ class ContentMonitor:
                 break
         if not images:
             raise ConfigError("the validation data gave no images for the content check")
+        sizes = sorted({tuple(i.shape[-2:]) for i in images} | {tuple(m.shape[-2:]) for m in masks})
+        if len(sizes) > 1:
+            raise ConfigError(
+                f"the content check needs validation images and masks of one size, got {sizes[:4]}: "
+                f"resize or crop them in the val loader, or give batches of one size"
+            )
         images_t = torch.stack([i.detach().cpu() for i in images])
         masks_t = torch.stack([m.detach().cpu() for m in masks]).long()
         counts = count_masks(train_masks, tuple(masks_t.shape[-2:]), int(num_classes), int(ignore_index))
@@ -226,7 +241,7 @@ class ContentMonitor:
             results, per_image = measure_batches(
                 partial(_predict, model),
                 self._batches(device),
-                ConditionInputs(self.mean, self.std, device),
+                ConditionInputs(self.mean, self.std, device, **self.conditions),
                 self.num_classes,
                 self.ignore_index,
                 len(self.images),

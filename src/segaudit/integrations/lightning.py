@@ -24,10 +24,10 @@ from segaudit.core.errors import ConfigError
 from segaudit.integrations.content_check import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ON_FLAG,
     ContentCheckResult,
     ContentMonitor,
     ContentRedFlags,
+    check_settings,
     masks_of,
     split_batch,
 )
@@ -74,10 +74,7 @@ class ContentCheck(pl.Callback):
         class_names: Sequence[str] | None = None,
         batch_to_pair=split_batch,
     ):
-        if on_flag not in ON_FLAG:
-            raise ConfigError(f"ContentCheck(on_flag='{on_flag}'): use one of {', '.join(ON_FLAG)}")
-        if every_n_val < 1 or subset < 2:
-            raise ConfigError("ContentCheck: every_n_val must be >= 1 and subset >= 2")
+        check_settings("ContentCheck", on_flag, every_n_val, subset)
         self.num_classes, self.subset, self.every_n_val, self.on_flag = num_classes, subset, every_n_val, on_flag
         self.train_masks, self.ignore_index, self.batch_to_pair = train_masks, ignore_index, batch_to_pair
         self.settings = {"mean": mean, "std": std, "gate": gate, "batch_size": batch_size}

@@ -27,10 +27,10 @@ from segaudit.core.errors import ConfigError
 from segaudit.integrations.content_check import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ON_FLAG,
     ContentCheckResult,
     ContentMonitor,
     ContentRedFlags,
+    check_settings,
     masks_of,
 )
 
@@ -77,10 +77,7 @@ class ContentCheckCallback(TrainerCallback):
         model_name: str | None = None,
         dataset_name: str = "hf-data",
     ):
-        if on_flag not in ON_FLAG:
-            raise ConfigError(f"ContentCheckCallback(on_flag='{on_flag}'): use one of {', '.join(ON_FLAG)}")
-        if every_n_eval < 1 or subset < 2:
-            raise ConfigError("ContentCheckCallback: every_n_eval must be >= 1 and subset >= 2")
+        check_settings("ContentCheckCallback", on_flag, every_n_eval, subset)
         self.subset, self.every_n_eval, self.on_flag = subset, every_n_eval, on_flag
         self.train_masks, self.do_reduce_labels = train_masks, do_reduce_labels
         self.settings = {"mean": mean, "std": std, "gate": gate, "batch_size": batch_size}
