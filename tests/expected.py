@@ -78,3 +78,18 @@ def assert_check_matches_audit(result, model_folder: Path, settings: list[str], 
     assert table.exit_code == 0, table.output
     (row,) = json.loads(table.stdout)
     assert row["phase"] == "audit" and row["strategy"] == strategy
+
+
+def assert_flagged_once_learning_stops(results):
+    """A training-time content check of a broken pipeline (masks on other images): the
+    audit's flags are there from the first check but held while the model learns where
+    classes sit and while it still gains; they count once it knows the location and
+    learning has stopped (or no content showed over two doublings), and the run stopped at
+    that check."""
+    flagged = [i for i, r in enumerate(results) if r.flags]
+    assert flagged, [(r.step, r.state, r.held) for r in results]
+    first = results[flagged[0]]
+    assert len(results) == flagged[0] + 1  # stopped at the first check whose flags count
+    assert results[0].state == "learning location" and results[0].held and not results[0].flags
+    assert first.location_part >= 0.9
+    assert first.state in ("flat", "slow") or any("another image's pixels" in f for f in first.flags)

@@ -177,3 +177,23 @@ def audit_source(native, source, *extra, monkeypatch=None):
 def same_miou(measured: dict, expected: dict, tol: float) -> None:
     for condition, value in expected.items():
         assert measured[condition] == pytest.approx(value, abs=tol), condition
+
+
+def tiny_segformer(num_labels: int, width: int = 8, names: list[str] | None = None):
+    """A random-config Hugging Face SegFormer (nothing downloaded): four one-block stages
+    of width, 2x, 3x and 4x width channels, classes named by `names` when given."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(0)
+    labels = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}} if names else {}
+    config = SegformerConfig(
+        num_labels=num_labels,
+        num_encoder_blocks=4,
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[width, 2 * width, 3 * width, 4 * width],
+        num_attention_heads=[1, 1, 1, 1],
+        sr_ratios=[8, 4, 2, 1],
+        decoder_hidden_size=4 * width,
+        **labels,
+    )
+    return SegformerForSemanticSegmentation(config)

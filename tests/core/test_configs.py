@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from hydra.utils import instantiate
+from layouts import PRESETS
 
 from segaudit.core.config import CONF_DIR, compose, config_groups
 from segaudit.models.build import build_model
@@ -37,9 +38,7 @@ def test_config_composes_instantiates_and_trains_one_step(group, option, tiny, s
             ]
         elif option in ("folder", "outside15k"):
             overrides.append(f"dataset.root={synth_root}")
-        else:  # official layouts: tests/data/test_presets.py builds a fixture for each
-            from test_presets import PRESETS
-
+        else:  # official layouts: tests/layouts.py builds a fixture for each
             root = synth_root.parent / f"layout_{option}"
             if not root.exists():
                 PRESETS[option][0](root)

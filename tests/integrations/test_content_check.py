@@ -2,6 +2,8 @@
 of the same masks on disk, its measurements are `segaudit audit`'s, and bad batches or
 settings are refused in one line."""
 
+import math
+
 import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
@@ -11,8 +13,20 @@ import segaudit
 from segaudit.core.config import compose
 from segaudit.core.errors import ConfigError, DataError
 from segaudit.data import build_dataset, prepare_dataset
-from segaudit.integrations.content_check import ContentMonitor, ContentRedFlags, check_settings, split_batch
-from segaudit.measure.prior import analytic_prior, count_masks, prior_of_masks
+from segaudit.integrations.content_check import (
+    ContentMonitor,
+    ContentRedFlags,
+    check_settings,
+    split_batch,
+    training_flags,
+)
+from segaudit.measure.prior import (
+    analytic_prior,
+    count_masks,
+    global_frequencies,
+    location_log2_probabilities,
+    prior_of_masks,
+)
 
 TRAIN = [[[0, 1], [2, 1]], [[0, 1], [0, 255]], [[0, 255], [2, 255]]]
 VAL = [[[0, 1], [2, 2]]]
@@ -64,11 +78,67 @@ def test_the_monitor_measures_what_the_audit_measures(scenes, tmp_path):
     ours, theirs = found.evidence["information"]["content"], record["audit"]["evidence"]["information"]["content"]
     assert ours == pytest.approx(theirs, abs=1e-6)
     assert found.red_flags == record["audit"]["red_flags"] and found.red_flags  # an untrained model is flagged
-    with pytest.raises(ContentRedFlags, match="step 3: "):
-        monitor.check(model, step=3, on_flag="raise")
-    with pytest.warns(UserWarning, match="segaudit content check, step 4"):
-        assert monitor.check(model, step=4, on_flag="stop").stop
+    # ... by the audit; during training it is only learning where classes sit
+    result = monitor.check(model, step=3, on_flag="raise")
+    assert result.state == "learning location" and result.location_part < 0.9
+    assert result.flags == [] and result.held == found.red_flags
     assert model.training  # put back in the mode it was in
+
+
+class LocationOnly(torch.nn.Module):
+    """A model that learned where classes sit and nothing else: the analytic prior's own
+    probabilities, whatever the image."""
+
+    def __init__(self, prior):
+        super().__init__()
+        log2 = location_log2_probabilities(prior.counts, global_frequencies(prior.counts), prior.pseudo_count)
+        self.register_buffer("logits", torch.as_tensor(log2) * math.log(2))
+
+    def forward(self, images):
+        return self.logits.expand(len(images), *self.logits.shape)
+
+
+def test_a_model_that_knows_only_location_is_flagged_once_it_stops_learning(scenes, tmp_path):
+    _, dcfg = scenes
+    val, train = build_dataset(dcfg, "val", train=False), build_dataset(dcfg, "train", train=False)
+    monitor = ContentMonitor.from_batches(
+        [(torch.stack([val[i][0] for i in range(16)]), torch.stack([val[i][1] for i in range(16)]))],
+        (train[i][1] for i in range(len(train))),
+        8,
+    )
+    model = LocationOnly(monitor.prior)
+    first = monitor.check(model, step=10, on_flag="raise")
+    assert first.location_part == pytest.approx(1.0, abs=1e-4)  # the prior, exactly
+    assert first.state == "no check at half this step" and first.flags == [] and len(first.held) == 3
+    with pytest.raises(ContentRedFlags, match="step 20: .*no more than the analytic prior") as raised:
+        monitor.check(model, step=20, on_flag="raise")  # nothing learned since step 10: flat
+    assert monitor.last.state == "flat" and monitor.last.rise.bits.value == pytest.approx(0.0, abs=1e-6)
+    assert len(raised.value.flags) == 3 and monitor.last.held == []
+    scalars = monitor.last.scalars()
+    assert scalars["segaudit/red_flags"] == 3 and scalars["segaudit/location_part"] == pytest.approx(1.0, abs=1e-4)
+    with pytest.warns(UserWarning, match="segaudit content check, step 40"):
+        assert monitor.check(model, step=40, on_flag="stop").stop
+    written = monitor.write_record(first, runs=str(tmp_path / "runs"))["audit"]
+    assert written["red_flags"] == first.held  # the audit's flags, and where training stood
+    assert written["training_check"]["state"] == "no check at half this step"
+    assert written["training_check"]["flags"] == [] and written["training_check"]["held"] == first.held
+
+
+KINDS = {"prior": "p", "shuffled": "s", "noise": "n"}
+
+
+@pytest.mark.parametrize(
+    ("learned", "state", "faults_before", "counted"),
+    [
+        (False, "flat", [True, True], []),  # still learning where classes sit: nothing counts
+        (True, "rising", [True, True], ["s"]),  # no content over two doublings of training
+        (True, "rising", [True, False], []),  # ... not yet two
+        (True, "unclear", [], []),
+        (True, "flat", [False, False], ["p", "s", "n"]),  # learning has stopped: every flag
+    ],
+)
+def test_which_flags_count_during_training(learned, state, faults_before, counted):
+    assert training_flags(KINDS, learned, state, faults_before) == counted
 
 
 def test_bad_batches_and_settings_get_one_line():
@@ -81,7 +151,7 @@ def test_bad_batches_and_settings_get_one_line():
         ContentMonitor.from_batches([(images, masks)], [masks[0]], 2)
     monitor = ContentMonitor.from_batches([(images.repeat(2, 1, 1, 1), masks.repeat(2, 1, 1))], [masks[0]], 2)
     with pytest.raises(ConfigError, match="on_flag='loud'"):
-        monitor.check(torch.nn.Conv2d(3, 2, 1), on_flag="loud")
+        monitor.check(torch.nn.Conv2d(3, 2, 1), 1, on_flag="loud")
     mixed = [(images, masks), (torch.zeros(1, 3, 8, 4), torch.zeros(1, 8, 4, dtype=torch.long))]
     with pytest.raises(ConfigError, match=r"one size, got \[\(4, 4\), \(8, 4\)\]"):
         ContentMonitor.from_batches(mixed, [masks[0]], 2)

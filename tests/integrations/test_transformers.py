@@ -1,6 +1,7 @@
 """`ContentCheckCallback` inside a Hugging Face `Trainer` fine-tune of a tiny random-config
-SegFormer (no download) on the colour scenes: clean data raise no flag and the values are
-`segaudit audit`'s on the saved folder; masks on other images are flagged and stopped."""
+SegFormer (no download) on the colour scenes, evaluated every 12 steps: clean data raise no
+flag at any evaluation and the values are `segaudit audit`'s on the saved folder; masks on
+other images are flagged once the model stops learning, and the run stops."""
 
 import warnings
 
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
+from trained import tiny_segformer
 
-from expected import assert_check_matches_audit
+from expected import assert_check_matches_audit, assert_flagged_once_learning_stops
 from segaudit.core.config import compose, load_group_option
 from segaudit.data import build_dataset, prepare_dataset
 
@@ -42,24 +44,6 @@ def scenes(tmp_path_factory):
     return settings, prepare_dataset(compose(settings).dataset, cache)
 
 
-def _segformer():
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    torch.manual_seed(0)
-    config = SegformerConfig(
-        num_labels=8,
-        id2label=dict(enumerate(NAMES)),
-        label2id={n: i for i, n in enumerate(NAMES)},
-        num_encoder_blocks=4,
-        depths=[1, 1, 1, 1],
-        hidden_sizes=[16, 32, 48, 64],
-        num_attention_heads=[1, 1, 1, 1],
-        sr_ratios=[8, 4, 2, 1],
-        decoder_hidden_size=64,
-    )
-    return SegformerForSemanticSegmentation(config)
-
-
 def _fine_tune(dcfg, tmp_path, misaligned: bool, **check):
     from transformers import Trainer, TrainingArguments
 
@@ -67,9 +51,9 @@ def _fine_tune(dcfg, tmp_path, misaligned: bool, **check):
     callback = ContentCheckCallback(runs=str(tmp_path / "runs"), **check)
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"),
-        max_steps=120,
+        max_steps=144,
         eval_strategy="steps",
-        eval_steps=40,
+        eval_steps=12,
         per_device_train_batch_size=8,
         per_device_eval_batch_size=8,
         learning_rate=3e-3,
@@ -80,7 +64,7 @@ def _fine_tune(dcfg, tmp_path, misaligned: bool, **check):
         disable_tqdm=True,
     )
     trainer = Trainer(
-        model=_segformer(),
+        model=tiny_segformer(8, width=16, names=NAMES),
         args=args,
         train_dataset=AsHF(build_dataset(dcfg, "train", train=True, condition=condition)),
         eval_dataset=AsHF(build_dataset(dcfg, "val", train=False)),
@@ -101,11 +85,11 @@ def test_a_clean_fine_tune_has_no_flag_and_matches_the_audit(scenes, tmp_path):
     # raw annotation maps (0 = background, ids + 1), reduced by the callback
     raw = [np.where(m.numpy() == 255, 0, m.numpy() + 1) for m in (unaugmented[i][1] for i in range(len(unaugmented)))]
     trainer, callback = _fine_tune(dcfg, tmp_path, False, on_flag="stop", train_masks=raw, do_reduce_labels=True)
-    assert trainer.state.global_step == 120 and len(callback.results) == 3
+    assert trainer.state.global_step == 144 and len(callback.results) == 12
+    assert [r.flags for r in callback.results] == [[]] * 12  # no flag at any evaluation
     last = callback.results[-1]
-    assert last.flags == [], last.flags
     logged = [h for h in trainer.state.log_history if "eval_segaudit/content_bits" in h]
-    assert len(logged) == 3 and logged[-1]["eval_segaudit/content_bits"] == pytest.approx(
+    assert len(logged) == 12 and logged[-1]["eval_segaudit/content_bits"] == pytest.approx(
         last.scalars()["segaudit/content_bits"]
     )
 
@@ -118,7 +102,6 @@ def test_masks_on_other_images_are_flagged_and_stopped(scenes, tmp_path):
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         trainer, callback = _fine_tune(dcfg, tmp_path, True, on_flag="stop")
-    flagged = [i for i, r in enumerate(callback.results) if r.flags]
-    assert flagged and flagged[0] <= 1
-    assert trainer.state.global_step < 120 and len(callback.results) == flagged[0] + 1
+    assert_flagged_once_learning_stops(callback.results)
+    assert trainer.state.global_step < 144
     assert any("segaudit content check" in str(w.message) for w in seen)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch.export import Dim
-from trained import audit_source, same_miou
+from trained import audit_source, same_miou, tiny_segformer
 from typer.testing import CliRunner
 
 from expected import audit_exit, read
@@ -328,29 +328,13 @@ def _audit_predictions(native, folder):
     return record
 
 
-def _tiny_segformer(num_labels: int):
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    torch.manual_seed(0)
-    config = SegformerConfig(
-        num_labels=num_labels,
-        num_encoder_blocks=4,
-        depths=[1, 1, 1, 1],
-        hidden_sizes=[8, 16, 24, 32],
-        num_attention_heads=[1, 1, 1, 1],
-        sr_ratios=[8, 4, 2, 1],
-        decoder_hidden_size=32,
-    )
-    return SegformerForSemanticSegmentation(config).eval()
-
-
 def test_a_hugging_face_segformer_folder_and_its_preprocessor_card(native):
     """A SegFormer folder audits like the same model handed to the Python API; its
     preprocessor config (mean/std 0.5, rescaled to 0..1) fills the card."""
     pytest.importorskip("transformers", reason="the [hf] extra is not installed")
     import segaudit
 
-    model = _tiny_segformer(8)
+    model = tiny_segformer(8).eval()
     folder = native["base"] / "segformer"
     model.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(
@@ -387,7 +371,7 @@ def test_a_hugging_face_segformer_folder_and_its_preprocessor_card(native):
 def test_a_hugging_face_folder_without_the_extra_is_one_line(native, monkeypatch):
     pytest.importorskip("transformers", reason="the [hf] extra is not installed")
     folder = native["base"] / "segformer-noextra"
-    _tiny_segformer(8).save_pretrained(folder)
+    tiny_segformer(8).eval().save_pretrained(folder)
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
     done = runner.invoke(app, ["audit", "model", str(folder), *native["tiny"]])
     assert done.exit_code == 2 and "pip install 'segaudit[hf]'" in done.stderr, done.output

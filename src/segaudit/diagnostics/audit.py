@@ -221,25 +221,32 @@ def evidence_flags(found: dict, miou: dict[str, float], prior: float, gate: Dict
     the prior, or no more than its predictions on another image's pixels, or it keeps more
     than `gate.evidence.location_share` of what it explains when fed noise. Without
     probabilities (predictions-only audits) the same questions are asked of mIoU."""
-    flags = []
+    return list(flags_by_kind(found, miou, prior, gate).values())
+
+
+def flags_by_kind(found: dict, miou: dict[str, float], prior: float, gate: DictConfig) -> dict[str, str]:
+    """`evidence_flags` by the question each answers: `prior` (no more than the analytic
+    prior), `shuffled` (no more than another image's pixels: no aligned content reaches
+    the model) and `noise` (it keeps its score on noise: location carries it)."""
+    flags = {}
     if found["bits"]:
         content = Estimate.from_dict(found["information"]["content"])
         if _at_prior(found):
-            flags.append(
+            flags["prior"] = (
                 f"real-image predictions explain no more than the analytic prior: content "
                 f"{content.text(3)} bits/pixel (mIoU {miou['real']:.1f} vs prior {prior:.1f}): "
                 f"it does not use the image's content"
             )
         versus = Estimate.from_dict(found["versus"]["shuffled"]["bits"])
         if not versus.above_zero:
-            flags.append(
+            flags["shuffled"] = (
                 f"its own image helps no more than another image's pixels: {versus.text(3)} "
                 f"bits/pixel (mIoU {miou['real']:.1f} vs {miou['shuffled']:.1f} on another image)"
             )
         kept = Estimate.from_dict(found["noise_retained"])
         share = float(gate.evidence.location_share)
         if kept.low > share:
-            flags.append(
+            flags["noise"] = (
                 f"on noise input it keeps {kept.value:.0%} [{kept.low:.0%}, {kept.high:.0%}] of what "
                 f"it explains on real images (> {share:.0%}): it predicts where classes usually "
                 f"are, not what it sees"
@@ -247,19 +254,19 @@ def evidence_flags(found: dict, miou: dict[str, float], prior: float, gate: Dict
         return flags
     gain = Estimate.from_dict(found["miou_gain"])
     if _at_prior(found):
-        flags.append(
+        flags["prior"] = (
             f"real-image mIoU {miou['real']:.1f} is not above the analytic prior {prior:.1f} "
             f"({gain.text(1)} points): it does not use the image's content"
         )
     versus = Estimate.from_dict(found["versus"]["shuffled"]["miou"])
     if not versus.above_zero:
-        flags.append(
+        flags["shuffled"] = (
             f"real-image mIoU {miou['real']:.1f} is not above its score on another image's "
             f"pixels {miou['shuffled']:.1f} ({versus.text(1)} points)"
         )
     ratio = gate.red_flags.noise_ratio
     if ratio is not None and miou["noise"] > float(ratio) * miou["real"]:
-        flags.append(
+        flags["noise"] = (
             f"noise input scores {miou['noise']:.1f}, more than {ratio:g} x its real-image "
             f"{miou['real']:.1f}: it predicts where classes usually are, not what it sees"
         )

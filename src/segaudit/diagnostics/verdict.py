@@ -152,38 +152,51 @@ def learning_state(rise: Comparison | None, rules: DictConfig, doublings: float 
     return "unclear"
 
 
-def _paces(ev: Evidence) -> list[float]:
-    """Content's share gained per doubling of training over the last doublings on the
-    curve, oldest first (step s/4 -> s/2, then s/2 -> s, where evaluated)."""
-    shares = {p["step"]: p["content_share"]["value"] for p in ev.curve if p.get("content_share")}
-    points, step = [], ev.step
-    while step in shares and len(points) < 3:
-        points.insert(0, step)
-        earlier = [s for s in shares if s <= step // 2]
-        step = max(earlier) if earlier else None
+def _shares(ev: Evidence) -> dict[int, float]:
+    return {p["step"]: p["content_share"]["value"] for p in ev.curve if p.get("content_share")}
+
+
+def share_paces(shares: dict[int, float], step: int) -> list[float]:
+    """Content's share gained per doubling of training over the last doublings of a curve
+    (`{step: content share}`), oldest first (step s/4 -> s/2, then s/2 -> s, where
+    evaluated)."""
+    points, at = [], step
+    while at in shares and len(points) < 3:
+        points.insert(0, at)
+        earlier = [s for s in shares if s <= at // 2]
+        at = max(earlier) if earlier else None
     return [(shares[b] - shares[a]) / math.log2(b / a) for a, b in zip(points, points[1:])]
 
 
-def doublings_to_carry(ev: Evidence, rules: DictConfig) -> float | None:
+def doublings_to_reach(shares: dict[int, float], step: int, rules: DictConfig) -> float | None:
     """How many more doublings of training content's share needs to reach 1 -
-    `location_share` at the pace of the last doubling (`rise_from` -> `step`): 0 when it
-    is there, inf when it did not grow, None without both points on the curve."""
-    shares = {p["step"]: p["content_share"]["value"] for p in ev.curve if p.get("content_share")}
-    paces = _paces(ev)
-    if not paces or ev.step not in shares:
+    `location_share` at the pace of the last doubling to `step`: 0 when it is there, inf
+    when it did not grow, None without both points on the curve."""
+    paces = share_paces(shares, step)
+    if not paces or step not in shares:
         return None
-    gap = 1.0 - float(rules.location_share) - shares[ev.step]
+    gap = 1.0 - float(rules.location_share) - shares[step]
     if gap <= 0:
         return 0.0
     return gap / paces[-1] if paces[-1] > 0 else math.inf
 
 
-def decelerating(ev: Evidence) -> bool:
-    """Content's share grew no faster over the last doubling than over the one before:
-    its pace so far is an upper bound on what more training brings (early on a model
-    first learns where classes sit, and content's pace grows)."""
-    paces = _paces(ev)
+def share_decelerating(shares: dict[int, float], step: int) -> bool:
+    """Content's share grew no faster over the last doubling to `step` than over the one
+    before: its pace so far is an upper bound on what more training brings (early on a
+    model first learns where classes sit, and content's pace grows)."""
+    paces = share_paces(shares, step)
     return len(paces) >= 2 and paces[-1] <= paces[-2]
+
+
+def doublings_to_carry(ev: Evidence, rules: DictConfig) -> float | None:
+    """`doublings_to_reach` on the diagnose's curve at its step."""
+    return doublings_to_reach(_shares(ev), ev.step, rules)
+
+
+def decelerating(ev: Evidence) -> bool:
+    """`share_decelerating` on the diagnose's curve at its step."""
+    return share_decelerating(_shares(ev), ev.step)
 
 
 def _evidence_verdict(ev: Evidence, rules: DictConfig) -> tuple[str, list[str]]:
@@ -250,7 +263,7 @@ def _no_content_verdict(ev: Evidence, versus: Comparison, vs_text: str, rules: D
         return INCONCLUSIVE, [
             f"too early to tell: {vs_text}, but the control is still learning where classes sit (step "
             f"{ev.rise_from} -> {ev.step}: {control.bits.text(3)} bits/pixel, and it explains "
-            f"{_location_part(control_info):.0%} of what location explains); content shows only after that"
+            f"{control_info.location_part:.0%} of what location explains); content shows only after that"
         ]
     return INCONCLUSIVE, [
         f"content cannot be told apart from none yet: {vs_text}; the interval is too "
@@ -310,7 +323,7 @@ def _content_verdict(ev: Evidence, reaches: str, rules: DictConfig) -> tuple[str
         ]
     if not _learned_location(info, rules):
         return INCONCLUSIVE, reasons + [
-            f"the model has not yet learned where classes sit (it explains {_location_part(info):.0%} of "
+            f"the model has not yet learned where classes sit (it explains {info.location_part:.0%} of "
             f"what location explains): train longer, or check the learning rate and the labels"
         ]
     return INCONCLUSIVE, reasons + [
@@ -318,15 +331,10 @@ def _content_verdict(ev: Evidence, reaches: str, rules: DictConfig) -> tuple[str
     ]
 
 
-def _location_part(info: Information) -> float:
-    """What the model explains beyond the global frequencies, over what location explains."""
-    return (info.location.value + info.content.value) / info.location.value if info.location.value > 0 else 0.0
-
-
 def _learned_location(info: Information, rules: DictConfig) -> bool:
     """The model explains at least `location_learned` of what the analytic prior explains:
     it is past the start, where every model still learns where classes sit."""
-    return _location_part(info) >= float(rules.location_learned)
+    return info.location_part >= float(rules.location_learned)
 
 
 # --------------------------------------------------------------------------- mIoU rules

@@ -34,8 +34,10 @@ from segaudit.core.config import compose, load_group_option
 from segaudit.core.devices import device_label
 from segaudit.core.errors import ConfigError, SegauditError
 from segaudit.data.conditions import derangement
-from segaudit.diagnostics.audit import AuditFindings, ConditionInputs, audit_findings, measure_batches
-from segaudit.measure.evidence import Estimate
+from segaudit.diagnostics.audit import AuditFindings, ConditionInputs, audit_findings, flags_by_kind, measure_batches
+from segaudit.diagnostics.verdict import doublings_to_reach, learning_state, share_decelerating
+from segaudit.measure.evidence import Bootstrap, Comparison, Estimate, Information, compare
+from segaudit.measure.information import PerImage
 from segaudit.measure.prior import PriorResult, count_masks, prior_of_masks
 from segaudit.models.sources import select_output
 from segaudit.workflows.recording import record_finished
@@ -100,6 +102,17 @@ def logits_of(output: Any) -> torch.Tensor:
 
 
 @dataclass
+class _Check:
+    """What a later check needs of an earlier one."""
+
+    step: int
+    real: PerImage  # the real-input scores per image
+    learned: bool  # the model knew where classes sit
+    fault: bool  # its own image helped no more than another image's pixels
+    share: float  # content's share of what the model explains
+
+
+@dataclass
 class ContentCheckResult:
     """One check of a model during training.
 
@@ -109,15 +122,31 @@ class ContentCheckResult:
         results: each condition's metrics (`ConfusionMatrix.compute`).
         seconds: how long the check took.
         stop: whether the check asked the training to stop (`on_flag="stop"`).
-        flags: the red flags that fired (`findings.red_flags`).
+        location_part: what the model explains over what location explains.
+        state: `learning location` (under `gate.evidence.location_learned`), `no check at
+            half this step`, or the diagnose's learning state over the last doubling of
+            training: `rising`, `flat`, `slow` (as good as flat) or `unclear`.
+        rise: bits/pixel and mIoU points gained since the check at half this step (None:
+            no such check).
+        flags: the red flags that count now (`gate.rule: miou`: the audit's, at every
+            check). Early on every model, clean or broken, predicts where classes sit, and
+            on data learned slowly a clean model shows content only later; so only once
+            the model knows where classes sit: "its own image helps no more than another
+            image's pixels" once it held over `gate.evidence.fault_doublings` doublings of
+            training, and every flag once learning is `flat` or `slow`.
+        held: the audit's red flags that do not count yet.
     """
 
     step: int
     findings: AuditFindings
     results: dict[str, dict]
     seconds: float
+    location_part: float
+    state: str
+    rise: Comparison | None = None
     stop: bool = False
     flags: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
 
     def scalars(self, prefix: str = "segaudit/") -> dict[str, float]:
         """The values a training logger plots: mIoU by input, the prior's, the content
@@ -135,7 +164,10 @@ class ContentCheckResult:
                     f"{prefix}noise_retained": Estimate.from_dict(found.evidence["noise_retained"]).value,
                 }
             )
-        out[f"{prefix}red_flags"] = float(len(found.red_flags))
+        out[f"{prefix}location_part"] = float(self.location_part)
+        if self.rise is not None:
+            out[f"{prefix}rise_bits"] = self.rise.bits.value
+        out[f"{prefix}red_flags"] = float(len(self.flags))
         return out
 
 
@@ -176,6 +208,8 @@ class ContentMonitor:
         self.others = derangement(len(images), int(load_group_option("condition", "shuffled").seed))
         self.conditions = {name: load_group_option("condition", name) for name in ("noise", "blank")}
         self.last: ContentCheckResult | None = None
+        self.curve: list[_Check] = []  # the earlier checks a later one looks back to
+        self.boot = Bootstrap(len(images), int(self.gate.evidence.draws), float(self.gate.evidence.confidence))
         self.device = torch.device("cpu")
 
     @classmethod
@@ -249,12 +283,63 @@ class ContentMonitor:
         finally:
             model.train(was_training)
         found = audit_findings(results, per_image, self.prior, self.gate, None)
-        self.last = ContentCheckResult(step, found, results, time.perf_counter() - t0, flags=list(found.red_flags))
+        self.last = self._judge(step, found, results, per_image["real"], time.perf_counter() - t0)
         return self.last
 
-    def check(self, model: nn.Module, step: int = 0, on_flag: str = "warn") -> ContentCheckResult:
-        """`measure`, then act on red flags: warn (a `UserWarning`), stop (`result.stop`),
-        or raise `ContentRedFlags`."""
+    def _judge(
+        self, step: int, found: AuditFindings, results: dict, real: PerImage, seconds: float
+    ) -> ContentCheckResult:
+        """The check's result: where the model is in training and which red flags count."""
+        rules = self.gate.evidence
+        info = Information.from_dict(found.evidence["information"])
+        learned = info.location_part >= float(rules.location_learned)
+        half = self._earlier(step, 1)
+        rise = compare(real, half.real, self.boot) if half else None
+        shares = {c.step: c.share for c in self.curve} | {int(step): info.content_share.value}
+        # The pace is content's only once content surely shows (as in the diagnose).
+        slowing = info.content.above_zero and share_decelerating(shares, int(step))
+        doublings = doublings_to_reach(shares, int(step), rules) if slowing else None
+        state = learning_state(rise, rules, doublings) if half else "no check at half this step"
+        if self.gate.get("rule", "evidence") == "miou":  # the investigation's literal rule, at every check
+            kinds, counted = {}, list(found.red_flags)
+        else:
+            kinds = flags_by_kind(found.evidence, found.miou, found.prior_miou, self.gate)
+            before = [self._earlier(step, k) for k in range(1, int(rules.fault_doublings) + 1)]
+            faults_before = [c is not None and c.learned and c.fault for c in before]
+            counted = training_flags(kinds, learned, state, faults_before)
+        self._remember(_Check(int(step), real, learned, "shuffled" in kinds, info.content_share.value))
+        return ContentCheckResult(
+            step,
+            found,
+            results,
+            seconds,
+            info.location_part,
+            state if learned else "learning location",
+            rise=rise,
+            flags=counted,
+            held=[flag for flag in found.red_flags if flag not in counted],
+        )
+
+    def _earlier(self, step: int, doublings: int) -> _Check | None:
+        """The last check at or before step / 2**doublings (and before `step`)."""
+        return next((c for c in reversed(self.curve) if c.step <= step / 2**doublings and c.step < step), None)
+
+    def _remember(self, check: _Check) -> None:
+        """Keep `check`, and drop the checks no later check looks back to: later checks
+        look back no further than this one does (two doublings for the pace, the fault's
+        doublings)."""
+        half = self._earlier(check.step, 1)
+        looked_at = [self._earlier(check.step, int(self.gate.evidence.fault_doublings))]
+        looked_at.append(self._earlier(half.step, 1) if half else None)
+        steps = [c.step for c in looked_at if c is not None]
+        oldest = min(steps) if len(steps) == len(looked_at) else -1
+        self.curve = [c for c in self.curve if c.step >= oldest] + [check]
+
+    def check(self, model: nn.Module, step: int, on_flag: str = "warn") -> ContentCheckResult:
+        """`measure`, then act on the red flags that count (`ContentCheckResult.flags`):
+        warn (a `UserWarning`), stop (`result.stop`), or raise `ContentRedFlags`. `step`,
+        the training step, places the check on the training curve: flags count by doublings
+        of it."""
         if on_flag not in ON_FLAG:
             raise ConfigError(f"on_flag='{on_flag}': use one of {', '.join(ON_FLAG)}")
         result = self.measure(model, step)
@@ -298,6 +383,14 @@ class ContentMonitor:
             "reported_miou": None,
             "finding": found.finding,
             "probe": None,
+            # where training stood at this check, and which of `red_flags` counted there
+            "training_check": {
+                "state": result.state,
+                "location_part": result.location_part,
+                "rise": result.rise.as_dict() if result.rise else None,
+                "flags": result.flags,
+                "held": result.held,
+            },
         }
         folder, record = run_store.open_run(
             cfg,
@@ -315,6 +408,26 @@ class ContentMonitor:
             audit=block,
         )
         return record_finished(cfg, folder, record, result.seconds)
+
+
+def training_flags(kinds: dict[str, str], learned: bool, state: str, faults_before: Sequence[bool]) -> list[str]:
+    """The red flags that count during training, of the audit's (`flags_by_kind`).
+
+    Early on every model, clean or broken, predicts where classes sit, and on data learned
+    slowly a clean model shows content only after that (measured on the texture scenes:
+    docs/check-every-training.md). So nothing counts before the model knows where classes
+    sit (`learned`); then "its own image helps no more than another image's pixels" (no
+    aligned content reaches the model) counts once it also held at the checks one, two, ...
+    doublings of training before, each with the location learned (`faults_before`); and
+    every flag counts once learning is `flat` or `slow` (the diagnose's rule for a
+    shortcut: content's share would need more than `reach_doublings` doublings of training
+    at a pace that no longer grows).
+    """
+    if not learned:
+        return []
+    persistent = bool(faults_before) and all(faults_before)
+    stopped = state in ("flat", "slow")
+    return [text for kind, text in kinds.items() if stopped or (kind == "shuffled" and persistent)]
 
 
 def _predict(model: nn.Module, images: torch.Tensor, size) -> torch.Tensor:
