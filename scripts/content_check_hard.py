@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from segaudit.core.config import compose, load_group_option
 from segaudit.data import build_dataset, prepare_dataset
-from segaudit.integrations.content_check import ContentMonitor
+from segaudit.integrations.content_check import ContentMonitor, training_flags
 from segaudit.models.build import build_model
 
 KINDS = {"prior": "no more than the analytic prior", "shuffled": "another image", "noise": "on noise input"}
@@ -134,6 +134,27 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def recount(table: pd.DataFrame, fault_doublings: int, learned_at: float = 0.9) -> pd.DataFrame:
+    """`training_flags` applied again to recorded checks (their flag kinds, location part
+    and learning state), so a change of the rule is measured without training again."""
+    out = []
+    for _, run in table.sort_values("step").groupby(["pipeline", "seed"]):
+        rows = run.to_dict("records")
+        for row in rows:
+            kinds = {k: k for k in str(row["audit_flags"] if pd.notna(row["audit_flags"]) else "").split(",") if k}
+            before = []
+            for k in range(1, fault_doublings + 1):
+                earlier = [r for r in rows if r["step"] <= row["step"] / 2**k and r["step"] < row["step"]]
+                before.append(
+                    bool(earlier)
+                    and earlier[-1]["location_part"] >= learned_at
+                    and "shuffled" in str(earlier[-1]["audit_flags"])
+                )
+            learned = row["location_part"] >= learned_at
+            out.append({**row, "training_flags": ",".join(training_flags(kinds, learned, row["state"], before))})
+    return pd.DataFrame(out)
+
+
 def first_steps(table: pd.DataFrame) -> pd.DataFrame:
     """Per run: the first step the location is learned, the first the own image surely
     helps (versus another image's pixels), the first with no audit flag, the first whose
@@ -190,9 +211,13 @@ def main() -> None:
     parser.add_argument("--dataset", default="synthetic_hard", help="synthetic: the colour scenes, for contrast")
     parser.add_argument("--out", default="content_check_hard.csv")
     parser.add_argument("--summarise", nargs="+", help="only summarise these CSVs")
+    parser.add_argument(
+        "--fault-doublings", type=int, help="with --summarise: count the flags again with this gate.evidence key"
+    )
     args = parser.parse_args()
     if args.summarise:
-        report(pd.concat([pd.read_csv(path) for path in args.summarise], ignore_index=True))
+        table = pd.concat([pd.read_csv(path) for path in args.summarise], ignore_index=True)
+        report(table if args.fault_doublings is None else recount(table, args.fault_doublings))
         return
     steps = sorted(int(s) for s in args.steps.split(","))
     rows = []

@@ -98,7 +98,7 @@ class LocationOnly(torch.nn.Module):
         return self.logits.expand(len(images), *self.logits.shape)
 
 
-def test_a_model_that_knows_only_location_is_flagged_once_it_stops_learning(scenes, tmp_path):
+def test_a_model_that_knows_only_location_is_flagged_after_three_doublings(scenes, tmp_path):
     _, dcfg = scenes
     val, train = build_dataset(dcfg, "val", train=False), build_dataset(dcfg, "train", train=False)
     monitor = ContentMonitor.from_batches(
@@ -110,14 +110,18 @@ def test_a_model_that_knows_only_location_is_flagged_once_it_stops_learning(scen
     first = monitor.check(model, step=10, on_flag="raise")
     assert first.location_part == pytest.approx(1.0, abs=1e-4)  # the prior, exactly
     assert first.state == "no check at half this step" and first.flags == [] and len(first.held) == 3
-    with pytest.raises(ContentRedFlags, match="step 20: .*no more than the analytic prior") as raised:
-        monitor.check(model, step=20, on_flag="raise")  # nothing learned since step 10: flat
-    assert monitor.last.state == "flat" and monitor.last.rise.bits.value == pytest.approx(0.0, abs=1e-6)
+    for step in (20, 40):  # nothing learned since: flat, but no content for under three doublings
+        held = monitor.check(model, step=step, on_flag="raise")
+        assert held.state == "flat" and held.rise.bits.value == pytest.approx(0.0, abs=1e-6)
+        assert held.flags == [] and len(held.held) == 3
+    with pytest.raises(ContentRedFlags, match="step 80: .*no more than the analytic prior") as raised:
+        monitor.check(model, step=80, on_flag="raise")  # no content at steps 10, 20, 40 and 80
     assert len(raised.value.flags) == 3 and monitor.last.held == []
     scalars = monitor.last.scalars()
     assert scalars["segaudit/red_flags"] == 3 and scalars["segaudit/location_part"] == pytest.approx(1.0, abs=1e-4)
-    with pytest.warns(UserWarning, match="segaudit content check, step 40"):
-        assert monitor.check(model, step=40, on_flag="stop").stop
+    with pytest.warns(UserWarning, match="segaudit content check, step 160"):
+        assert monitor.check(model, step=160, on_flag="stop").stop
+    assert [c.step for c in monitor.curve] == [20, 40, 80, 160]  # what later checks look back to
     written = monitor.write_record(first, runs=str(tmp_path / "runs"))["audit"]
     assert written["red_flags"] == first.held  # the audit's flags, and where training stood
     assert written["training_check"]["state"] == "no check at half this step"
@@ -128,17 +132,20 @@ KINDS = {"prior": "p", "shuffled": "s", "noise": "n"}
 
 
 @pytest.mark.parametrize(
-    ("learned", "state", "faults_before", "counted"),
+    ("kinds", "learned", "state", "faults_before", "counted"),
     [
-        (False, "flat", [True, True], []),  # still learning where classes sit: nothing counts
-        (True, "rising", [True, True], ["s"]),  # no content over two doublings of training
-        (True, "rising", [True, False], []),  # ... not yet two
-        (True, "unclear", [], []),
-        (True, "flat", [False, False], ["p", "s", "n"]),  # learning has stopped: every flag
+        (KINDS, False, "flat", [True, True, True], []),  # still learning where classes sit
+        (KINDS, True, "rising", [True, True, True], ["p", "s", "n"]),  # no content for three doublings
+        (KINDS, True, "flat", [True, True, False], []),  # ... not yet three
+        (KINDS, True, "flat", [], []),  # no check at half this step
+        ({"noise": "n"}, True, "slow", [False] * 3, ["n"]),  # content shows, too slowly: location carries it
+        ({"noise": "n"}, True, "flat", [False] * 3, ["n"]),
+        ({"noise": "n"}, True, "unclear", [False] * 3, []),  # may still be learning
+        ({"prior": "p", "noise": "n"}, True, "flat", [False] * 3, []),  # a plateau before content shows
     ],
 )
-def test_which_flags_count_during_training(learned, state, faults_before, counted):
-    assert training_flags(KINDS, learned, state, faults_before) == counted
+def test_which_flags_count_during_training(kinds, learned, state, faults_before, counted):
+    assert training_flags(kinds, learned, state, faults_before) == counted
 
 
 def test_bad_batches_and_settings_get_one_line():

@@ -128,12 +128,8 @@ class ContentCheckResult:
             training: `rising`, `flat`, `slow` (as good as flat) or `unclear`.
         rise: bits/pixel and mIoU points gained since the check at half this step (None:
             no such check).
-        flags: the red flags that count now (`gate.rule: miou`: the audit's, at every
-            check). Early on every model, clean or broken, predicts where classes sit, and
-            on data learned slowly a clean model shows content only later; so only once
-            the model knows where classes sit: "its own image helps no more than another
-            image's pixels" once it held over `gate.evidence.fault_doublings` doublings of
-            training, and every flag once learning is `flat` or `slow`.
+        flags: the red flags that count now (`training_flags`; `gate.rule: miou`: the
+            audit's, at every check).
         held: the audit's red flags that do not count yet.
     """
 
@@ -414,20 +410,25 @@ def training_flags(kinds: dict[str, str], learned: bool, state: str, faults_befo
     """The red flags that count during training, of the audit's (`flags_by_kind`).
 
     Early on every model, clean or broken, predicts where classes sit, and on data learned
-    slowly a clean model shows content only after that (measured on the texture scenes:
-    docs/check-every-training.md). So nothing counts before the model knows where classes
-    sit (`learned`); then "its own image helps no more than another image's pixels" (no
-    aligned content reaches the model) counts once it also held at the checks one, two, ...
-    doublings of training before, each with the location learned (`faults_before`); and
-    every flag counts once learning is `flat` or `slow` (the diagnose's rule for a
-    shortcut: content's share would need more than `reach_doublings` doublings of training
-    at a pace that no longer grows).
+    slowly a clean model reads content only some doublings of training after that
+    (measured on the texture scenes: docs/check-every-training.md). So nothing counts
+    before the model knows where classes sit (`learned`). Then, as the diagnose asks:
+
+    - no aligned content reaches the model: "its own image helps no more than another
+      image's pixels" held at the checks one, two, ... doublings of training before too,
+      each with the location learned (`faults_before`); every flag counts;
+    - location carries the score: content surely shows beyond the prior (no `prior`
+      flag), learning is `flat` or `slow` (content's share would need more than
+      `reach_doublings` doublings of training at a pace that no longer grows), and it
+      keeps its score on noise; the `noise` flag counts.
     """
     if not learned:
         return []
-    persistent = bool(faults_before) and all(faults_before)
-    stopped = state in ("flat", "slow")
-    return [text for kind, text in kinds.items() if stopped or (kind == "shuffled" and persistent)]
+    if "shuffled" in kinds and faults_before and all(faults_before):
+        return list(kinds.values())
+    if state in ("flat", "slow") and "prior" not in kinds and "noise" in kinds:
+        return [kinds["noise"]]
+    return []
 
 
 def _predict(model: nn.Module, images: torch.Tensor, size) -> torch.Tensor:
