@@ -9,11 +9,13 @@ check/plain with its range.
 
     python scripts/bench_content_check.py                      # CPU, 64 px scenes, subset 32
     python scripts/bench_content_check.py --size 256 --device cuda --repeats 9
+    python scripts/bench_content_check.py --frame 1024x2048 --subset 4 --batch-size 2 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import tempfile
 import time
@@ -24,7 +26,8 @@ import torch.nn.functional as F
 
 from segaudit.core.config import compose
 from segaudit.data import build_dataset, prepare_dataset
-from segaudit.integrations.content_check import ContentMonitor
+from segaudit.data.synthetic import render_scene_at
+from segaudit.integrations.content_check import IMAGENET_MEAN, IMAGENET_STD, ContentMonitor
 from segaudit.measure.metrics import ConfusionMatrix
 
 
@@ -44,6 +47,48 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def frame_benchmark(args, device) -> None:
+    """The check at a real frame size (Cityscapes: 1024x2048), scenes rendered in memory:
+    the per-check cost against a plain validation pass, and the host memory the subset
+    takes."""
+    height, width = (int(v) for v in args.frame.lower().split("x"))
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    images, masks = [], []
+    for seed in range(args.subset):
+        image, mask = render_scene_at(1000 + seed, height, width)
+        images.append((torch.from_numpy(image).permute(2, 0, 1).float() / 255 - mean) / std)
+        masks.append(torch.from_numpy(mask.astype("int64")))
+    train_masks = (torch.from_numpy(render_scene_at(s, height, width)[1].astype("int64")) for s in range(16))
+    model = smp.Unet("resnet18", encoder_weights=None, classes=8).to(device).eval()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    t0 = time.perf_counter()
+    monitor = ContentMonitor.from_batches(
+        [(torch.stack(images), torch.stack(masks))], train_masks, 8, subset=args.subset, batch_size=args.batch_size
+    )
+    setup = time.perf_counter() - t0
+    del images, masks
+    checks, plains = [], []
+    for repeat in range(args.repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        monitor.measure(model, repeat)
+        _sync(device)
+        t1 = time.perf_counter()
+        plain_validation(model, monitor.images, monitor.masks, device, args.batch_size)
+        _sync(device)
+        checks.append(t1 - t0)
+        plains.append(time.perf_counter() - t1)
+    ratios = [c / p for c, p in zip(checks, plains)]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(
+        f"{height}x{width}, subset {args.subset}, {device}: subset on the host "
+        f"{monitor.images.nbytes / 2**30:.2f} GiB (peak RSS {before:.1f} -> {peak:.1f} GiB); setup {setup:.1f} s; "
+        f"per check {statistics.median(checks):.1f} s vs plain validation {statistics.median(plains):.1f} s; "
+        f"ratio median {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}, "
+        f"{args.repeats} repeats); content {monitor.last.scalars()['segaudit/content_bits']:+.3f} bits/pixel"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64)
@@ -51,8 +96,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--frame", help="HxW, e.g. 1024x2048: scenes rendered at that size in memory")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.frame:
+        frame_benchmark(args, device)
+        return
     with tempfile.TemporaryDirectory() as cache:
         settings = [f"paths.cache={cache}", f"dataset.generate.size={args.size}", "dataset.generate.n_train=64"]
         settings += [f"dataset.generate.n_val={args.subset}", "dataset.generate.n_test=2"]

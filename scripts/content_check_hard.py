@@ -20,6 +20,7 @@ learned, the own image surely helps, no audit flag is up, and a flag counts in t
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from segaudit.core.config import compose, load_group_option
 from segaudit.data import build_dataset, prepare_dataset
-from segaudit.integrations.content_check import ContentMonitor, training_flags
+from segaudit.integrations.content_check import ContentMonitor, location_carries, training_flags
 from segaudit.models.build import build_model
 
 KINDS = {"prior": "no more than the analytic prior", "shuffled": "another image", "noise": "on noise input"}
@@ -140,18 +141,15 @@ def recount(table: pd.DataFrame, fault_doublings: int, learned_at: float = 0.9) 
     out = []
     for _, run in table.sort_values("step").groupby(["pipeline", "seed"]):
         rows = run.to_dict("records")
-        for row in rows:
-            kinds = {k: k for k in str(row["audit_flags"] if pd.notna(row["audit_flags"]) else "").split(",") if k}
-            before = []
-            for k in range(1, fault_doublings + 1):
-                earlier = [r for r in rows if r["step"] <= row["step"] / 2**k and r["step"] < row["step"]]
-                before.append(
-                    bool(earlier)
-                    and earlier[-1]["location_part"] >= learned_at
-                    and "shuffled" in str(earlier[-1]["audit_flags"])
-                )
-            learned = row["location_part"] >= learned_at
-            out.append({**row, "training_flags": ",".join(training_flags(kinds, learned, row["state"], before))})
+        kinds_of = [{k: k for k in str(r["audit_flags"] or "").split(",") if k and k != "nan"} for r in rows]
+        learned = [r["step"] for r in rows if r["location_part"] >= learned_at]
+        for i, row in enumerate(rows):
+            first = learned[0] if learned and learned[0] <= row["step"] else None
+            since = math.log2(row["step"] / first) if first else 0.0
+            half = [j for j in range(i) if rows[j]["step"] <= row["step"] / 2]
+            before = bool(half) and first is not None and location_carries(kinds_of[half[-1]], rows[half[-1]]["state"])
+            flags = training_flags(kinds_of[i], first is not None, row["state"], since, fault_doublings, before)
+            out.append({**row, "training_flags": ",".join(flags)})
     return pd.DataFrame(out)
 
 
@@ -216,7 +214,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.summarise:
-        table = pd.concat([pd.read_csv(path) for path in args.summarise], ignore_index=True)
+        flags = dict.fromkeys(("audit_flags", "training_flags", "held_flags"), str)  # "" when none
+        table = pd.concat([pd.read_csv(path, converters=flags) for path in args.summarise], ignore_index=True)
         report(table if args.fault_doublings is None else recount(table, args.fault_doublings))
         return
     steps = sorted(int(s) for s in args.steps.split(","))

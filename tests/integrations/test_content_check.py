@@ -121,7 +121,7 @@ def test_a_model_that_knows_only_location_is_flagged_after_three_doublings(scene
     assert scalars["segaudit/red_flags"] == 3 and scalars["segaudit/location_part"] == pytest.approx(1.0, abs=1e-4)
     with pytest.warns(UserWarning, match="segaudit content check, step 160"):
         assert monitor.check(model, step=160, on_flag="stop").stop
-    assert [c.step for c in monitor.curve] == [20, 40, 80, 160]  # what later checks look back to
+    assert [c.step for c in monitor.curve] == [40, 80, 160]  # what later checks look back to
     written = monitor.write_record(first, runs=str(tmp_path / "runs"))["audit"]
     assert written["red_flags"] == first.held  # the audit's flags, and where training stood
     assert written["training_check"]["state"] == "no check at half this step"
@@ -132,20 +132,20 @@ KINDS = {"prior": "p", "shuffled": "s", "noise": "n"}
 
 
 @pytest.mark.parametrize(
-    ("kinds", "learned", "state", "faults_before", "counted"),
+    ("kinds", "learned", "state", "doublings_since", "shortcut_before", "counted"),
     [
-        (KINDS, False, "flat", [True, True, True], []),  # still learning where classes sit
-        (KINDS, True, "rising", [True, True, True], ["p", "s", "n"]),  # no content for three doublings
-        (KINDS, True, "flat", [True, True, False], []),  # ... not yet three
-        (KINDS, True, "flat", [], []),  # no check at half this step
-        ({"noise": "n"}, True, "slow", [False] * 3, ["n"]),  # content shows, too slowly: location carries it
-        ({"noise": "n"}, True, "flat", [False] * 3, ["n"]),
-        ({"noise": "n"}, True, "unclear", [False] * 3, []),  # may still be learning
-        ({"prior": "p", "noise": "n"}, True, "flat", [False] * 3, []),  # a plateau before content shows
+        (KINDS, False, "flat", 0.0, True, []),  # still learning where classes sit
+        (KINDS, True, "rising", 3.0, False, ["p", "s", "n"]),  # no content three doublings after
+        (KINDS, True, "flat", 2.9, True, []),  # ... not yet three
+        ({"noise": "n"}, True, "slow", 0.0, True, ["n"]),  # content shows, too slowly, twice over
+        ({"noise": "n"}, True, "flat", 0.0, True, ["n"]),
+        ({"noise": "n"}, True, "slow", 0.0, False, []),  # once: a pace read off noisy shares
+        ({"noise": "n"}, True, "unclear", 0.0, True, []),  # may still be learning
+        ({"prior": "p", "noise": "n"}, True, "flat", 0.0, True, []),  # a plateau before content shows
     ],
 )
-def test_which_flags_count_during_training(kinds, learned, state, faults_before, counted):
-    assert training_flags(kinds, learned, state, faults_before) == counted
+def test_which_flags_count_during_training(kinds, learned, state, doublings_since, shortcut_before, counted):
+    assert training_flags(kinds, learned, state, doublings_since, 3, shortcut_before) == counted
 
 
 def test_bad_batches_and_settings_get_one_line():

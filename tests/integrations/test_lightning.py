@@ -1,17 +1,17 @@
-"""`ContentCheck` inside a real Lightning fit on the colour scenes (known truth), validated
-every 12 steps: a clean pipeline raises no flag at any validation; one whose training masks
-sit on other images is flagged once the model stops learning, and stopped; the logged
-values are `segaudit audit`'s on the saved model."""
+"""`ContentCheck` inside a real Lightning fit on the colour scenes (known truth): a clean
+pipeline raises no flag at any of 12 validations; one whose training masks sit on other
+images is flagged three doublings of training after it learned where classes sit, and
+stopped; the logged values are `segaudit audit`'s on the saved model."""
 
 import pandas as pd
 import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from expected import assert_check_matches_audit, assert_flagged_once_learning_stops
-from segaudit.core.config import compose, load_group_option
+from segaudit.core.config import compose
 from segaudit.data import build_dataset, prepare_dataset
 
 L = pytest.importorskip("lightning")
@@ -45,6 +45,20 @@ class Segmenter(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=3e-3)
 
 
+class MasksOfOthers(Dataset):
+    """Each image with the mask of the next one, each drawn with its own random crop: image
+    and mask loaders zipped, each shuffled by itself."""
+
+    def __init__(self, split: Dataset):
+        self.split = split
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, index):
+        return self.split[index][0], self.split[(index + 1) % len(self.split)][1]
+
+
 class Scenes(L.LightningDataModule):
     """The scenes as a user's datamodule would serve them; `misaligned`: every training
     mask paired with another scene's image (a broken pipeline)."""
@@ -54,8 +68,9 @@ class Scenes(L.LightningDataModule):
         self.dcfg, self.misaligned = dcfg, misaligned
 
     def train_dataloader(self):
-        condition = load_group_option("condition", "shuffled" if self.misaligned else "real")
-        train = build_dataset(self.dcfg, "train", train=True, condition=condition)
+        train = build_dataset(self.dcfg, "train", train=True)
+        if self.misaligned:
+            train = MasksOfOthers(train)
         return DataLoader(train, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
 
     def val_dataloader(self):
@@ -69,11 +84,11 @@ def scenes(tmp_path_factory):
     return settings, prepare_dataset(compose(settings).dataset, cache)
 
 
-def _fit(dcfg, tmp_path, misaligned: bool, **check):
+def _fit(dcfg, tmp_path, misaligned: bool, epochs: int = 12, every: int = 1, **check):
     callback = ContentCheck(num_classes=8, runs=str(tmp_path / "runs"), **check)
     trainer = L.Trainer(
-        max_epochs=12,  # 12 batches an epoch: a validation every 12 steps, to step 144
-        check_val_every_n_epoch=1,
+        max_epochs=epochs,  # 12 batches an epoch
+        check_val_every_n_epoch=every,
         log_every_n_steps=4,
         callbacks=[callback],
         logger=L.pytorch.loggers.CSVLogger(tmp_path, name="csv"),
@@ -112,6 +127,8 @@ def test_a_clean_fit_has_no_flag_and_its_logger_shows_the_evidence(scenes, tmp_p
 def test_masks_on_other_images_raise_the_flag_and_stop_the_fit(scenes, tmp_path):
     _, dcfg = scenes
     with pytest.warns(UserWarning, match="segaudit content check"):
-        trainer, _, callback = _fit(dcfg, tmp_path, True, on_flag="stop")
+        # a validation every 24 steps to step 720: the fault counts three doublings of
+        # training after the location is learned (step 48 here)
+        trainer, _, callback = _fit(dcfg, tmp_path, True, epochs=60, every=2, on_flag="stop")
     assert_flagged_once_learning_stops(callback.results)
-    assert trainer.global_step < 144
+    assert trainer.global_step < 720

@@ -17,6 +17,7 @@ because both go through `diagnostics.audit.measure_batches` and `audit_findings`
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -107,9 +108,9 @@ class _Check:
 
     step: int
     real: PerImage  # the real-input scores per image
-    learned: bool  # the model knew where classes sit
-    fault: bool  # its own image helped no more than another image's pixels
+    learned: bool  # the model had learned where classes sit (at this check or before)
     share: float  # content's share of what the model explains
+    shortcut: bool = False  # location carried the score, learning flat or slow
 
 
 @dataclass
@@ -123,7 +124,8 @@ class ContentCheckResult:
         seconds: how long the check took.
         stop: whether the check asked the training to stop (`on_flag="stop"`).
         location_part: what the model explains over what location explains.
-        state: `learning location` (under `gate.evidence.location_learned`), `no check at
+        state: `learning location` (under `gate.evidence.location_learned` at every check
+            so far; a model that falls back below it later overfits), `no check at
             half this step`, or the diagnose's learning state over the last doubling of
             training: `rising`, `flat`, `slow` (as good as flat) or `unclear`.
         rise: bits/pixel and mIoU points gained since the check at half this step (None:
@@ -205,6 +207,7 @@ class ContentMonitor:
         self.conditions = {name: load_group_option("condition", name) for name in ("noise", "blank")}
         self.last: ContentCheckResult | None = None
         self.curve: list[_Check] = []  # the earlier checks a later one looks back to
+        self.learned_at: int | None = None  # the first check where the model knew where classes sit
         self.boot = Bootstrap(len(images), int(self.gate.evidence.draws), float(self.gate.evidence.confidence))
         self.device = torch.device("cpu")
 
@@ -288,7 +291,9 @@ class ContentMonitor:
         """The check's result: where the model is in training and which red flags count."""
         rules = self.gate.evidence
         info = Information.from_dict(found.evidence["information"])
-        learned = info.location_part >= float(rules.location_learned)
+        if self.learned_at is None and info.location_part >= float(rules.location_learned):
+            self.learned_at = int(step)
+        learned = self.learned_at is not None  # past the start: a model that falls back overfits
         half = self._earlier(step, 1)
         rise = compare(real, half.real, self.boot) if half else None
         shares = {c.step: c.share for c in self.curve} | {int(step): info.content_share.value}
@@ -300,10 +305,12 @@ class ContentMonitor:
             kinds, counted = {}, list(found.red_flags)
         else:
             kinds = flags_by_kind(found.evidence, found.miou, found.prior_miou, self.gate)
-            before = [self._earlier(step, k) for k in range(1, int(rules.fault_doublings) + 1)]
-            faults_before = [c is not None and c.learned and c.fault for c in before]
-            counted = training_flags(kinds, learned, state, faults_before)
-        self._remember(_Check(int(step), real, learned, "shuffled" in kinds, info.content_share.value))
+            since = math.log2(step / self.learned_at) if learned and self.learned_at > 0 else 0.0
+            counted = training_flags(
+                kinds, learned, state, since, int(rules.fault_doublings), bool(half and half.shortcut)
+            )
+        shortcut = learned and location_carries(kinds, state)
+        self._remember(_Check(int(step), real, learned, info.content_share.value, shortcut))
         return ContentCheckResult(
             step,
             found,
@@ -321,15 +328,11 @@ class ContentMonitor:
         return next((c for c in reversed(self.curve) if c.step <= step / 2**doublings and c.step < step), None)
 
     def _remember(self, check: _Check) -> None:
-        """Keep `check`, and drop the checks no later check looks back to: later checks
-        look back no further than this one does (two doublings for the pace, the fault's
-        doublings)."""
+        """Keep `check`, and drop the checks no later check looks back to (later checks
+        look back no further than two doublings of training from this one, for the pace)."""
         half = self._earlier(check.step, 1)
-        looked_at = [self._earlier(check.step, int(self.gate.evidence.fault_doublings))]
-        looked_at.append(self._earlier(half.step, 1) if half else None)
-        steps = [c.step for c in looked_at if c is not None]
-        oldest = min(steps) if len(steps) == len(looked_at) else -1
-        self.curve = [c for c in self.curve if c.step >= oldest] + [check]
+        oldest = self._earlier(half.step, 1) if half else None
+        self.curve = [c for c in self.curve if oldest is None or c.step >= oldest.step] + [check]
 
     def check(self, model: nn.Module, step: int, on_flag: str = "warn") -> ContentCheckResult:
         """`measure`, then act on the red flags that count (`ContentCheckResult.flags`):
@@ -406,7 +409,21 @@ class ContentMonitor:
         return record_finished(cfg, folder, record, result.seconds)
 
 
-def training_flags(kinds: dict[str, str], learned: bool, state: str, faults_before: Sequence[bool]) -> list[str]:
+def location_carries(kinds: dict[str, str], state: str) -> bool:
+    """Content surely shows beyond the prior (no `prior` flag), yet the model keeps its
+    score on noise (`noise` flag), and learning is `flat` or `slow` (content's share would
+    need more than `reach_doublings` doublings of training at a pace that no longer grows)."""
+    return state in ("flat", "slow") and "prior" not in kinds and "noise" in kinds
+
+
+def training_flags(
+    kinds: dict[str, str],
+    learned: bool,
+    state: str,
+    doublings_since: float,
+    fault_doublings: int,
+    shortcut_before: bool = False,
+) -> list[str]:
     """The red flags that count during training, of the audit's (`flags_by_kind`).
 
     Early on every model, clean or broken, predicts where classes sit, and on data learned
@@ -415,18 +432,17 @@ def training_flags(kinds: dict[str, str], learned: bool, state: str, faults_befo
     before the model knows where classes sit (`learned`). Then, as the diagnose asks:
 
     - no aligned content reaches the model: "its own image helps no more than another
-      image's pixels" held at the checks one, two, ... doublings of training before too,
-      each with the location learned (`faults_before`); every flag counts;
-    - location carries the score: content surely shows beyond the prior (no `prior`
-      flag), learning is `flat` or `slow` (content's share would need more than
-      `reach_doublings` doublings of training at a pace that no longer grows), and it
-      keeps its score on noise; the `noise` flag counts.
+      image's pixels", `fault_doublings` or more doublings of training after the location
+      was learned (`doublings_since`); every flag counts;
+    - location carries the score (`location_carries`), now and at the check a doubling of
+      training before (`shortcut_before`: a pace read off noisy shares once can look
+      slow); the `noise` flag counts.
     """
     if not learned:
         return []
-    if "shuffled" in kinds and faults_before and all(faults_before):
+    if "shuffled" in kinds and doublings_since >= fault_doublings:
         return list(kinds.values())
-    if state in ("flat", "slow") and "prior" not in kinds and "noise" in kinds:
+    if shortcut_before and location_carries(kinds, state):
         return [kinds["noise"]]
     return []
 
