@@ -108,7 +108,6 @@ class _Check:
 
     step: int
     real: PerImage  # the real-input scores per image
-    learned: bool  # the model had learned where classes sit (at this check or before)
     share: float  # content's share of what the model explains
     shortcut: bool = False  # location carried the score, learning flat or slow
 
@@ -305,12 +304,12 @@ class ContentMonitor:
             kinds, counted = {}, list(found.red_flags)
         else:
             kinds = flags_by_kind(found.evidence, found.miou, found.prior_miou, self.gate)
-            since = math.log2(step / self.learned_at) if learned and self.learned_at > 0 else 0.0
+            since = math.log2(step / max(self.learned_at, 1)) if learned and step > 0 else 0.0
             counted = training_flags(
                 kinds, learned, state, since, int(rules.fault_doublings), bool(half and half.shortcut)
             )
         shortcut = learned and location_carries(kinds, state)
-        self._remember(_Check(int(step), real, learned, info.content_share.value, shortcut))
+        self._remember(_Check(int(step), real, info.content_share.value, shortcut))
         return ContentCheckResult(
             step,
             found,
