@@ -5,8 +5,9 @@
 At every validation end (or every `every_n_val`-th), the model is measured on the first
 `subset` images of the validation loader under real, noise, blank and shuffled input
 against the analytic prior of the training labels; the values go to the trainer's own
-loggers (`segaudit/content_bits` with its interval, `segaudit/miou_*`, `segaudit/red_flags`).
-At fit end one `phase=audit` record is written under `runs`.
+loggers (`segaudit/content_bits` with its interval, `segaudit/miou_*`, `segaudit/red_flags`:
+the flags that count at this point of training, `ContentMonitor` rules). At fit end one
+`phase=audit` record is written under `runs`.
 """
 
 from __future__ import annotations
