@@ -35,11 +35,10 @@ from segaudit.data import build_dataset, prepare_dataset
 from segaudit.integrations.content_check import ContentMonitor, location_carries, training_flags
 from segaudit.models.build import build_model
 
-KINDS = {"prior": "no more than the analytic prior", "shuffled": "another image", "noise": "on noise input"}
 
-
-def flag_kinds(flags: list[str]) -> str:
-    return ",".join(kind for kind, text in KINDS.items() if any(text in f for f in flags))
+def flag_kinds(result, flags: list[str]) -> str:
+    """The kinds (`prior`, `shuffled`, `noise`) of `flags`, one of a check's flag lists."""
+    return ",".join(kind for kind, text in result.findings.flag_kinds.items() if text in flags)
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -115,9 +114,9 @@ def row_of(result, pipeline: str, seed: int, step: int, seconds: float) -> dict:
         "noise_retained_high": kept["high"],
         "miou_real": result.findings.miou["real"],
         "miou_prior": result.findings.prior_miou,
-        "audit_flags": flag_kinds(result.findings.red_flags),
-        "training_flags": flag_kinds(result.flags),
-        "held_flags": flag_kinds(result.held),
+        "audit_flags": flag_kinds(result, result.findings.red_flags),
+        "training_flags": flag_kinds(result, result.flags),
+        "held_flags": flag_kinds(result, result.held),
     }
 
 

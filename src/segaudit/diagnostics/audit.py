@@ -9,7 +9,7 @@ images and the red flags rest on the information evidence (`segaudit.measure.evi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -43,6 +43,8 @@ class AuditFindings:
         evidence: the information evidence with its intervals (`audit_evidence`).
         red_flags: one line per flag that fired (empty: the model reads the image).
         finding: where to look against the mIoU the user's own pipeline reported.
+        flag_kinds: `red_flags` by the question each answers (`flags_by_kind`; empty
+            under `gate.rule: miou`).
     """
 
     miou: dict[str, float]
@@ -52,6 +54,7 @@ class AuditFindings:
     evidence: dict
     red_flags: list[str]
     finding: str | None
+    flag_kinds: dict[str, str] = field(default_factory=dict)
 
 
 def audit_findings(
@@ -74,7 +77,8 @@ def audit_findings(
     )
     literal = gate.get("rule", "evidence") == "miou"
     at_prior = prior.per_pixel["miou"]
-    flags = red_flags(miou, at_prior, gate) if literal else evidence_flags(found, miou, at_prior, gate)
+    kinds = {} if literal else flags_by_kind(found, miou, at_prior, gate)
+    flags = red_flags(miou, at_prior, gate) if literal else list(kinds.values())
     return AuditFindings(
         miou=miou,
         prior_miou=at_prior,
@@ -85,6 +89,7 @@ def audit_findings(
         finding=reported_finding(
             miou["real"], at_prior, reported_miou, float(gate.fault_margin), None if literal else _at_prior(found)
         ),
+        flag_kinds=kinds,
     )
 
 

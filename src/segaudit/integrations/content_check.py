@@ -35,7 +35,7 @@ from segaudit.core.config import compose, load_group_option
 from segaudit.core.devices import device_label
 from segaudit.core.errors import ConfigError, SegauditError
 from segaudit.data.conditions import derangement
-from segaudit.diagnostics.audit import AuditFindings, ConditionInputs, audit_findings, flags_by_kind, measure_batches
+from segaudit.diagnostics.audit import AuditFindings, ConditionInputs, audit_findings, measure_batches
 from segaudit.diagnostics.verdict import doublings_to_reach, learning_state, share_decelerating
 from segaudit.measure.evidence import Bootstrap, Comparison, Estimate, Information, compare
 from segaudit.measure.information import PerImage
@@ -299,11 +299,14 @@ class ContentMonitor:
         # The pace is content's only once content surely shows (as in the diagnose).
         slowing = info.content.above_zero and share_decelerating(shares, int(step))
         doublings = doublings_to_reach(shares, int(step), rules) if slowing else None
-        state = learning_state(rise, rules, doublings) if half else "no check at half this step"
-        if self.gate.get("rule", "evidence") == "miou":  # the investigation's literal rule, at every check
-            kinds, counted = {}, list(found.red_flags)
+        if not learned:
+            state = "learning location"
         else:
-            kinds = flags_by_kind(found.evidence, found.miou, found.prior_miou, self.gate)
+            state = learning_state(rise, rules, doublings) if half else "no check at half this step"
+        kinds = found.flag_kinds  # empty under gate.rule: miou
+        if self.gate.get("rule", "evidence") == "miou":  # the investigation's literal rule, at every check
+            counted = list(found.red_flags)
+        else:
             since = math.log2(step / max(self.learned_at, 1)) if learned and step > 0 else 0.0
             counted = training_flags(
                 kinds, learned, state, since, int(rules.fault_doublings), bool(half and half.shortcut)
@@ -316,7 +319,7 @@ class ContentMonitor:
             results,
             seconds,
             info.location_part,
-            state if learned else "learning location",
+            state,
             rise=rise,
             flags=counted,
             held=[flag for flag in found.red_flags if flag not in counted],
