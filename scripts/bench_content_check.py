@@ -1,11 +1,11 @@
 """Benchmark the training-time content check against the validation pass it rides on.
 
-Per check, `ContentMonitor.measure` feeds the fixed subset four ways (real, noise, blank,
-shuffled) and scores every image; the reference is one plain validation pass over the
-same subset (forward, loss, argmax, confusion matrix), what a Lightning or HF evaluation
-does. The one-off cost (collecting the subset, counting the prior from the training
-masks) is timed apart. Repeats alternate check/plain; the report is the median ratio
-check/plain with its range.
+Per check, `ContentMonitor.measure` scores every image of the fixed subset four ways (real,
+noise, blank, shuffled: two forward passes of the subset, one of a blank image); the
+reference is one plain validation pass over the same subset (forward, loss, argmax,
+confusion matrix), what a Lightning or HF evaluation does. The one-off cost (collecting
+the subset, counting the prior from the training masks) is timed apart. Repeats alternate
+check/plain; the report is the median ratio check/plain with its range.
 
     python scripts/bench_content_check.py                      # CPU, 64 px scenes, subset 32
     python scripts/bench_content_check.py --size 256 --device cuda --repeats 9

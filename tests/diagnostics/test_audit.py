@@ -9,8 +9,10 @@ from typer.testing import CliRunner
 from segaudit.cli import app
 from segaudit.core.config import compose, load_group_option
 from segaudit.data import build_dataset, eval_loader
-from segaudit.data.conditions import DeviceImages
+from segaudit.data.conditions import DeviceImages, derangement
+from segaudit.diagnostics.audit import ConditionInputs, StandIns, measure_batches
 from segaudit.measure.evaluation import predict_labels
+from segaudit.measure.information import ImageScores
 from segaudit.models.checkpoints import load_for_eval
 from segaudit.runs.records import CHECKPOINT, load_table
 from segaudit.train.engine import train
@@ -119,3 +121,50 @@ def test_bad_checkpoints_are_one_line_errors(trained, tiny, runs_root, tmp_path)
         result = runner.invoke(app, ["audit", "model", str(target), *tiny])
         assert result.exit_code == 2, result.output
         assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _conditions_of(model, images, masks, others, batches):
+    """`measure_batches` of `model` over `images` in `batches` (lists of positions), the
+    other images given by `others(index)`, with a count of forward passes."""
+    calls = []
+
+    def predict(x, size):
+        calls.append(len(x))
+        logits = model(x)
+        return torch.nn.functional.interpolate(logits, size=tuple(size), mode="bilinear")
+
+    inputs = ConditionInputs([0.5] * 3, [0.25] * 3, torch.device("cpu"))
+    stream = ((torch.tensor(b), images[b], others(b), masks[b]) for b in batches)
+    results, per_image = measure_batches(predict, stream, inputs, 3, 255, len(images))
+    return results, per_image, calls
+
+
+def test_shuffled_from_stand_ins_and_one_blank_pass_equal_predicting_each():
+    """A model that reads the image (a 1x1 conv at 1/2 resolution): scoring each image's
+    real prediction against the mask it stands in for gives the shuffled condition of
+    predicting the other images again, and one blank pass per size gives every image's."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Conv2d(3, 3, 1)).eval()
+    images = torch.randn(7, 3, 16, 16)
+    masks = torch.randint(0, 3, (7, 16, 16))
+    masks[0, :4] = 255
+    others = derangement(7, 0)
+    stands_for = torch.empty(7, dtype=torch.long)
+    stands_for[torch.tensor(others)] = torch.arange(7)
+    batches = [[0, 1, 2], [3, 4, 5], [6]]
+    with torch.inference_mode():
+        fresh = _conditions_of(model, images, masks, lambda b: images[[others[i] for i in b]], batches)
+        reused = _conditions_of(model, images, masks, lambda b: StandIns(stands_for[b], masks[stands_for[b]]), batches)
+    for name in ("real", "noise", "blank", "shuffled"):
+        assert reused[0][name]["miou"] == pytest.approx(fresh[0][name]["miou"], abs=1e-9)
+        for field_name in ("nll", "pixels", "tp", "gt", "pred"):
+            got, want = getattr(reused[1][name], field_name), getattr(fresh[1][name], field_name)
+            assert got == pytest.approx(want, rel=1e-6), (name, field_name)
+    blank = ConditionInputs([0.5] * 3, [0.25] * 3, torch.device("cpu")).blank(images)
+    every = ImageScores(3, 255, 7)
+    with torch.inference_mode():
+        logits = torch.nn.functional.interpolate(model(blank), size=(16, 16), mode="bilinear")
+        every.update(torch.arange(7), logits, masks)
+    assert reused[1]["blank"].nll == pytest.approx(every.compute().nll, rel=1e-6)
+    # real + noise per batch, one blank pass, no shuffled pass; vs 4 passes per batch
+    assert reused[2] == [3, 3, 1, 3, 3, 1, 1] and len(fresh[2]) == 3 * 4 - 2

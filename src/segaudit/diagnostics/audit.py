@@ -1,10 +1,11 @@
 """Eval-only audit of a trained model: does it use the image at all?
 
 One pass over the validation split feeds each batch four ways — real images, noise,
-a blank image, and another sample's image (a fixed derangement) — and compares the
-scores with the analytic prior of the training labels. Every image is scored on its own
-(`segaudit.measure.information`), so each number comes with a bootstrap interval over the val
-images and the red flags rest on the information evidence (`segaudit.measure.evidence`).
+a blank image (one constant image, predicted once per size), and another sample's image
+(a fixed derangement) — and compares the scores with the analytic prior of the training
+labels. Every image is scored on its own (`segaudit.measure.information`), so each number
+comes with a bootstrap interval over the val images and the red flags rest on the
+information evidence (`segaudit.measure.evidence`).
 """
 
 from __future__ import annotations
@@ -156,37 +157,67 @@ class ConditionInputs:
         self.blank = DeviceImages(blank, mean, std, device, seeded=True)
 
 
+@dataclass
+class StandIns:
+    """Which masks a batch's real images stand in for as "another image's pixels": when
+    every image is fed at one size, the shuffled input's prediction *is* the other image's
+    real prediction, so it is scored again rather than predicted again.
+
+    Attributes:
+        indices: the positions of the masks this batch's images are paired with.
+        target: those masks, in the batch's order.
+    """
+
+    indices: torch.Tensor
+    target: torch.Tensor
+
+
 def measure_batches(
     predict, batches, inputs: ConditionInputs, num_classes: int, ignore_index: int, n_images: int
 ) -> tuple[dict[str, dict], dict[str, PerImage]]:
     """Every audit condition's metrics and per-image scores over `batches` of (dataset
     positions, real images, another image for each, labels), all on one device;
-    `predict(images, size=...)` gives logits at the labels' size."""
+    `predict(images, size=...)` gives logits at the labels' size.
+
+    The other images may come as `StandIns` instead: the shuffled condition then costs no
+    forward pass. The blank input is one constant image, so it is predicted once per run of
+    batches of one size.
+    """
     metrics = {
         "real": ConfusionMatrix(num_classes, ignore_index),
-        "noise": AgreementMatrix(num_classes, ignore_index),  # noise vs real predictions
+        "noise": AgreementMatrix(num_classes, ignore_index),  # noise vs the real predictions
         "blank": ConfusionMatrix(num_classes, ignore_index),
         "shuffled": ConfusionMatrix(num_classes, ignore_index),
     }
     scores = {name: ImageScores(num_classes, ignore_index, n_images) for name in metrics}
-    real_labels = None
+    blank_key, blank_one = None, None  # one size held: a val set of many sizes must not fill memory
     for indices, images, others, target in batches:
-        for name, batch in (
-            ("real", images),
-            ("noise", inputs.noise(images)),
-            ("blank", inputs.blank(images)),
-            ("shuffled", others),
-        ):
-            logits = predict(batch, size=target.shape[-2:])
-            labels = logits.argmax(1)
-            if name == "real":
-                real_labels = labels
-                metrics[name].update(labels, target)
-            elif name == "noise":  # noise vs the real predictions
-                metrics[name].update(labels, target, real_labels)
-            else:
-                metrics[name].update(labels, target)
-            scores[name].update(indices, logits, target, labels)
+        size = tuple(target.shape[-2:])
+        real = predict(images, size=size)
+        real_labels = real.argmax(1)
+        metrics["real"].update(real_labels, target)
+        scores["real"].update(indices, real, target, real_labels)
+
+        noise = predict(inputs.noise(images), size=size)
+        noise_labels = noise.argmax(1)
+        metrics["noise"].update(noise_labels, target, real_labels)
+        scores["noise"].update(indices, noise, target, noise_labels)
+
+        if blank_key != (images.shape[1:], size):
+            blank_key, blank_one = (images.shape[1:], size), predict(inputs.blank(images[:1]), size=size)
+        blank = blank_one.expand(len(images), *blank_one.shape[1:])
+        blank_labels = blank.argmax(1)
+        metrics["blank"].update(blank_labels, target)
+        scores["blank"].update(indices, blank, target, blank_labels)
+
+        if isinstance(others, StandIns):
+            metrics["shuffled"].update(real_labels, others.target)
+            scores["shuffled"].update(others.indices, real, others.target, real_labels)
+        else:
+            shuffled = predict(others, size=size)
+            shuffled_labels = shuffled.argmax(1)
+            metrics["shuffled"].update(shuffled_labels, target)
+            scores["shuffled"].update(indices, shuffled, target, shuffled_labels)
     return ({name: m.compute() for name, m in metrics.items()}, {name: s.compute() for name, s in scores.items()})
 
 

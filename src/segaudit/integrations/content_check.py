@@ -35,7 +35,13 @@ from segaudit.core.config import compose, load_group_option
 from segaudit.core.devices import device_label
 from segaudit.core.errors import ConfigError, SegauditError
 from segaudit.data.conditions import derangement
-from segaudit.diagnostics.audit import AuditFindings, ConditionInputs, audit_findings, measure_batches
+from segaudit.diagnostics.audit import (
+    AuditFindings,
+    ConditionInputs,
+    StandIns,
+    audit_findings,
+    measure_batches,
+)
 from segaudit.diagnostics.verdict import doublings_to_reach, learning_state, share_decelerating
 from segaudit.measure.evidence import Bootstrap, Comparison, Estimate, Information, compare
 from segaudit.measure.information import PerImage
@@ -250,13 +256,17 @@ class ContentMonitor:
         return cls(images_t, masks_t, prior, num_classes, ignore_index, **settings)
 
     def _batches(self, device: torch.device):
+        # Image j is "another image" for the mask i with others[i] == j: the subset is one
+        # size, so j's real prediction is scored against mask i instead of predicted again.
+        stands_for = torch.empty(len(self.others), dtype=torch.long)
+        stands_for[torch.tensor(self.others)] = torch.arange(len(self.others))
         for start in range(0, len(self.images), self.batch_size):
             index = torch.arange(start, min(start + self.batch_size, len(self.images)))
-            others = torch.tensor([self.others[i] for i in index.tolist()])
+            paired = stands_for[index]
             yield (
                 index,
                 self.images[index].to(device),
-                self.images[others].to(device),
+                StandIns(paired, self.masks[paired].to(device)),
                 self.masks[index].to(device),
             )
 
