@@ -6,7 +6,10 @@ pipeline) and once with every training mask on another scene's image (a broken o
 plain PyTorch loop, and runs `ContentMonitor.measure` at each check step. Each check is
 written as one CSV row: the step, how much of what location explains the model explains
 (`location_part`), the content information with its interval, the noise-retained share,
-which flags the audit's rules raise, and which the training-time rule raises.
+the own image's help over another image's pixels and its gain since the check at half the
+step, which flags the audit's rules raise, and which the training-time rule raises.
+`--dataset synthetic` trains on the colour scenes instead, where the broken pipeline's
+shared crop leaves the own image a sliver of help.
 
 The summary gives, per pipeline and step, the share of seeds flagged under each rule with
 a Clopper-Pearson 95% interval, and per run the first step at which the location is
@@ -109,6 +112,9 @@ def row_of(result, pipeline: str, seed: int, step: int, seconds: float) -> dict:
         "versus_shuffled": evidence["versus"]["shuffled"]["bits"]["value"],
         "versus_shuffled_low": evidence["versus"]["shuffled"]["bits"]["low"],
         "versus_shuffled_high": evidence["versus"]["shuffled"]["bits"]["high"],
+        "own_image_gain": None if result.own_image_gain is None else result.own_image_gain.value,
+        "own_image_gain_low": None if result.own_image_gain is None else result.own_image_gain.low,
+        "own_image_gain_high": None if result.own_image_gain is None else result.own_image_gain.high,
         "noise_retained": kept["value"],
         "noise_retained_low": kept["low"],
         "noise_retained_high": kept["high"],
@@ -134,9 +140,12 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def recount(table: pd.DataFrame, fault_doublings: int, learned_at: float = 0.9) -> pd.DataFrame:
-    """`training_flags` applied again to recorded checks (their flag kinds, location part
-    and learning state), so a change of the rule is measured without training again."""
+def recount(
+    table: pd.DataFrame, fault_doublings: int, learned_at: float = 0.9, min_content_bits: float = 0.03
+) -> pd.DataFrame:
+    """`training_flags` applied again to recorded checks (their flag kinds, location part,
+    learning state and the own image's gain), so a change of the rule is measured without
+    training again."""
     out = []
     for _, run in table.sort_values("step").groupby(["pipeline", "seed"]):
         rows = run.to_dict("records")
@@ -147,7 +156,10 @@ def recount(table: pd.DataFrame, fault_doublings: int, learned_at: float = 0.9) 
             since = math.log2(row["step"] / first) if first else 0.0
             half = [j for j in range(i) if rows[j]["step"] <= row["step"] / 2]
             before = bool(half) and first is not None and location_carries(kinds_of[half[-1]], rows[half[-1]]["state"])
-            flags = training_flags(kinds_of[i], first is not None, row["state"], since, fault_doublings, before)
+            stalled = bool(row.get("own_image_gain_high", math.inf) < min_content_bits)
+            flags = training_flags(
+                kinds_of[i], first is not None, row["state"], since, fault_doublings, before, stalled
+            )
             out.append({**row, "training_flags": ",".join(flags)})
     return pd.DataFrame(out)
 

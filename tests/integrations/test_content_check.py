@@ -113,6 +113,7 @@ def test_a_model_that_knows_only_location_is_flagged_after_three_doublings(scene
     for step in (20, 40):  # nothing learned since: flat, but no content for under three doublings
         held = monitor.check(model, step=step, on_flag="raise")
         assert held.state == "flat" and held.rise.bits.value == pytest.approx(0.0, abs=1e-6)
+        assert held.own_image_gain.high == pytest.approx(0.0, abs=1e-6)  # another image does as well
         assert held.flags == [] and len(held.held) == 3
     with pytest.raises(ContentRedFlags, match="step 80: .*no more than the analytic prior") as raised:
         monitor.check(model, step=80, on_flag="raise")  # no content at steps 10, 20, 40 and 80
@@ -122,6 +123,8 @@ def test_a_model_that_knows_only_location_is_flagged_after_three_doublings(scene
     with pytest.warns(UserWarning, match="segaudit content check, step 160"):
         assert monitor.check(model, step=160, on_flag="stop").stop
     assert [c.step for c in monitor.curve] == [40, 80, 160]  # what later checks look back to
+    check = monitor.write_record(monitor.last, runs=str(tmp_path / "runs"))["audit"]["training_check"]
+    assert check["own_image_gain"]["value"] == pytest.approx(0.0, abs=1e-6) and check["rise"] is not None
     written = monitor.write_record(first, runs=str(tmp_path / "runs"))["audit"]
     assert written["red_flags"] == first.held  # the audit's flags, and where training stood
     assert written["training_check"]["state"] == "no check at half this step"
@@ -132,20 +135,24 @@ KINDS = {"prior": "p", "shuffled": "s", "noise": "n"}
 
 
 @pytest.mark.parametrize(
-    ("kinds", "learned", "state", "doublings_since", "shortcut_before", "counted"),
+    ("kinds", "learned", "state", "doublings_since", "shortcut_before", "stalled", "counted"),
     [
-        (KINDS, False, "flat", 0.0, True, []),  # still learning where classes sit
-        (KINDS, True, "rising", 3.0, False, ["p", "s", "n"]),  # no content three doublings after
-        (KINDS, True, "flat", 2.9, True, []),  # ... not yet three
-        ({"noise": "n"}, True, "slow", 0.0, True, ["n"]),  # content shows, too slowly, twice over
-        ({"noise": "n"}, True, "flat", 0.0, True, ["n"]),
-        ({"noise": "n"}, True, "slow", 0.0, False, []),  # once: a pace read off noisy shares
-        ({"noise": "n"}, True, "unclear", 0.0, True, []),  # may still be learning
-        ({"prior": "p", "noise": "n"}, True, "flat", 0.0, True, []),  # a plateau before content shows
+        (KINDS, False, "flat", 0.0, True, True, []),  # still learning where classes sit
+        (KINDS, True, "rising", 3.0, False, False, ["p", "s", "n"]),  # no content three doublings after
+        (KINDS, True, "flat", 2.9, True, True, []),  # ... not yet three
+        ({"noise": "n"}, True, "slow", 0.0, True, False, ["n"]),  # content shows, too slowly, twice over
+        ({"noise": "n"}, True, "flat", 0.0, True, False, ["n"]),
+        ({"noise": "n"}, True, "slow", 0.0, False, False, []),  # once: a pace read off noisy shares
+        ({"noise": "n"}, True, "unclear", 0.0, True, False, []),  # may still be learning
+        ({"prior": "p", "noise": "n"}, True, "flat", 0.0, True, True, []),  # a plateau before content shows
+        # no more than the prior, the own image's small help over another's no longer growing
+        ({"prior": "p", "noise": "n"}, True, "unclear", 3.0, False, True, ["p", "n"]),
+        ({"prior": "p", "noise": "n"}, True, "flat", 3.0, True, False, []),  # ... growing: learning to read
+        ({"prior": "p", "noise": "n"}, True, "flat", 2.0, True, True, []),  # ... under three doublings
     ],
 )
-def test_which_flags_count_during_training(kinds, learned, state, doublings_since, shortcut_before, counted):
-    assert training_flags(kinds, learned, state, doublings_since, 3, shortcut_before) == counted
+def test_which_flags_count_during_training(kinds, learned, state, doublings_since, shortcut_before, stalled, counted):
+    assert training_flags(kinds, learned, state, doublings_since, 3, shortcut_before, stalled) == counted
 
 
 def test_bad_batches_and_settings_get_one_line():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from expected import assert_check_matches_audit, assert_flagged_once_learning_stops
-from segaudit.core.config import compose
+from segaudit.core.config import compose, load_group_option
 from segaudit.data import build_dataset, prepare_dataset
 
 L = pytest.importorskip("lightning")
@@ -61,15 +61,18 @@ class MasksOfOthers(Dataset):
 
 class Scenes(L.LightningDataModule):
     """The scenes as a user's datamodule would serve them; `misaligned`: every training
-    mask paired with another scene's image (a broken pipeline)."""
+    mask paired with another scene's image (a broken pipeline), each drawn with its own
+    crop (`zipped`) or both with one crop (`shared_crop`: masks misordered, then the joint
+    augmentation)."""
 
-    def __init__(self, dcfg, misaligned: bool = False):
+    def __init__(self, dcfg, misaligned: str | None = None):
         super().__init__()
         self.dcfg, self.misaligned = dcfg, misaligned
 
     def train_dataloader(self):
-        train = build_dataset(self.dcfg, "train", train=True)
-        if self.misaligned:
+        pairing = load_group_option("condition", "shuffled" if self.misaligned == "shared_crop" else "real")
+        train = build_dataset(self.dcfg, "train", train=True, condition=pairing)
+        if self.misaligned == "zipped":
             train = MasksOfOthers(train)
         return DataLoader(train, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
 
@@ -84,7 +87,7 @@ def scenes(tmp_path_factory):
     return settings, prepare_dataset(compose(settings).dataset, cache)
 
 
-def _fit(dcfg, tmp_path, misaligned: bool, epochs: int = 12, every: int = 1, **check):
+def _fit(dcfg, tmp_path, misaligned: str | None, epochs: int = 12, every: int = 1, **check):
     callback = ContentCheck(num_classes=8, runs=str(tmp_path / "runs"), **check)
     trainer = L.Trainer(
         max_epochs=epochs,  # 12 batches an epoch
@@ -108,7 +111,7 @@ def test_a_clean_fit_has_no_flag_and_its_logger_shows_the_evidence(scenes, tmp_p
     settings, dcfg = scenes
     unaugmented = build_dataset(dcfg, "train", train=False)
     masks = [unaugmented[i][1] for i in range(len(unaugmented))]
-    trainer, module, callback = _fit(dcfg, tmp_path, False, on_flag="stop", train_masks=masks, strategy="clean")
+    trainer, module, callback = _fit(dcfg, tmp_path, None, on_flag="stop", train_masks=masks, strategy="clean")
     assert trainer.global_step == 144 and len(callback.results) == 12
     assert [r.flags for r in callback.results] == [[]] * 12  # no flag at any validation
     last = callback.results[-1]
@@ -124,11 +127,20 @@ def test_a_clean_fit_has_no_flag_and_its_logger_shows_the_evidence(scenes, tmp_p
     assert_check_matches_audit(last, tmp_path / "model", settings, tmp_path / "runs", "clean")
 
 
-def test_masks_on_other_images_raise_the_flag_and_stop_the_fit(scenes, tmp_path):
+@pytest.mark.parametrize(
+    ("misaligned", "because"),
+    [
+        ("zipped", "another image's pixels"),
+        # the shared crop leaves the own image a sliver of help over another's (its offset
+        # and scale show in both), which stops growing; the model stays at the prior
+        ("shared_crop", "no more than the analytic prior"),
+    ],
+)
+def test_masks_on_other_images_raise_the_flag_and_stop_the_fit(scenes, tmp_path, misaligned, because):
     _, dcfg = scenes
     with pytest.warns(UserWarning, match="segaudit content check"):
         # a validation every 24 steps to step 720: the fault counts three doublings of
-        # training after the location is learned (step 48 here)
-        trainer, _, callback = _fit(dcfg, tmp_path, True, epochs=60, every=2, on_flag="stop")
-    assert_flagged_once_learning_stops(callback.results)
+        # training after the location is learned (step 48 zipped, 24 shared crop)
+        trainer, _, callback = _fit(dcfg, tmp_path, misaligned, epochs=60, every=2, on_flag="stop")
+    assert_flagged_once_learning_stops(callback.results, because)
     assert trainer.global_step < 720

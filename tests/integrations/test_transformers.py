@@ -1,8 +1,7 @@
 """`ContentCheckCallback` inside a Hugging Face `Trainer` fine-tune of a tiny random-config
 SegFormer (no download) on the colour scenes, evaluated every 12 steps: clean data raise no
 flag at any evaluation and the values are `segaudit audit`'s on the saved folder; masks on
-other images are flagged three doublings of training after the model learned where classes
-sit, and the run stops."""
+other images are flagged once learning stops, and the run stops."""
 
 import warnings
 
@@ -45,7 +44,9 @@ def scenes(tmp_path_factory):
     return settings, prepare_dataset(compose(settings).dataset, cache)
 
 
-def _fine_tune(dcfg, tmp_path, misaligned: bool, steps: int = 144, **check):
+def _fine_tune(dcfg, tmp_path, misaligned: str | None, steps: int = 144, **check):
+    """`misaligned`: every training mask on another scene's image, unaugmented
+    (`unaugmented`) or both under one random crop (`shared_crop`)."""
     from transformers import Trainer, TrainingArguments
 
     condition = load_group_option("condition", "shuffled" if misaligned else "real")
@@ -67,7 +68,7 @@ def _fine_tune(dcfg, tmp_path, misaligned: bool, steps: int = 144, **check):
     trainer = Trainer(
         model=tiny_segformer(8, width=16, names=NAMES),
         args=args,
-        train_dataset=AsHF(build_dataset(dcfg, "train", train=not misaligned, condition=condition)),  # no shared crop
+        train_dataset=AsHF(build_dataset(dcfg, "train", train=misaligned != "unaugmented", condition=condition)),
         eval_dataset=AsHF(build_dataset(dcfg, "val", train=False)),
         callbacks=[callback],
     )
@@ -85,7 +86,7 @@ def test_a_clean_fine_tune_has_no_flag_and_matches_the_audit(scenes, tmp_path):
     unaugmented = build_dataset(dcfg, "train", train=False)
     # raw annotation maps (0 = background, ids + 1), reduced by the callback
     raw = [np.where(m.numpy() == 255, 0, m.numpy() + 1) for m in (unaugmented[i][1] for i in range(len(unaugmented)))]
-    trainer, callback = _fine_tune(dcfg, tmp_path, False, on_flag="stop", train_masks=raw, do_reduce_labels=True)
+    trainer, callback = _fine_tune(dcfg, tmp_path, None, on_flag="stop", train_masks=raw, do_reduce_labels=True)
     assert trainer.state.global_step == 144 and len(callback.results) == 12
     assert [r.flags for r in callback.results] == [[]] * 12  # no flag at any evaluation
     last = callback.results[-1]
@@ -98,12 +99,21 @@ def test_a_clean_fine_tune_has_no_flag_and_matches_the_audit(scenes, tmp_path):
     assert_check_matches_audit(last, tmp_path / "segformer", settings, tmp_path / "runs", "hf-trainer")
 
 
-def test_masks_on_other_images_are_flagged_and_stopped(scenes, tmp_path):
+@pytest.mark.parametrize(
+    ("misaligned", "because", "doublings"),
+    [
+        # the fault counts three doublings of training after the location is learned (step 36)
+        ("unaugmented", "another image's pixels", 3),
+        # the shared crop leaves the own image a sliver of help: location carries the score,
+        # learning flat at two checks a doubling apart (here before the fault would count)
+        ("shared_crop", "where classes usually are", 1),
+    ],
+)
+def test_masks_on_other_images_are_flagged_and_stopped(scenes, tmp_path, misaligned, because, doublings):
     _, dcfg = scenes
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        # the fault counts three doublings of training after the location is learned (step 36 here)
-        trainer, callback = _fine_tune(dcfg, tmp_path, True, steps=480, on_flag="stop")
-    assert_flagged_once_learning_stops(callback.results)
+        trainer, callback = _fine_tune(dcfg, tmp_path, misaligned, steps=480, on_flag="stop")
+    assert_flagged_once_learning_stops(callback.results, because, doublings)
     assert trainer.state.global_step < 480
     assert any("segaudit content check" in str(w.message) for w in seen)

@@ -43,7 +43,7 @@ from segaudit.diagnostics.audit import (
     measure_batches,
 )
 from segaudit.diagnostics.verdict import doublings_to_reach, learning_state, share_decelerating
-from segaudit.measure.evidence import Bootstrap, Comparison, Estimate, Information, compare
+from segaudit.measure.evidence import Bootstrap, Comparison, Estimate, Information, bits, compare
 from segaudit.measure.information import PerImage
 from segaudit.measure.prior import PriorResult, count_masks, prior_of_masks
 from segaudit.models.sources import select_output
@@ -114,6 +114,7 @@ class _Check:
 
     step: int
     real: PerImage  # the real-input scores per image
+    shuffled: PerImage  # each mask scored on another image's prediction
     share: float  # content's share of what the model explains
     shortcut: bool = False  # location carried the score, learning flat or slow
 
@@ -135,6 +136,8 @@ class ContentCheckResult:
             training: `rising`, `flat`, `slow` (as good as flat) or `unclear`.
         rise: bits/pixel and mIoU points gained since the check at half this step (None:
             no such check).
+        own_image_gain: how much more the own image helps than another image's pixels
+            (bits/pixel) than it did at the check at half this step (None: no such check).
         flags: the red flags that count now (`training_flags`; `gate.rule: miou`: the
             audit's, at every check).
         held: the audit's red flags that do not count yet.
@@ -147,6 +150,7 @@ class ContentCheckResult:
     location_part: float
     state: str
     rise: Comparison | None = None
+    own_image_gain: Estimate | None = None
     stop: bool = False
     flags: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
@@ -170,6 +174,8 @@ class ContentCheckResult:
         out[f"{prefix}location_part"] = float(self.location_part)
         if self.rise is not None:
             out[f"{prefix}rise_bits"] = self.rise.bits.value
+        if self.own_image_gain is not None:
+            out[f"{prefix}own_image_gain_bits"] = self.own_image_gain.value
         out[f"{prefix}red_flags"] = float(len(self.flags))
         return out
 
@@ -291,11 +297,11 @@ class ContentMonitor:
         finally:
             model.train(was_training)
         found = audit_findings(results, per_image, self.prior, self.gate, None)
-        self.last = self._judge(step, found, results, per_image["real"], time.perf_counter() - t0)
+        self.last = self._judge(step, found, results, per_image, time.perf_counter() - t0)
         return self.last
 
     def _judge(
-        self, step: int, found: AuditFindings, results: dict, real: PerImage, seconds: float
+        self, step: int, found: AuditFindings, results: dict, per_image: dict[str, PerImage], seconds: float
     ) -> ContentCheckResult:
         """The check's result: where the model is in training and which red flags count."""
         rules = self.gate.evidence
@@ -303,8 +309,10 @@ class ContentMonitor:
         if self.learned_at is None and info.location_part >= float(rules.location_learned):
             self.learned_at = int(step)
         learned = self.learned_at is not None  # past the start: a model that falls back overfits
+        real, shuffled = per_image["real"], per_image["shuffled"]
         half = self._earlier(step, 1)
         rise = compare(real, half.real, self.boot) if half else None
+        gain = self._own_image_gain(real, shuffled, half) if half else None
         shares = {c.step: c.share for c in self.curve} | {int(step): info.content_share.value}
         # The pace is content's only once content surely shows (as in the diagnose).
         slowing = info.content.above_zero and share_decelerating(shares, int(step))
@@ -318,11 +326,12 @@ class ContentMonitor:
             counted = list(found.red_flags)
         else:
             since = math.log2(step / max(self.learned_at, 1)) if learned and step > 0 else 0.0
+            stalled = gain is not None and gain.high < float(rules.min_content_bits)
             counted = training_flags(
-                kinds, learned, state, since, int(rules.fault_doublings), bool(half and half.shortcut)
+                kinds, learned, state, since, int(rules.fault_doublings), bool(half and half.shortcut), stalled
             )
         shortcut = learned and location_carries(kinds, state)
-        self._remember(_Check(int(step), real, info.content_share.value, shortcut))
+        self._remember(_Check(int(step), real, shuffled, info.content_share.value, shortcut))
         return ContentCheckResult(
             step,
             found,
@@ -331,9 +340,19 @@ class ContentMonitor:
             info.location_part,
             state,
             rise=rise,
+            own_image_gain=gain,
             flags=counted,
             held=[flag for flag in found.red_flags if flag not in counted],
         )
+
+    def _own_image_gain(self, real: PerImage, shuffled: PerImage, before: _Check) -> Estimate:
+        """The own image's advantage over another image's pixels now, less the same at
+        `before`: paired over the subset's images (bits/pixel)."""
+
+        def gain(w):
+            return (bits(shuffled, w) - bits(real, w)) - (bits(before.shuffled, w) - bits(before.real, w))
+
+        return self.boot.estimate(gain)
 
     def _earlier(self, step: int, doublings: int) -> _Check | None:
         """The last check at or before step / 2**doublings (and before `step`)."""
@@ -399,6 +418,7 @@ class ContentMonitor:
                 "state": result.state,
                 "location_part": result.location_part,
                 "rise": result.rise.as_dict() if result.rise else None,
+                "own_image_gain": result.own_image_gain.as_dict() if result.own_image_gain else None,
                 "flags": result.flags,
                 "held": result.held,
             },
@@ -435,6 +455,7 @@ def training_flags(
     doublings_since: float,
     fault_doublings: int,
     shortcut_before: bool = False,
+    own_image_stalled: bool = False,
 ) -> list[str]:
     """The red flags that count during training, of the audit's (`flags_by_kind`).
 
@@ -443,16 +464,21 @@ def training_flags(
     (measured on the texture scenes: docs/check-every-training.md). So nothing counts
     before the model knows where classes sit (`learned`). Then, as the diagnose asks:
 
-    - no aligned content reaches the model: "its own image helps no more than another
-      image's pixels", `fault_doublings` or more doublings of training after the location
-      was learned (`doublings_since`); every flag counts;
+    - no content reaches the model, `fault_doublings` or more doublings of training after
+      the location was learned (`doublings_since`): "its own image helps no more than
+      another image's pixels", or "it explains no more than the analytic prior" while the
+      own image's help over another's surely stopped growing (`own_image_stalled`: masks
+      put on other images before a crop that image and mask share leave the own image a
+      sliver of help; a clean model still at the prior is learning to read, and that help
+      grows). Every flag counts.
     - location carries the score (`location_carries`), now and at the check a doubling of
       training before (`shortcut_before`: a pace read off noisy shares once can look
       slow); the `noise` flag counts.
     """
     if not learned:
         return []
-    if "shuffled" in kinds and doublings_since >= fault_doublings:
+    no_content = "shuffled" in kinds or ("prior" in kinds and own_image_stalled)
+    if no_content and doublings_since >= fault_doublings:
         return list(kinds.values())
     if shortcut_before and location_carries(kinds, state):
         return [kinds["noise"]]
