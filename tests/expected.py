@@ -80,13 +80,18 @@ def assert_check_matches_audit(result, model_folder: Path, settings: list[str], 
     assert row["phase"] == "audit" and row["strategy"] == strategy
 
 
-def assert_flagged_once_learning_stops(results, because: str = "another image's pixels", doublings: int = 3):
+NO_ALIGNED_CONTENT = ("another image's pixels",)
+# A crop shared by image and mask leaves the own image a sliver of help over another's:
+# the model stays at the prior (rule 2) and location carries its score (rule 3); which
+# counts first varies with the thread count (CPU convolutions are not bit-reproducible).
+SHARED_CROP = ("no more than the analytic prior", "where classes usually are")
+
+
+def assert_flagged_once_learning_stops(results, because=NO_ALIGNED_CONTENT, doublings: int = 3):
     """A training-time content check of a broken pipeline (masks on other images): the
     audit's flags are there from the first check but held while the model learns where
-    classes sit and for at least `doublings` of training after; then the flag saying
-    `because` counts ("its own image helps no more than another image's pixels"; with a
-    crop shared by image and mask, "no more than the analytic prior" or "where classes
-    usually are"), and the run stopped there."""
+    classes sit and for at least `doublings` of training after; then a flag saying one of
+    `because` counts, and the run stopped there."""
     flagged = [i for i, r in enumerate(results) if r.flags]
     assert flagged, [(r.step, r.state, r.held) for r in results]
     first = results[flagged[0]]
@@ -94,4 +99,4 @@ def assert_flagged_once_learning_stops(results, because: str = "another image's 
     assert results[0].held and not results[0].flags
     learned = next(r.step for r in results if r.location_part >= 0.9)
     assert first.step >= 2**doublings * learned, (first.step, learned)
-    assert any(because in f for f in first.flags), first.flags
+    assert any(text in flag for text in because for flag in first.flags), first.flags
