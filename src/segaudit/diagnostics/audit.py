@@ -202,6 +202,7 @@ def measure_batches(
         noise_labels = noise.argmax(1)
         metrics["noise"].update(noise_labels, target, real_labels)
         scores["noise"].update(indices, noise, target, noise_labels)
+        del noise  # two batches of logits at most: the real ones are kept for the stand-ins
 
         if blank_key != (images.shape[1:], size):
             blank_key, blank_one = (images.shape[1:], size), predict(inputs.blank(images[:1]), size=size)
