@@ -214,7 +214,11 @@ class ContentMonitor:
         self.mean, self.std = list(mean), list(std)
         self.gate = load_group_option("gate", gate)
         self.batch_size = int(batch_size)
-        self.others = derangement(len(images), int(load_group_option("condition", "shuffled").seed))
+        others = derangement(len(images), int(load_group_option("condition", "shuffled").seed))
+        # Image j is "another image" for the mask i with others[i] == j: the subset is one
+        # size, so j's real prediction is scored against mask i instead of predicted again.
+        self.stands_for = torch.empty(len(others), dtype=torch.long)
+        self.stands_for[torch.tensor(others)] = torch.arange(len(others))
         self.conditions = {name: load_group_option("condition", name) for name in ("noise", "blank")}
         self.last: ContentCheckResult | None = None
         self.curve: list[_Check] = []  # the earlier checks a later one looks back to
@@ -262,13 +266,9 @@ class ContentMonitor:
         return cls(images_t, masks_t, prior, num_classes, ignore_index, **settings)
 
     def _batches(self, device: torch.device):
-        # Image j is "another image" for the mask i with others[i] == j: the subset is one
-        # size, so j's real prediction is scored against mask i instead of predicted again.
-        stands_for = torch.empty(len(self.others), dtype=torch.long)
-        stands_for[torch.tensor(self.others)] = torch.arange(len(self.others))
         for start in range(0, len(self.images), self.batch_size):
             index = torch.arange(start, min(start + self.batch_size, len(self.images)))
-            paired = stands_for[index]
+            paired = self.stands_for[index]
             yield (
                 index,
                 self.images[index].to(device),
