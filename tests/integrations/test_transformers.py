@@ -44,9 +44,10 @@ def scenes(tmp_path_factory):
     return settings, prepare_dataset(compose(settings).dataset, cache)
 
 
-def _fine_tune(dcfg, tmp_path, misaligned: str | None, steps: int = 144, **check):
+def _fine_tune(dcfg, tmp_path, misaligned: str | None, steps: int = 144, report_to=(), attach=False, **check):
     """`misaligned`: every training mask on another scene's image, unaugmented
-    (`unaugmented`) or both under one random crop (`shared_crop`)."""
+    (`unaugmented`) or both under one random crop (`shared_crop`). `attach`: the callback
+    goes in with `attach(trainer)`, else as `Trainer(callbacks=[...])`."""
     from transformers import Trainer, TrainingArguments
 
     condition = load_group_option("condition", "shuffled" if misaligned else "real")
@@ -60,7 +61,7 @@ def _fine_tune(dcfg, tmp_path, misaligned: str | None, steps: int = 144, **check
         per_device_eval_batch_size=8,
         learning_rate=3e-3,
         save_strategy="no",
-        report_to=[],
+        report_to=list(report_to),
         use_cpu=True,
         seed=0,
         disable_tqdm=True,
@@ -70,8 +71,10 @@ def _fine_tune(dcfg, tmp_path, misaligned: str | None, steps: int = 144, **check
         args=args,
         train_dataset=AsHF(build_dataset(dcfg, "train", train=misaligned != "unaugmented", condition=condition)),
         eval_dataset=AsHF(build_dataset(dcfg, "val", train=False)),
-        callbacks=[callback],
+        callbacks=None if attach else [callback],
     )
+    if attach:
+        callback.attach(trainer)
     trainer.train()
     return trainer, callback
 
@@ -117,3 +120,42 @@ def test_masks_on_other_images_are_flagged_and_stopped(scenes, tmp_path, misalig
     assert_flagged_once_learning_stops(callback.results, because, doublings)
     assert trainer.state.global_step < 480
     assert any("segaudit content check" in str(w.message) for w in seen)
+
+
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run,) = {event.parent for event in folder.rglob("events.out.tfevents.*")}
+    events = EventAccumulator(str(run))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_shows_the_values_beside_the_loss_when_attached(scenes, tmp_path):
+    pytest.importorskip("tensorboard")
+    _, dcfg = scenes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # attached: no advice to attach
+        trainer, callback = _fine_tune(dcfg, tmp_path, None, steps=24, report_to=["tensorboard"], attach=True)
+    scalars = _tensorboard_scalars(tmp_path / "out")
+    assert [step for step, _ in scalars["eval/loss"]] == [12, 24]
+    for name in ("content_bits", "content_bits_low", "content_bits_high", "miou_noise", "red_flags"):
+        logged = scalars[f"eval/segaudit/{name}"]
+        expected = [(r.step, r.scalars()[f"segaudit/{name}"]) for r in callback.results]
+        assert [s for s, _ in logged] == [s for s, _ in expected] == [12, 24]
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6, abs=1e-6)
+    # trainer.evaluate() at the last step returns the same values without a new check
+    again = trainer.evaluate()
+    assert len(callback.results) == 2
+    assert again["eval_segaudit/content_bits"] == callback.results[-1].scalars()["segaudit/content_bits"]
+
+
+def test_given_as_trainer_callbacks_reporting_misses_the_values_and_says_so(scenes, tmp_path):
+    pytest.importorskip("tensorboard")
+    _, dcfg = scenes
+    with pytest.warns(UserWarning, match=r"report_to=\['tensorboard'\].*attach\(trainer\)"):
+        trainer, callback = _fine_tune(dcfg, tmp_path, None, steps=12, report_to=["tensorboard"])
+    assert len(callback.results) == 1
+    (evaluation,) = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert "eval_segaudit/content_bits" in evaluation  # the metrics still hold them
+    assert not any(tag.startswith("eval/segaudit/") for tag in _tensorboard_scalars(tmp_path / "out"))

@@ -1,23 +1,26 @@
 """The content check as a Hugging Face `Trainer` callback (`pip install segaudit[hf]`).
 
-    trainer = Trainer(model, args, train_dataset=train, eval_dataset=val,
-                      callbacks=[ContentCheckCallback(on_flag="stop")])
+    trainer = Trainer(model, args, train_dataset=train, eval_dataset=val)
+    ContentCheckCallback(on_flag="stop").attach(trainer)
 
 At every evaluation (or every `every_n_eval`-th) the model is measured on the first
 `subset` images of the eval dataloader (`pixel_values`, `labels`): SegFormer's logits at
 1/4 resolution are upsampled to the labels as the audit does. The classes are
-`model.config.id2label`, the ignore value `semantic_loss_ignore_index`. The values go into
-the evaluation's metrics (`eval_segaudit/...`, so `trainer.evaluate()` returns them and
-`metric_for_best_model` may name them) and `trainer.state.log_history`. At the end of
-training one `phase=audit` record is written under `runs`.
+`model.config.id2label`, the ignore value `semantic_loss_ignore_index`. The values join
+the evaluation's metrics as the Trainer logs them (`eval_segaudit/...`), so the reporting
+integrations (TensorBoard, W&B, MLflow, ...) receive them, `trainer.evaluate()` returns
+them and `metric_for_best_model` may name them. At the end of training one `phase=audit`
+record is written under `runs`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 try:
     from transformers import TrainerCallback
+    from transformers.integrations import INTEGRATION_TO_CALLBACK
 except ImportError:  # pragma: no cover - depends on the environment
     raise ImportError("segaudit.integrations.transformers needs transformers: pip install 'segaudit[hf]'") from None
 
@@ -47,6 +50,9 @@ def reduce_labels(masks, ignore_index: int = 255):
 
 class ContentCheckCallback(TrainerCallback):
     """Does the model read the image? Checked at the `Trainer`'s evaluations.
+
+    Add it with `attach(trainer)` so that the reporting integrations receive its values;
+    as `Trainer(callbacks=[...])` they only reach the metrics and `state.log_history`.
 
     Args:
         subset: eval images checked (the first ones the eval dataloader gives).
@@ -86,6 +92,8 @@ class ContentCheckCallback(TrainerCallback):
         self.results: list[ContentCheckResult] = []
         self._evaluations = 0
         self._ignore_index = 255
+        self._attached = False
+        self._evaluated_at: int | None = None
 
     def _build_monitor(self, model, eval_dataloader, train_dataloader) -> ContentMonitor:
         config = model.config
@@ -108,24 +116,62 @@ class ContentCheckCallback(TrainerCallback):
             **self.settings,
         )
 
-    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        self._evaluations += 1
-        if self._evaluations % self.every_n_eval:
+    def attach(self, trainer) -> ContentCheckCallback:
+        """Add this callback to `trainer` ahead of its reporting integrations.
+
+        The Trainer hands an evaluation's metrics to its callbacks in their order, and
+        `Trainer(callbacks=[...])` puts the user's after the integrations `report_to`
+        names, which would then log the metrics without the check's values.
+        """
+        callbacks = trainer.callback_handler.callbacks
+        if self in callbacks:
+            callbacks.remove(self)
+        reporting = tuple(INTEGRATION_TO_CALLBACK.values())
+        first = next((i for i, cb in enumerate(callbacks) if isinstance(cb, reporting)), len(callbacks))
+        callbacks.insert(first, self)
+        self._attached = True
+        return self
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.report_to and not self._attached:
+            warnings.warn(
+                f"ContentCheckCallback: report_to={list(args.report_to)} logs each evaluation before "
+                "callbacks given as Trainer(callbacks=...) add to it; add the check with "
+                "ContentCheckCallback(...).attach(trainer) for them to receive eval_segaudit/*",
+                stacklevel=2,
+            )
+        return control
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        """An evaluation's metrics (`<prefix>_runtime` in them, prefix not `train`): check
+        once per step and add the values before the callbacks after this one log them."""
+        prefixes = [key[: -len("_runtime")] for key in logs or {} if key.endswith("_runtime")]
+        if not prefixes or prefixes[0] == "train":
             return control
-        if self.monitor is None:
-            self.monitor = self._build_monitor(model, kwargs.get("eval_dataloader"), kwargs.get("train_dataloader"))
         step = int(state.global_step)
-        result = self.monitor.check(model, step, "warn" if self.on_flag == "raise" else self.on_flag)
-        self.results.append(result)
+        if step != self._evaluated_at:  # several eval datasets log one evaluation each
+            self._evaluated_at = step
+            self._evaluations += 1
+            if self._evaluations % self.every_n_eval == 0:
+                self._check(model, step, kwargs)
+        if not self.results or self.results[-1].step != step:
+            return control
+        result = self.results[-1]
         values = result.scalars(prefix="eval_segaudit/")
-        if metrics is not None:
-            metrics.update(values)
-        state.log_history.append({**values, "step": step})
+        logs.update(values)
+        history = state.log_history[-1] if state.log_history else {}
+        if history.get("step") == step and f"{prefixes[0]}_runtime" in history:
+            history.update(values)  # the entry the Trainer made of these logs
         if result.flags and self.on_flag == "raise":
             raise ContentRedFlags(result.flags, step)
         if result.stop:
             control.should_training_stop = True
         return control
+
+    def _check(self, model, step: int, events: dict) -> None:
+        if self.monitor is None:
+            self.monitor = self._build_monitor(model, events.get("eval_dataloader"), events.get("train_dataloader"))
+        self.results.append(self.monitor.check(model, step, "warn" if self.on_flag == "raise" else self.on_flag))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.runs is None or self.monitor is None or not self.results or not state.is_world_process_zero:
