@@ -166,9 +166,9 @@ def test_bad_batches_and_settings_get_one_line():
     monitor = ContentMonitor.from_batches([(images.repeat(2, 1, 1, 1), masks.repeat(2, 1, 1))], [masks[0]], 2)
     with pytest.raises(ConfigError, match="on_flag='loud'"):
         monitor.check(torch.nn.Conv2d(3, 2, 1), 1, on_flag="loud")
-    mixed = [(images, masks), (torch.zeros(1, 3, 8, 4), torch.zeros(1, 8, 4, dtype=torch.long))]
-    with pytest.raises(ConfigError, match=r"one size, got \[\(4, 4\), \(8, 4\)\]"):
-        ContentMonitor.from_batches(mixed, [masks[0]], 2)
+    one_hot = [(images.repeat(2, 1, 1, 1), torch.zeros(2, 2, 4, 4))]  # masks as class channels
+    with pytest.raises(ConfigError, match=r"validation image 0 has shape \(3, 4, 4\) and its mask \(2, 4, 4\)"):
+        ContentMonitor.from_batches(one_hot, [masks[0]], 2)
     with pytest.raises(ConfigError, match="ContentCheck: checking every 0 evaluations"):
         check_settings("ContentCheck", "warn", 0, 32)
 
@@ -183,3 +183,62 @@ def test_without_the_extra_the_import_names_it(monkeypatch, module, extra):
     monkeypatch.delitem(sys.modules, f"segaudit.integrations.{module}", raising=False)
     with pytest.raises(ImportError, match=rf"pip install 'segaudit\[{extra}\]'"):
         importlib.import_module(f"segaudit.integrations.{module}")
+
+
+def _colour_reader(mean, std) -> torch.nn.Module:
+    """Reads each pixel's class off its palette colour: the nearest colour by a 1x1 conv
+    (-|x - c|^2 up to a per-pixel constant)."""
+    from segaudit.data.synthetic import CLASS_COLORS
+
+    colours = (torch.tensor(CLASS_COLORS, dtype=torch.float32) / 255 - torch.tensor(mean)) / torch.tensor(std)
+    conv = torch.nn.Conv2d(3, len(CLASS_COLORS), 1)
+    with torch.no_grad():
+        conv.weight.copy_(2 * colours[:, :, None, None])
+        conv.bias.copy_(-(colours**2).sum(1))
+    return conv.eval()
+
+
+def test_a_val_subset_of_several_sizes_measures_what_the_audit_measures(tmp_path):
+    """Val images of three sizes, one per batch (a val loader of batch size 1): the monitor
+    batches them by size, and its numbers are the audit's on the same folder. Another
+    image for a mask of another size is resized to it, bilinear on the normalised tensor
+    where the audit resizes the 8-bit file (PIL): the shuffled score is close, not equal."""
+    from PIL import Image
+
+    from scenes import write_folder
+    from segaudit.data.synthetic import CLASS_COLORS
+
+    root = write_folder(
+        tmp_path / "mixed",
+        {"train": [(64, 64)] * 4, "val": [(64, 64), (72, 48), (48, 96), (64, 64), (72, 48), (64, 64)]},
+    )
+    for image in (root / "images" / "val").iterdir():  # each class in its palette colour, black where ignored
+        mask = np.array(Image.open(root / "masks" / "val" / image.name))
+        Image.fromarray(np.array([*CLASS_COLORS, (0, 0, 0)], np.uint8)[np.minimum(mask, 8)]).save(image)
+    dcfg = prepare_dataset(compose(["dataset=folder", f"dataset.root={root}"]).dataset, "/")
+    val, train = build_dataset(dcfg, "val", train=False), build_dataset(dcfg, "train", train=False)
+    model = _colour_reader(dcfg.transform.mean, dcfg.transform.std)
+    monitor = ContentMonitor.from_batches(
+        [(val[i][0][None], val[i][1][None]) for i in range(len(val))],
+        (train[i][1] for i in range(len(train))),
+        8,
+        subset=6,
+        batch_size=2,
+        mean=dcfg.transform.mean,
+        std=dcfg.transform.std,
+    )
+    assert not monitor.one_size and [b.tolist() for b in monitor.batches] == [[0, 3], [5], [1, 4], [2]]
+    passes = []
+    hook = model.register_forward_hook(lambda module, args, out: passes.append(len(args[0])))
+    found = monitor.measure(model).findings
+    hook.remove()
+    # per batch real, noise and the other images; blank once per size
+    assert passes == [2, 2, 1, 2, 1, 1, 1, 2, 2, 1, 2, 1, 1, 1, 1]
+    audited = segaudit.audit_model(model, "folder", root, runs=tmp_path / "runs")["audit"]
+    shuffled = found.miou.pop("shuffled")
+    assert found.miou == pytest.approx({k: v for k, v in audited["miou"].items() if k != "shuffled"})
+    assert found.miou["real"] > 90 and found.miou["real"] - shuffled > 50  # it reads the image
+    assert shuffled == pytest.approx(audited["miou"]["shuffled"], abs=1.0)
+    assert found.prior_miou == pytest.approx(audited["prior_miou"])
+    ours, theirs = found.evidence["information"]["content"], audited["evidence"]["information"]["content"]
+    assert ours == pytest.approx(theirs, abs=1e-6)

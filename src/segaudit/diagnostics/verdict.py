@@ -163,7 +163,7 @@ def share_paces(shares: dict[int, float], step: int) -> list[float]:
     points, at = [], step
     while at in shares and len(points) < 3:
         points.insert(0, at)
-        earlier = [s for s in shares if s <= at // 2]
+        earlier = [s for s in shares if 0 < s <= at // 2]  # no doubling of training from step 0
         at = max(earlier) if earlier else None
     return [(shares[b] - shares[a]) / math.log2(b / a) for a, b in zip(points, points[1:])]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,6 +36,7 @@ from segaudit.core.config import compose, load_group_option
 from segaudit.core.devices import device_label
 from segaudit.core.errors import ConfigError, SegauditError
 from segaudit.data.conditions import derangement
+from segaudit.data.sampler import size_grouped_batches
 from segaudit.diagnostics.audit import (
     AuditFindings,
     ConditionInputs,
@@ -184,8 +186,9 @@ class ContentMonitor:
     """The audit of one model on a fixed validation subset held on the device.
 
     Args:
-        images: N x 3 x H x W normalised images, as the model takes them.
-        masks: N x H x W class ids (`ignore_index` where unlabelled).
+        images: N x 3 x H x W normalised images, as the model takes them, or a list of
+            3 x H x W images of several sizes.
+        masks: N x H x W class ids (`ignore_index` where unlabelled), or a list of H x W.
         prior: the analytic prior of the training labels, scored on `masks`
             (`prior_of_masks`).
         num_classes: the model's output channels.
@@ -197,8 +200,8 @@ class ContentMonitor:
 
     def __init__(
         self,
-        images: torch.Tensor,
-        masks: torch.Tensor,
+        images: torch.Tensor | Sequence[torch.Tensor],
+        masks: torch.Tensor | Sequence[torch.Tensor],
         prior: PriorResult,
         num_classes: int,
         ignore_index: int = 255,
@@ -209,16 +212,21 @@ class ContentMonitor:
     ):
         if len(images) < 2:
             raise ConfigError("the content check needs at least 2 validation images (the shuffled input)")
-        self.images, self.masks, self.prior = images, masks.long(), prior
+        self.images, self.prior = images, prior
+        self.masks = masks.long() if isinstance(masks, torch.Tensor) else [m.long() for m in masks]
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
         self.mean, self.std = list(mean), list(std)
         self.gate = load_group_option("gate", gate)
         self.batch_size = int(batch_size)
-        others = derangement(len(images), int(load_group_option("condition", "shuffled").seed))
-        # Image j is "another image" for the mask i with others[i] == j: the subset is one
-        # size, so j's real prediction is scored against mask i instead of predicted again.
-        self.stands_for = torch.empty(len(others), dtype=torch.long)
-        self.stands_for[torch.tensor(others)] = torch.arange(len(others))
+        self.others = derangement(len(images), int(load_group_option("condition", "shuffled").seed))
+        sizes = [(tuple(i.shape[-2:]), tuple(m.shape[-2:])) for i, m in zip(images, self.masks, strict=True)]
+        # One size: image j is "another image" for the mask i with others[i] == j, so j's
+        # real prediction is scored against mask i instead of predicted again. Several:
+        # image j is resized to image i's size and predicted, as the audit does.
+        self.one_size = len(set(sizes)) == 1
+        self.stands_for = torch.empty(len(self.others), dtype=torch.long)
+        self.stands_for[torch.tensor(self.others)] = torch.arange(len(self.others))
+        self.batches = [torch.tensor(b) for b in size_grouped_batches(sizes, self.batch_size)]
         self.conditions = {name: load_group_option("condition", name) for name in ("noise", "blank")}
         self.last: ContentCheckResult | None = None
         self.curve: list[_Check] = []  # the earlier checks a later one looks back to
@@ -237,8 +245,9 @@ class ContentMonitor:
         batch_to_pair=split_batch,
         **settings,
     ) -> ContentMonitor:
-        """A monitor on the first `subset` validation images of `val_batches`, with the prior
-        counted from `train_masks` (H x W label maps, arrays or tensors) at the subset's size.
+        """A monitor on the first `subset` validation images of `val_batches` (of one size or
+        several), with the prior counted from `train_masks` (H x W label maps, arrays or
+        tensors) at the subset masks' most common size.
 
         `settings` are the other `ContentMonitor` arguments (mean, std, gate, batch_size).
         """
@@ -251,30 +260,30 @@ class ContentMonitor:
                 break
         if not images:
             raise ConfigError("the validation data gave no images for the content check")
-        sizes = sorted({tuple(i.shape[-2:]) for i in images} | {tuple(m.shape[-2:]) for m in masks})
-        if len(sizes) > 1:
-            raise ConfigError(
-                f"the content check needs validation images and masks of one size, got {sizes[:4]}: "
-                f"resize or crop them in the val loader, or give batches of one size"
-            )
-        images_t = torch.stack([i.detach().cpu() for i in images])
-        masks_t = torch.stack([m.detach().cpu() for m in masks]).long()
-        counts = count_masks(train_masks, tuple(masks_t.shape[-2:]), int(num_classes), int(ignore_index))
+        _check_shapes(images, masks)
+        if len({(tuple(i.shape), tuple(m.shape)) for i, m in zip(images, masks)}) == 1:
+            images = torch.stack([i.detach().cpu() for i in images])
+            masks = torch.stack([m.detach().cpu() for m in masks]).long()
+        else:
+            images, masks = [i.detach().cpu() for i in images], [m.detach().cpu().long() for m in masks]
+        # the prior is counted at the masks' most common size and scored on each at its own
+        size = Counter(tuple(m.shape[-2:]) for m in masks).most_common(1)[0][0]
+        counts = count_masks(train_masks, size, int(num_classes), int(ignore_index))
         if counts.sum() == 0:
             raise ConfigError("the training masks hold no labelled pixel: the prior needs them")
-        prior = prior_of_masks(counts, list(masks_t.numpy()), int(ignore_index))
-        return cls(images_t, masks_t, prior, num_classes, ignore_index, **settings)
+        prior = prior_of_masks(counts, [m.numpy() for m in masks], int(ignore_index))
+        return cls(images, masks, prior, num_classes, ignore_index, **settings)
 
     def _batches(self, device: torch.device):
-        for start in range(0, len(self.images), self.batch_size):
-            index = torch.arange(start, min(start + self.batch_size, len(self.images)))
-            paired = self.stands_for[index]
-            yield (
-                index,
-                self.images[index].to(device),
-                StandIns(paired, self.masks[paired].to(device)),
-                self.masks[index].to(device),
-            )
+        for index in self.batches:
+            images, masks = _take(self.images, index), _take(self.masks, index)
+            if self.one_size:
+                paired = self.stands_for[index]
+                others = StandIns(paired, _take(self.masks, paired).to(device))
+            else:
+                size = tuple(images.shape[-2:])
+                others = torch.stack([_fitted(self.images[self.others[k]], size) for k in index.tolist()])
+            yield index, images.to(device), others if self.one_size else others.to(device), masks.to(device)
 
     @torch.inference_mode()
     def measure(self, model: nn.Module, step: int = 0) -> ContentCheckResult:
@@ -483,6 +492,31 @@ def training_flags(
     if shortcut_before and location_carries(kinds, state):
         return [kinds["noise"]]
     return []
+
+
+def _check_shapes(images: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    """Refuse, in one line, a subset the check cannot feed: images must be C x H x W and
+    masks H x W."""
+    for k, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        if image.dim() != 3 or mask.dim() != 2:
+            raise ConfigError(
+                f"validation image {k} has shape {tuple(image.shape)} and its mask {tuple(mask.shape)}: "
+                "the content check needs C x H x W images and H x W masks (give batch_to_pair)"
+            )
+
+
+def _take(items: torch.Tensor | Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    """`items[index]` of a stacked tensor or a list of tensors of one size."""
+    if isinstance(items, torch.Tensor):
+        return items[index]
+    return torch.stack([items[k] for k in index.tolist()])
+
+
+def _fitted(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`image` (C x H x W) resized to `size`, bilinear, as another image fed for a mask."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
 
 
 def _predict(model: nn.Module, images: torch.Tensor, size) -> torch.Tensor:
