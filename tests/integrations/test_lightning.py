@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from expected import NO_ALIGNED_CONTENT, SHARED_CROP, assert_check_matches_audit, assert_flagged_once_learning_stops
 from segaudit.core.config import compose, load_group_option
+from segaudit.core.errors import ConfigError
 from segaudit.data import build_dataset, prepare_dataset
 
 L = pytest.importorskip("lightning")
@@ -139,3 +140,41 @@ def test_masks_on_other_images_raise_the_flag_and_stop_the_fit(scenes, tmp_path,
         trainer, _, callback = _fit(dcfg, tmp_path, misaligned, epochs=60, every=2, on_flag="stop")
     assert_flagged_once_learning_stops(callback.results, because, doublings)
     assert trainer.global_step < 720
+
+
+class NetInside(Segmenter):
+    """A module that calls its network in its steps and has no forward of its own."""
+
+    forward = L.LightningModule.forward
+
+    def training_step(self, batch, index):
+        return F.cross_entropy(self.net(batch[0]), batch[1], ignore_index=255)
+
+    def validation_step(self, batch, index):
+        self.log("val_loss", F.cross_entropy(self.net(batch[0]), batch[1], ignore_index=255))
+
+
+def test_a_module_without_forward_is_told_to_name_its_network(scenes):
+    _, dcfg = scenes
+
+    def fit(**check):
+        callback = ContentCheck(num_classes=8, subset=8, runs=None, **check)
+        trainer = L.Trainer(
+            max_epochs=1,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            callbacks=[callback],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+        )
+        trainer.fit(NetInside(8), datamodule=Scenes(dcfg))
+        return callback
+
+    with pytest.raises(ConfigError, match=r"NetInside has no forward\(\).*network=lambda module: module.net"):
+        fit()
+    (result,) = fit(network=lambda module: module.net).results
+    assert result.step == 2 and "segaudit/content_bits" in result.scalars()

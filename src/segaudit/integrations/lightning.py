@@ -13,13 +13,15 @@ the flags that count at this point of training, `ContentMonitor` rules). At fit 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 try:
     import lightning.pytorch as pl
     from lightning.pytorch.utilities import rank_zero_warn
 except ImportError:  # pragma: no cover - depends on the environment
     raise ImportError("segaudit.integrations.lightning needs Lightning: pip install 'segaudit[lightning]'") from None
+
+from torch import nn
 
 from segaudit.core.errors import ConfigError
 from segaudit.integrations.content_check import (
@@ -38,7 +40,8 @@ class ContentCheck(pl.Callback):
     """Does the model read the image? Checked at Lightning's validation ends.
 
     The LightningModule's `forward` takes normalised images and returns logits (a tensor,
-    or a mapping or object with `out`/`logits`).
+    or a mapping or object with `out`/`logits`); a module without one names its network
+    with `network`.
 
     Args:
         num_classes: the model's output channels.
@@ -54,6 +57,8 @@ class ContentCheck(pl.Callback):
         strategy, model_name, dataset_name, class_names: what the record calls the run.
         batch_to_pair: a function from a batch to (images, masks), for batches that are
             not (images, masks) tuples or `image`/`mask` mappings.
+        network: the network inside the LightningModule that maps images to logits, for
+            a module with no `forward` of its own (`network=lambda module: module.net`).
     """
 
     def __init__(
@@ -74,8 +79,10 @@ class ContentCheck(pl.Callback):
         dataset_name: str = "lightning-data",
         class_names: Sequence[str] | None = None,
         batch_to_pair=split_batch,
+        network: Callable[[pl.LightningModule], nn.Module] | None = None,
     ):
         check_settings("ContentCheck", on_flag, every_n_val, subset)
+        self.network = network
         self.num_classes, self.subset, self.every_n_val, self.on_flag = num_classes, subset, every_n_val, on_flag
         self.train_masks, self.ignore_index, self.batch_to_pair = train_masks, ignore_index, batch_to_pair
         self.settings = {"mean": mean, "std": std, "gate": gate, "batch_size": batch_size}
@@ -105,18 +112,29 @@ class ContentCheck(pl.Callback):
             **self.settings,
         )
 
+    def _network(self, pl_module: pl.LightningModule) -> nn.Module:
+        if self.network is not None:
+            return self.network(pl_module)
+        if type(pl_module).forward is pl.LightningModule.forward:
+            raise ConfigError(
+                f"ContentCheck: {type(pl_module).__name__} has no forward() to feed images to; define "
+                "forward(images) -> logits, or give ContentCheck(network=lambda module: module.net)"
+            )
+        return pl_module
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         self._validations += 1
         if self._validations % self.every_n_val:
             return
+        model = self._network(pl_module)
         if self.monitor is None:
             self.monitor = self._build_monitor(trainer)
         step = int(trainer.global_step)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the flags are reported below, through Lightning
-            result = self.monitor.check(pl_module, step, "warn" if self.on_flag == "raise" else self.on_flag)
+            result = self.monitor.check(model, step, "warn" if self.on_flag == "raise" else self.on_flag)
         self.results.append(result)
         for logger in trainer.loggers:
             logger.log_metrics(result.scalars(), step=step)
