@@ -1,11 +1,20 @@
 """Benchmark the training-time content check against the validation pass it rides on.
 
 Per check, `ContentMonitor.measure` scores every image of the fixed subset four ways (real,
-noise, blank, shuffled: two forward passes of the subset, one of a blank image); the
-reference is one plain validation pass over the same subset (forward, loss, argmax,
-confusion matrix), what a Lightning or HF evaluation does. The one-off cost (collecting
-the subset, counting the prior from the training masks) is timed apart. Repeats alternate
-check/plain; the report is the median ratio check/plain with its range.
+noise, blank, shuffled). On its own it predicts the subset twice (real and noise) and one
+blank image; when it watches the trainer's validation (`ContentMonitor.watch`, what the
+Lightning and HF callbacks do), the real predictions are the validation's own and the
+check predicts noise and blank only. The reference is one plain validation pass over the
+same subset (forward, loss, argmax, confusion matrix), what a Lightning or HF evaluation
+does. Each repeat times, in one run: a plain validation; a check on its own; a validation
+watched by the monitor, then the check. Reported, as medians with their range:
+
+- `own`: check / plain validation;
+- `shared`: (watched validation - plain validation + check) / plain validation, what a
+  check adds to the trainer's own validation pass.
+
+The one-off cost (collecting the subset, counting the prior from the training masks) is
+timed apart.
 
     python scripts/bench_content_check.py                      # CPU, 64 px scenes, subset 32
     python scripts/bench_content_check.py --size 256 --device cuda --repeats 9
@@ -19,6 +28,7 @@ import resource
 import statistics
 import tempfile
 import time
+from functools import partial
 
 import segmentation_models_pytorch as smp
 import torch
@@ -47,6 +57,43 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def time_check(monitor, model, images, masks, device, batch_size: int, repeats: int) -> dict[str, list[float]]:
+    """Per repeat, in one run: a plain validation, a check predicting its own real pass,
+    and a watched validation followed by the check that reuses its real predictions."""
+    times = {"plain": [], "own": [], "shared": []}
+
+    def timed(work) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        work()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    validation = partial(plain_validation, model, images, masks, device, batch_size)
+    for repeat in range(repeats):
+        plain = timed(validation)
+        own = timed(partial(monitor.measure, model, 2 * repeat + 1))
+        monitor.watch(model)
+        watched = timed(validation)
+        check = timed(partial(monitor.measure, model, 2 * repeat + 2))
+        if monitor.last.real_pass != "trainer":
+            raise RuntimeError("the watched validation did not give the check its real pass")
+        times["plain"].append(plain)
+        times["own"].append(own / plain)
+        times["shared"].append((watched - plain + check) / plain)
+    return times
+
+
+def summary(times: dict[str, list[float]]) -> str:
+    def spread(values):
+        return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    return (
+        f"plain validation {statistics.median(times['plain']):.3f} s; check / plain: own real pass "
+        f"{spread(times['own'])}, sharing the validation's {spread(times['shared'])}; {len(times['plain'])} repeats"
+    )
+
+
 def frame_benchmark(args, device) -> None:
     """The check at a real frame size (Cityscapes: 1024x2048), scenes rendered in memory:
     the per-check cost against a plain validation pass, and the host memory the subset
@@ -67,25 +114,12 @@ def frame_benchmark(args, device) -> None:
     )
     setup = time.perf_counter() - t0
     del images, masks
-    checks, plains = [], []
-    for repeat in range(args.repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        monitor.measure(model, repeat)
-        _sync(device)
-        t1 = time.perf_counter()
-        plain_validation(model, monitor.images, monitor.masks, device, args.batch_size)
-        _sync(device)
-        checks.append(t1 - t0)
-        plains.append(time.perf_counter() - t1)
-    ratios = [c / p for c, p in zip(checks, plains)]
+    times = time_check(monitor, model, monitor.images, monitor.masks, device, args.batch_size, args.repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(
         f"{height}x{width}, subset {args.subset}, {device}: subset on the host "
         f"{monitor.images.nbytes / 2**30:.2f} GiB (peak RSS {before:.1f} -> {peak:.1f} GiB); setup {setup:.1f} s; "
-        f"per check {statistics.median(checks):.1f} s vs plain validation {statistics.median(plains):.1f} s; "
-        f"ratio median {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}, "
-        f"{args.repeats} repeats); content {monitor.last.scalars()['segaudit/content_bits']:+.3f} bits/pixel"
+        f"{summary(times)}; content {monitor.last.scalars()['segaudit/content_bits']:+.3f} bits/pixel"
     )
 
 
@@ -124,24 +158,10 @@ def main() -> None:
         setup = time.perf_counter() - t0
         monitor.measure(model)  # warm-up of both paths
         plain_validation(model, images, masks, device, args.batch_size)
-        ratios, checks, plains = [], [], []
-        for _ in range(args.repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            monitor.measure(model)
-            _sync(device)
-            t1 = time.perf_counter()
-            plain_validation(model, images, masks, device, args.batch_size)
-            _sync(device)
-            t2 = time.perf_counter()
-            checks.append(t1 - t0)
-            plains.append(t2 - t1)
-            ratios.append((t1 - t0) / (t2 - t1))
+        times = time_check(monitor, model, images, masks, device, args.batch_size, args.repeats)
     print(
         f"{args.size}px, subset {args.subset}, {device}: one-off setup {setup:.2f} s (subset + prior of "
-        f"{len(train)} training masks); per check {statistics.median(checks):.3f} s vs plain validation "
-        f"{statistics.median(plains):.3f} s; ratio check/plain median {statistics.median(ratios):.2f} "
-        f"(range {min(ratios):.2f}-{max(ratios):.2f}, {args.repeats} repeats)"
+        f"{len(train)} training masks); {summary(times)}"
     )
 
 

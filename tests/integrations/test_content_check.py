@@ -242,3 +242,66 @@ def test_a_val_subset_of_several_sizes_measures_what_the_audit_measures(tmp_path
     assert found.prior_miou == pytest.approx(audited["prior_miou"])
     ours, theirs = found.evidence["information"]["content"], audited["evidence"]["information"]["content"]
     assert ours == pytest.approx(theirs, abs=1e-6)
+
+
+def test_the_trainers_own_validation_pass_is_the_checks_real_pass(scenes):
+    """`watch`: the forward passes of a validation loop (batches of 5, each after a flipped
+    copy for test-time augmentation) are scored as the subset's real images, and the check
+    then predicts only noise and blank; its numbers are those of a check that predicts
+    everything itself, under autocast too when the validation ran under it. Passes in
+    training mode, or a validation that does not reach the whole subset, leave the check
+    to predict the real images."""
+    _, dcfg = scenes
+    val, train = build_dataset(dcfg, "val", train=False), build_dataset(dcfg, "train", train=False)
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    masks = torch.stack([val[i][1] for i in range(len(val))])
+    torch.manual_seed(0)
+    model = smp.Unet("resnet18", encoder_weights=None, classes=8, encoder_depth=3, decoder_channels=(32, 16, 8))
+    model.eval()
+
+    def monitor():
+        settings = {"subset": 12, "batch_size": 4, "mean": dcfg.transform.mean, "std": dcfg.transform.std}
+        return ContentMonitor.from_batches([(images, masks)], (train[i][1] for i in range(len(train))), 8, **settings)
+
+    def validate(batches=range(0, 16, 5), training=False, autocast=False):
+        model.train(training)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            for start in batches:
+                model(torch.flip(images[start : start + 5], [-1]))
+                model(images[start : start + 5])
+        model.eval()
+
+    shared, own = monitor(), monitor()
+    shared.watch(model)
+    validate()
+    passes = []
+    counter = model.register_forward_hook(lambda module, args, out: passes.append(len(args[0])))
+    got, want = shared.measure(model, step=1), own.measure(model, step=1)
+    counter.remove()
+    assert (got.real_pass, want.real_pass) == ("trainer", "check")
+    assert shared.measure(model, step=1).real_pass == "check"  # one validation serves one check
+    assert passes[:4] == [4, 1, 4, 4]  # noise per batch and one blank image; no real pass
+    for name in ("real", "noise", "blank", "shuffled"):
+        assert got.results[name]["miou"] == pytest.approx(want.results[name]["miou"], abs=1e-9), name
+    ours, theirs = got.findings.evidence["information"], want.findings.evidence["information"]
+    assert ours["content"] == pytest.approx(theirs["content"], abs=1e-6)
+
+    # a validation under autocast: the check predicts noise and blank under it too
+    shared.watch(model)
+    validate(autocast=True)
+    got = shared.measure(model, step=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = own.measure(model, step=2)
+    assert (got.real_pass, got.autocast, want.real_pass) == ("trainer", "bfloat16", "check")
+    for name in ("real", "noise", "blank", "shuffled"):
+        assert got.results[name]["miou"] == pytest.approx(want.results[name]["miou"], abs=0.05), name
+    assert got.findings.evidence["information"]["content"]["value"] == pytest.approx(
+        want.findings.evidence["information"]["content"]["value"], abs=1e-3
+    )
+
+    for case in ({"training": True}, {"batches": [0, 5]}):
+        shared.watch(model)
+        validate(**case)
+        assert shared.measure(model, step=3).real_pass == "check", case
+    validate()  # not watched: nothing is scored for the next check
+    assert shared.measure(model, step=4).real_pass == "check"

@@ -115,6 +115,8 @@ def test_a_clean_fit_has_no_flag_and_its_logger_shows_the_evidence(scenes, tmp_p
     trainer, module, callback = _fit(dcfg, tmp_path, None, on_flag="stop", train_masks=masks, strategy="clean")
     assert trainer.global_step == 144 and len(callback.results) == 12
     assert [r.flags for r in callback.results] == [[]] * 12  # no flag at any validation
+    # the real images' predictions were those of the fit's own validation pass
+    assert {r.real_pass for r in callback.results} == {"trainer"}
     last = callback.results[-1]
     assert last.scalars()["segaudit/content_bits_low"] > 0
 
@@ -154,27 +156,36 @@ class NetInside(Segmenter):
         self.log("val_loss", F.cross_entropy(self.net(batch[0]), batch[1], ignore_index=255))
 
 
+def _short_fit(dcfg, module, precision: str = "32-true", **check) -> ContentCheck:
+    """Two training steps and one validation of one batch (the 8 images checked)."""
+    callback = ContentCheck(num_classes=8, subset=8, runs=None, **check)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        precision=precision,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, datamodule=Scenes(dcfg))
+    return callback
+
+
 def test_a_module_without_forward_is_told_to_name_its_network(scenes):
     _, dcfg = scenes
-
-    def fit(**check):
-        callback = ContentCheck(num_classes=8, subset=8, runs=None, **check)
-        trainer = L.Trainer(
-            max_epochs=1,
-            limit_train_batches=2,
-            limit_val_batches=1,
-            num_sanity_val_steps=0,
-            callbacks=[callback],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
-        )
-        trainer.fit(NetInside(8), datamodule=Scenes(dcfg))
-        return callback
-
     with pytest.raises(ConfigError, match=r"NetInside has no forward\(\).*network=lambda module: module.net"):
-        fit()
-    (result,) = fit(network=lambda module: module.net).results
+        _short_fit(dcfg, NetInside(8))
+    (result,) = _short_fit(dcfg, NetInside(8), network=lambda module: module.net).results
     assert result.step == 2 and "segaudit/content_bits" in result.scalars()
+    assert result.real_pass == "trainer"  # the network's forward passes in the validation
+
+
+def test_a_mixed_precision_validation_gives_the_check_its_real_pass_and_autocast(scenes):
+    _, dcfg = scenes
+    (result,) = _short_fit(dcfg, Segmenter(8), precision="bf16-mixed").results
+    assert (result.real_pass, result.autocast) == ("trainer", "bfloat16")

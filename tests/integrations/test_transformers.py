@@ -92,6 +92,8 @@ def test_a_clean_fine_tune_has_no_flag_and_matches_the_audit(scenes, tmp_path):
     trainer, callback = _fine_tune(dcfg, tmp_path, None, on_flag="stop", train_masks=raw, do_reduce_labels=True)
     assert trainer.state.global_step == 144 and len(callback.results) == 12
     assert [r.flags for r in callback.results] == [[]] * 12  # no flag at any evaluation
+    # the real images' predictions were the evaluation's own, once the subset was known
+    assert [r.real_pass for r in callback.results] == ["check"] + ["trainer"] * 11
     last = callback.results[-1]
     logged = [h for h in trainer.state.log_history if "eval_segaudit/content_bits" in h]
     assert len(logged) == 12 and logged[-1]["eval_segaudit/content_bits"] == pytest.approx(

@@ -172,8 +172,78 @@ class StandIns:
     target: torch.Tensor
 
 
+class ConditionScores:
+    """Every audit condition's metrics and per-image scores, filled batch by batch: the
+    real predictions first (they are what the noise predictions are compared with), then
+    noise, blank and shuffled in any order.
+
+    Args:
+        num_classes: the model's classes.
+        ignore_index: the unlabelled value of the masks.
+        n_images: the images scored (positions 0 .. n_images - 1).
+        keep_labels: keep each image's real prediction (argmax), so that the other
+            conditions can be added later without predicting the real images again.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int, n_images: int, keep_labels: bool = False):
+        self.metrics = {
+            "real": ConfusionMatrix(num_classes, ignore_index),
+            "noise": AgreementMatrix(num_classes, ignore_index),  # noise vs the real predictions
+            "blank": ConfusionMatrix(num_classes, ignore_index),
+            "shuffled": ConfusionMatrix(num_classes, ignore_index),
+        }
+        self.scores = {name: ImageScores(num_classes, ignore_index, n_images) for name in self.metrics}
+        # one byte a pixel where the classes fit: the subset's predictions held until a check
+        self.label_dtype = torch.uint8 if num_classes <= 256 else torch.int64
+        self.labels: dict[int, torch.Tensor] | None = {} if keep_labels else None
+
+    def add_real(
+        self, indices: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, others: StandIns | None = None
+    ) -> torch.Tensor:
+        """The real images' logits (at the labels' size); `others`: the masks they stand in
+        for as another image's pixels (the shuffled condition, scored on these logits).
+        Returns the predicted labels."""
+        labels = logits.argmax(1)
+        self.metrics["real"].update(labels, target)
+        self.scores["real"].update(indices, logits, target, labels)
+        if others is not None:
+            self.metrics["shuffled"].update(labels, others.target)
+            self.scores["shuffled"].update(others.indices, logits, others.target, labels)
+        if self.labels is not None:
+            for k, row in zip(indices.tolist(), labels.to(self.label_dtype)):
+                self.labels[k] = row
+        return labels
+
+    def real_labels(self, indices: torch.Tensor) -> torch.Tensor:
+        """The kept real predictions of the images at `indices` (`keep_labels`)."""
+        return torch.stack([self.labels[k] for k in indices.tolist()]).long()
+
+    def add_noise(self, indices: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, real_labels: torch.Tensor):
+        labels = logits.argmax(1)
+        self.metrics["noise"].update(labels, target, real_labels)
+        self.scores["noise"].update(indices, logits, target, labels)
+
+    def add(self, name: str, indices: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """`blank` or `shuffled` logits of the images at `indices`."""
+        labels = logits.argmax(1)
+        self.metrics[name].update(labels, target)
+        self.scores[name].update(indices, logits, target, labels)
+
+    def compute(self) -> tuple[dict[str, dict], dict[str, PerImage]]:
+        return (
+            {name: m.compute() for name, m in self.metrics.items()},
+            {name: s.compute() for name, s in self.scores.items()},
+        )
+
+
 def measure_batches(
-    predict, batches, inputs: ConditionInputs, num_classes: int, ignore_index: int, n_images: int
+    predict,
+    batches,
+    inputs: ConditionInputs,
+    num_classes: int,
+    ignore_index: int,
+    n_images: int,
+    seen: ConditionScores | None = None,
 ) -> tuple[dict[str, dict], dict[str, PerImage]]:
     """Every audit condition's metrics and per-image scores over `batches` of (dataset
     positions, real images, another image for each, labels), all on one device;
@@ -181,45 +251,29 @@ def measure_batches(
 
     The other images may come as `StandIns` instead: the shuffled condition then costs no
     forward pass. The blank input is one constant image, so it is predicted once per run of
-    batches of one size.
+    batches of one size. `seen`: the real condition already scored (with `keep_labels`),
+    from predictions made elsewhere, such as a trainer's own validation pass; the real
+    images are then not predicted again.
     """
-    metrics = {
-        "real": ConfusionMatrix(num_classes, ignore_index),
-        "noise": AgreementMatrix(num_classes, ignore_index),  # noise vs the real predictions
-        "blank": ConfusionMatrix(num_classes, ignore_index),
-        "shuffled": ConfusionMatrix(num_classes, ignore_index),
-    }
-    scores = {name: ImageScores(num_classes, ignore_index, n_images) for name in metrics}
+    scores = seen if seen is not None else ConditionScores(num_classes, ignore_index, n_images)
     blank_key, blank_one = None, None  # one size held: a val set of many sizes must not fill memory
     for indices, images, others, target in batches:
         size = tuple(target.shape[-2:])
-        real = predict(images, size=size)
-        real_labels = real.argmax(1)
-        metrics["real"].update(real_labels, target)
-        scores["real"].update(indices, real, target, real_labels)
-
-        noise = predict(inputs.noise(images), size=size)
-        noise_labels = noise.argmax(1)
-        metrics["noise"].update(noise_labels, target, real_labels)
-        scores["noise"].update(indices, noise, target, noise_labels)
-        del noise  # two batches of logits at most: the real ones are kept for the stand-ins
+        if seen is None:
+            real_labels = scores.add_real(
+                indices, predict(images, size=size), target, others if isinstance(others, StandIns) else None
+            )
+        else:
+            real_labels = seen.real_labels(indices).to(target.device)
+        scores.add_noise(indices, predict(inputs.noise(images), size=size), target, real_labels)
 
         if blank_key != (images.shape[1:], size):
             blank_key, blank_one = (images.shape[1:], size), predict(inputs.blank(images[:1]), size=size)
-        blank = blank_one.expand(len(images), *blank_one.shape[1:])
-        blank_labels = blank.argmax(1)
-        metrics["blank"].update(blank_labels, target)
-        scores["blank"].update(indices, blank, target, blank_labels)
+        scores.add("blank", indices, blank_one.expand(len(images), *blank_one.shape[1:]), target)
 
-        if isinstance(others, StandIns):
-            metrics["shuffled"].update(real_labels, others.target)
-            scores["shuffled"].update(others.indices, real, others.target, real_labels)
-        else:
-            shuffled = predict(others, size=size)
-            shuffled_labels = shuffled.argmax(1)
-            metrics["shuffled"].update(shuffled_labels, target)
-            scores["shuffled"].update(indices, shuffled, target, shuffled_labels)
-    return ({name: m.compute() for name, m in metrics.items()}, {name: s.compute() for name, s in scores.items()})
+        if not isinstance(others, StandIns):
+            scores.add("shuffled", indices, predict(others, size=size), target)
+    return scores.compute()
 
 
 # --------------------------------------------------------------------------- verdict

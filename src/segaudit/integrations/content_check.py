@@ -13,10 +13,13 @@ labels, the information evidence with its intervals, and the red flags.
 
 The numbers are the ones `segaudit audit` gives for the same model on the same images,
 because both go through `diagnostics.audit.measure_batches` and `audit_findings`.
+`monitor.watch(model)` before a validation pass that feeds the subset first lets the
+check take its real predictions from that pass (what the Lightning and HF callbacks do).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -40,6 +43,7 @@ from segaudit.data.sampler import size_grouped_batches
 from segaudit.diagnostics.audit import (
     AuditFindings,
     ConditionInputs,
+    ConditionScores,
     StandIns,
     audit_findings,
     measure_batches,
@@ -143,6 +147,10 @@ class ContentCheckResult:
         flags: the red flags that count now (`training_flags`; `gate.rule: miou`: the
             audit's, at every check).
         held: the audit's red flags that do not count yet.
+        real_pass: `trainer` when the real images' predictions were the ones the trainer's
+            own validation made (`ContentMonitor.watch`), `check` when the check made them.
+        autocast: the autocast dtype of the trainer's validation the check took its real
+            predictions from, the other inputs predicted alike (None: full precision).
     """
 
     step: int
@@ -156,6 +164,8 @@ class ContentCheckResult:
     stop: bool = False
     flags: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
+    real_pass: str = "check"
+    autocast: str | None = None
 
     def scalars(self, prefix: str = "segaudit/") -> dict[str, float]:
         """The values a training logger plots: mIoU by input, the prior's, the content
@@ -233,6 +243,10 @@ class ContentMonitor:
         self.learned_at: int | None = None  # the first check where the model knew where classes sit
         self.boot = Bootstrap(len(images), int(self.gate.evidence.draws), float(self.gate.evidence.confidence))
         self.device = torch.device("cpu")
+        self._seen: ConditionScores | None = None  # the real condition, from the trainer's forward passes
+        self._seen_count = 0
+        self._seen_autocast: tuple[str, torch.dtype] | None = None
+        self._hook = None
 
     @classmethod
     def from_batches(
@@ -282,8 +296,8 @@ class ContentMonitor:
                 others = StandIns(paired, _take(self.masks, paired).to(device))
             else:
                 size = tuple(images.shape[-2:])
-                others = torch.stack([_fitted(self.images[self.others[k]], size) for k in index.tolist()])
-            yield index, images.to(device), others if self.one_size else others.to(device), masks.to(device)
+                others = torch.stack([_fitted(self.images[self.others[k]], size) for k in index.tolist()]).to(device)
+            yield index, images.to(device), others, masks.to(device)
 
     @torch.inference_mode()
     def measure(self, model: nn.Module, step: int = 0) -> ContentCheckResult:
@@ -292,22 +306,88 @@ class ContentMonitor:
         weights = next(iter(model.parameters()), None)
         device = weights.device if weights is not None else torch.device("cpu")
         self.device = device
+        seen = self._seen if self._seen_count == len(self.images) else None
+        autocast = self._seen_autocast if seen is not None else None
+        self.unwatch()
+        self._seen, self._seen_count = None, 0  # a validation's predictions serve one check
         was_training = model.training
         model.eval()
         try:
-            results, per_image = measure_batches(
-                partial(_predict, model),
-                self._batches(device),
-                ConditionInputs(self.mean, self.std, device, **self.conditions),
-                self.num_classes,
-                self.ignore_index,
-                len(self.images),
-            )
+            # the other inputs at the precision the trainer's real predictions were made in
+            with torch.autocast(*autocast) if autocast else contextlib.nullcontext():
+                results, per_image = measure_batches(
+                    partial(_predict, model),
+                    self._batches(device),
+                    ConditionInputs(self.mean, self.std, device, **self.conditions),
+                    self.num_classes,
+                    self.ignore_index,
+                    len(self.images),
+                    seen=seen,
+                )
         finally:
             model.train(was_training)
         found = audit_findings(results, per_image, self.prior, self.gate, None)
         self.last = self._judge(step, found, results, per_image, time.perf_counter() - t0)
+        self.last.real_pass = "check" if seen is None else "trainer"
+        self.last.autocast = str(autocast[1]).removeprefix("torch.") if autocast else None
         return self.last
+
+    def watch(self, model: nn.Module) -> None:
+        """Score the subset's real predictions from `model`'s own forward passes until the
+        next `measure`, so that the check does not predict the real images again.
+
+        A trainer's validation feeds the val loader's first images first: each forward pass
+        in eval mode whose input batch (the first positional argument, or `pixel_values`)
+        starts with the next subset images, exactly, is scored as theirs. Other passes
+        (a flipped copy for test-time augmentation, a second pass on the same batch) are
+        left alone. A validation under autocast (mixed precision) gives the check's other
+        inputs that autocast too, so that every condition is predicted alike. If the
+        subset is not complete by the check, the check predicts the real images itself,
+        at full precision.
+        """
+        self.unwatch()
+        self._seen = ConditionScores(self.num_classes, self.ignore_index, len(self.images), keep_labels=True)
+        self._seen_count = 0
+        self._seen_autocast = None
+        self._hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
+
+    def unwatch(self) -> None:
+        """Stop scoring the model's forward passes (`watch`)."""
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = None
+
+    @torch.inference_mode()
+    def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        images = args[0] if args else kwargs.get("pixel_values")
+        start = self._seen_count
+        if module.training or start >= len(self.images) or not isinstance(images, torch.Tensor):
+            return
+        kind = images.device.type
+        autocast = (kind, torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else None
+        if images.dim() != 4 or (start and autocast != self._seen_autocast):
+            return
+        index = torch.arange(start, min(start + len(images), len(self.images)))
+        if not self._are_subset_images(images, index):
+            return
+        self._seen_autocast = autocast
+        device = images.device
+        target = _take(self.masks, index).to(device)
+        logits = _at_size(logits_of(output)[: len(index)], target.shape[-2:])
+        others = None
+        if self.one_size:
+            paired = self.stands_for[index]
+            others = StandIns(paired, _take(self.masks, paired).to(device))
+        self._seen.add_real(index, logits, target, others)
+        self._seen_count += len(index)
+
+    def _are_subset_images(self, images: torch.Tensor, index: torch.Tensor) -> bool:
+        """Whether the batch starts with the subset images at `index`, exactly."""
+        sizes = {tuple(self.images[k].shape) for k in index.tolist()} | {tuple(images.shape[1:])}
+        if len(sizes) != 1 or len({tuple(self.masks[k].shape) for k in index.tolist()}) != 1:
+            return False
+        expected = _take(self.images, index).to(images.device)
+        return images.dtype == expected.dtype and torch.equal(images[: len(index)], expected)
 
     def _judge(
         self, step: int, found: AuditFindings, results: dict, per_image: dict[str, PerImage], seconds: float
@@ -430,6 +510,8 @@ class ContentMonitor:
                 "own_image_gain": result.own_image_gain.as_dict() if result.own_image_gain else None,
                 "flags": result.flags,
                 "held": result.held,
+                "real_pass": result.real_pass,
+                "autocast": result.autocast,
             },
         }
         folder, record = run_store.open_run(
@@ -521,7 +603,10 @@ def _fitted(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _predict(model: nn.Module, images: torch.Tensor, size) -> torch.Tensor:
     """Logits at the labels' size, upsampled as the audit does (SegFormer's 1/4 output)."""
-    logits = logits_of(model(images))
+    return _at_size(logits_of(model(images)), size)
+
+
+def _at_size(logits: torch.Tensor, size) -> torch.Tensor:
     if tuple(logits.shape[-2:]) != tuple(size):
         logits = F.interpolate(logits.float(), size=tuple(size), mode="bilinear")
     return logits

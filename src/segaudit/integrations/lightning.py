@@ -122,6 +122,16 @@ class ContentCheck(pl.Callback):
             )
         return pl_module
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A validation that ends in a check: its forward passes of the subset are the
+        check's real pass (`ContentMonitor.watch`)."""
+        if trainer.sanity_checking or (self._validations + 1) % self.every_n_val:
+            return
+        model = self._network(pl_module)
+        if self.monitor is None:
+            self.monitor = self._build_monitor(trainer)
+        self.monitor.watch(model)
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -145,6 +155,10 @@ class ContentCheck(pl.Callback):
         # every rank checks its own shard of the val loader: stop them all together, or none
         if trainer.strategy.reduce_boolean_decision(bool(result.stop), all=False):
             trainer.should_stop = True
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.monitor is not None:
+            self.monitor.unwatch()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.runs is None or self.monitor is None or not self.results or trainer.global_rank != 0:

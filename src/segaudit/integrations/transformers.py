@@ -142,6 +142,22 @@ class ContentCheckCallback(TrainerCallback):
             )
         return control
 
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        """An evaluation that ends in a check comes next: its forward passes of the subset
+        are the check's real pass (`ContentMonitor.watch`; from the second check on, once
+        the subset is known)."""
+        self._watch_if_checked(state, control, model)
+        return control
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self._watch_if_checked(state, control, model)
+        return control
+
+    def _watch_if_checked(self, state, control, model) -> None:
+        checked = int(state.global_step) != self._evaluated_at and (self._evaluations + 1) % self.every_n_eval == 0
+        if control.should_evaluate and checked and self.monitor is not None:
+            self.monitor.watch(model)
+
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         """An evaluation's metrics (`<prefix>_runtime` in them, prefix not `train`): check
         once per step and add the values before the callbacks after this one log them."""
@@ -162,6 +178,8 @@ class ContentCheckCallback(TrainerCallback):
         history = state.log_history[-1] if state.log_history else {}
         if history.get("step") == step and f"{prefixes[0]}_runtime" in history:
             history.update(values)  # the entry the Trainer made of these logs
+        else:
+            state.log_history.append({**values, "step": step})
         if result.flags and self.on_flag == "raise":
             raise ContentRedFlags(result.flags, step)
         if result.stop:
@@ -174,6 +192,8 @@ class ContentCheckCallback(TrainerCallback):
         self.results.append(self.monitor.check(model, step, "warn" if self.on_flag == "raise" else self.on_flag))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.monitor is not None:
+            self.monitor.unwatch()
         if self.runs is None or self.monitor is None or not self.results or not state.is_world_process_zero:
             return control
         name = self.model_name or type(model).__name__
