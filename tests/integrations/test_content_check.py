@@ -243,6 +243,15 @@ def test_a_val_subset_of_several_sizes_measures_what_the_audit_measures(tmp_path
     ours, theirs = found.evidence["information"]["content"], audited["evidence"]["information"]["content"]
     assert ours == pytest.approx(theirs, abs=1e-6)
 
+    # a watched validation of batch size 1 gives the check its real pass at every size
+    monitor.watch(model)
+    with torch.inference_mode():
+        for k in range(len(val)):
+            model(val[k][0][None])
+    shared = monitor.measure(model)
+    assert shared.real_pass == "trainer"
+    assert shared.findings.miou == pytest.approx({**found.miou, "shuffled": shuffled}, abs=1e-9)
+
 
 def test_the_trainers_own_validation_pass_is_the_checks_real_pass(scenes):
     """`watch`: the forward passes of a validation loop (batches of 5, each after a flipped
